@@ -1,0 +1,49 @@
+"""The `mattrt` console command.
+
+Subcommands live next to the code they drive: each module in `COMMAND_MODULES` exposes
+`register(subparsers)`, which adds its parsers with `set_defaults(run=callable)`. Registering
+must stay cheap (no torch import) so that `mattrt --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mattrt import __version__
+from mattrt.errors import MattrtError
+
+COMMAND_MODULES = [
+    "mattrt.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mattrt", description="Deployment runtime for automatic image matting.")
+    parser.add_argument("--version", action="version", version=f"mattrt {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.run(args)
+    except MattrtError as exc:
+        print(f"mattrt {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mattrt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Core subcommands: `mattrt models`, `mattrt doctor`, `mattrt demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="list registered models, their stages and parameter counts")
+    p.add_argument("--params", action="store_true", help="build each model and count its parameters per stage")
+    p.add_argument("--all", action="store_true", help="include reduced test/synthetic variants")
+    p.set_defaults(run=run_models)
+
+    p = subparsers.add_parser("doctor", help="report what this machine has (Python, torch, onnxruntime, CUDA, TensorRT, CuPy, Triton)")
+    p.set_defaults(run=run_doctor)
+
+    p = subparsers.add_parser("demo", help="run every seed model on a generated image and save the mattes")
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
+    p.add_argument("--size", type=int, default=256, help="generated image side in pixels (default: 256)")
+    p.add_argument("--models", nargs="*", default=None, help="models to run (default: the five seed models)")
+    p.set_defaults(run=run_demo)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from mattrt.models import create_model, get_settings, list_models
+
+    names = list_models(include_variants=args.all)
+    rows = []
+    for name in names:
+        settings = get_settings(name)
+        row = [name, " -> ".join(settings.stages), settings.fusion]
+        if args.params:
+            model = create_model(name)
+            per_stage = model.stage_parameters()
+            row.append(f"{model.num_parameters() / 1e6:.2f}M")
+            row.append(", ".join(f"{k} {v / 1e6:.2f}M" for k, v in per_stage.items()))
+        rows.append(row)
+    header = ["model", "stages", "fusion"] + (["params", "per stage"] if args.params else [])
+    _print_table(header, rows)
+    return 0
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from mattrt.availability import probe, probe_names
+
+    rows = []
+    for name in probe_names():
+        result = probe(name)
+        rows.append([name, "found" if result.found else "missing", result.version or "-", result.detail])
+    _print_table(["component", "status", "version", "detail"], rows)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from mattrt.demo import run_demo as demo
+
+    return demo(args.out, size=args.size, models=args.models)
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for i, row in enumerate([header, *rows]):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
