@@ -60,7 +60,7 @@ def _entry(name: str) -> _Entry:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {known}") from None
 
 
-def get_settings(name: str, **overrides) -> ModelSettings:
+def get_settings(name: str, /, **overrides) -> ModelSettings:
     """The settings of a registered model, with fields replaced by keyword."""
     entry = _entry(name)
     if not overrides:
@@ -77,7 +77,7 @@ def get_settings(name: str, **overrides) -> ModelSettings:
 
 
 def create_model(
-    name: str, checkpoint: str | Path | Mapping[str, str | Path] | None = None, **overrides
+    name: str, /, checkpoint: str | Path | Mapping[str, str | Path] | None = None, **overrides
 ) -> "MattingModel":
     """Build a registered model in eval mode; with `checkpoint` (a file, or {part: file} for
     models assembled from separately distributed networks), load its weights strictly."""
