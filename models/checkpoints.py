@@ -161,8 +161,9 @@ def load_checkpoint(
     ours = model.state_dict()
     candidates = list(layouts) if layouts is not None else [NATIVE_LAYOUT, *getattr(model, "checkpoint_layouts", ())]
     results = [(layout, _match(ours, theirs, layout)) for layout in candidates]
+    # Most keys matched wins; on a tie the authors' layout is named (their keys may equal ours).
     layout, (mapped, missing, unexpected, shape_errors, tolerated, duplicates) = max(
-        results, key=lambda r: len(r[1][0]) - len(r[1][2])
+        results, key=lambda r: (len(r[1][0]) - len(r[1][2]), r[0] is not NATIVE_LAYOUT)
     )
     name = getattr(getattr(model, "settings", None), "name", type(model).__name__)
     if missing or unexpected or shape_errors:
@@ -176,7 +177,7 @@ def load_checkpoint(
         if unexpected:
             lines.append(f"unexpected keys ({len(unexpected)}): " + _preview(unexpected))
         if shape_errors:
-            lines.append(f"shape differences ({len(shape_errors)}): " + _preview(shape_errors))
+            lines.append(f"shape differences ({len(shape_errors)}): " + _preview(shape_errors, limit=32))
         lines.append(
             "Is it a checkpoint of this model at width 1.0? Layouts tried: " + ", ".join(l.name for l in candidates)
         )
