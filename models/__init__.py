@@ -5,3 +5,4 @@ from mattrt.models.registry import create_model, get_settings, list_models, regi
 from mattrt.models.settings import ModelSettings
 
 # Importing a model module registers it (one line per module).
+from mattrt.models import salient  # noqa: E402,F401
