@@ -7,3 +7,4 @@ from mattrt.models.settings import ModelSettings
 # Importing a model module registers it (one line per module).
 from mattrt.models import salient  # noqa: E402,F401
 from mattrt.models import alphanet  # noqa: E402,F401
+from mattrt.models import shm  # noqa: E402,F401
