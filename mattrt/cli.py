@@ -16,6 +16,7 @@ from mattrt.errors import MattrtError
 
 COMMAND_MODULES = [
     "mattrt.commands",
+    "mattrt.calibration.cli",
 ]
 
 

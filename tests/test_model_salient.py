@@ -41,16 +41,6 @@ def image(batch: int, size: int | tuple[int, int], seed: int = 0) -> torch.Tenso
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tiny networks are many small convolutions: on a shared 2-core machine, intra-op
-    threads spin against each other and run them 10-100x slower than one thread does."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> SalientModel:
     return tiny_model(1)

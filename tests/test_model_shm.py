@@ -30,16 +30,6 @@ def randomise_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tiny convolutions gain nothing from intra-op threads, and on the shared 2-core test
-    machine their spin-waiting turns milliseconds into seconds; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> ShmModel:
     torch.manual_seed(0)

@@ -1,0 +1,670 @@
+"""Reading and writing images: the one place mattrt touches image files.
+
+Reading (`read_image`, `decode_image`, `read_alpha`) accepts PNG, JPEG (including camera MPO
+files), WebP and TIFF through Pillow, at 8 or 16 bits per channel:
+
+- the EXIF orientation is applied, so arrays come out the way a viewer shows the picture;
+- greyscale, bilevel, palette, CMYK, YCbCr and premultiplied images are converted to RGB;
+- an alpha channel (RGBA, LA, palette or tRNS transparency) is returned separately and never
+  composited, so the caller decides what it means;
+- 16-bit files stay 16 bit (uint16 arrays). Pillow has no 48/64-bit colour mode and would keep
+  only the high byte of 16-bit RGB(A) PNG and TIFF files; mattrt decodes those twice through
+  Pillow's own decoders, once for the high and once for the low byte of every sample, and joins
+  them, so no precision is lost and no extra dependency is needed;
+- colour values are returned as stored: embedded ICC profiles are not applied.
+
+A decompression-bomb guard refuses images above `DEFAULT_MAX_PIXELS` (200 megapixels: an 8K
+frame is 33 MP, 16K x 12K is 197 MP) before any pixel is decoded; pass `max_pixels` to raise
+or lower it. Pillow's own global limit is not used (it would stop at ~179 MP and is process
+wide); it is lifted only while a header is parsed, under a lock, and restored afterwards.
+
+Writing (`write_alpha`, `write_rgb`, `write_rgba`) never replaces an existing file unless
+`overwrite=True`, and writes to a temporary file in the destination folder that is renamed into
+place once complete, so a crash never leaves half a file under the final name.
+
+Every failure a user can cause (missing path, a directory, a corrupt or truncated file, a zero
+size, an image over the pixel limit, values out of range) raises `InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import sys
+import tempfile
+import threading
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from mattrt.errors import InputError
+
+DEFAULT_MAX_PIXELS = 200_000_000
+"""Largest image (width x height) read without raising `max_pixels`: 200 megapixels."""
+
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
+"""Pillow formats `read_image` opens; Pillow's JPEG opener also takes camera MPO files (format "MPO")."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+"""File suffixes treated as images when a folder is listed."""
+
+_ALPHA_WRITE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+_RGB_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+_RGBA_WRITE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+_EXIF_ORIENTATION_TAG = 0x0112
+_PILLOW_LIMIT_LOCK = threading.Lock()
+_NATIVE_ORDER = "L" if sys.byteorder == "little" else "B"
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as read from a file.
+
+    rgb:        H x W x 3, uint8 (bit_depth 8) or uint16 (bit_depth 16), orientation applied.
+    alpha:      H x W with rgb's dtype when the file had an alpha channel or transparency,
+                else None. Never multiplied into rgb.
+    bit_depth:  8 or 16.
+    source:     the path (or the name given to `decode_image`).
+    format:     Pillow's format name: PNG, JPEG, MPO, WEBP or TIFF.
+    mode:       Pillow's mode of the stored image before conversion (e.g. "CMYK", "P", "I;16").
+    orientation: the EXIF orientation that was applied (1 means none).
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    bit_depth: int
+    source: str
+    format: str
+    mode: str
+    orientation: int = 1
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), Pillow's order."""
+        return self.width, self.height
+
+    def rgb_float(self) -> np.ndarray:
+        """rgb as float32 in [0, 1]."""
+        return to_float32(self.rgb)
+
+    def alpha_float(self) -> np.ndarray | None:
+        """alpha as float32 in [0, 1], or None."""
+        return None if self.alpha is None else to_float32(self.alpha)
+
+
+def to_float32(array: np.ndarray) -> np.ndarray:
+    """uint8 (/255) or uint16 (/65535) pixels as float32 in [0, 1].
+
+    The division is done in float32 so that a 16-bit matte read back from disk gives exactly
+    the float32 values that were quantised to write it (see `quantise`).
+    """
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255)
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535)
+    raise InputError(f"expected uint8 or uint16 pixels, got {array.dtype}")
+
+
+def quantise(values: np.ndarray, bit_depth: int, what: str = "values") -> np.ndarray:
+    """Float values in [0, 1] (or integer pixels) as uint8/uint16 pixels of `bit_depth`.
+
+    Floats are rounded to the nearest level (round half to even). uint8 input is exact at both
+    depths (x257 for 16 bit); uint16 input is refused at 8 bit because it would lose precision.
+    """
+    if bit_depth not in (8, 16):
+        raise InputError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    array = np.asarray(values)
+    if array.dtype == np.uint8:
+        return array.copy() if bit_depth == 8 else array.astype(np.uint16) * np.uint16(257)
+    if array.dtype == np.uint16:
+        if bit_depth == 8:
+            raise InputError(f"{what}: uint16 data cannot be written at 8 bit without losing precision; "
+                             "pass bit_depth=16 or convert it yourself")
+        return array.copy()
+    if array.dtype == np.bool_:
+        array = array.astype(np.float32)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{what}: expected float values in [0, 1], uint8 or uint16, got dtype {array.dtype}")
+    if array.size and not np.isfinite(array).all():
+        raise InputError(f"{what}: contains NaN or infinite values")
+    if array.size and (array.min() < 0 or array.max() > 1):
+        raise InputError(f"{what}: float values must lie in [0, 1], got [{array.min():.4g}, {array.max():.4g}]")
+    top = 255 if bit_depth == 8 else 65535
+    return np.rint(array * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read a PNG, JPEG, WebP or TIFF file as RGB (uint8 or uint16) plus its alpha, if any.
+
+    max_pixels: refuse images with more than this many pixels (None: no limit).
+    """
+    data, name = _read_file(path)
+    return decode_image(data, name=name, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Like `read_image`, from the bytes of an encoded file (e.g. an upload)."""
+    planes = _decode_planes(data, name, max_pixels)
+    array = planes.array
+    if planes.bands == "F":
+        raise InputError(f"{name}: a 32-bit floating-point image is not a colour picture; "
+                         "read mattes like this one with read_alpha")
+    if planes.bands in ("L", "LA"):
+        rgb = np.repeat(array[..., :1], 3, axis=2)
+    else:
+        rgb = array[..., :3]
+    alpha = array[..., -1] if planes.bands in ("LA", "RGBA") else None
+    return LoadedImage(
+        rgb=np.ascontiguousarray(rgb),
+        alpha=None if alpha is None else np.ascontiguousarray(alpha),
+        bit_depth=planes.bit_depth,
+        source=name,
+        format=planes.format,
+        mode=planes.mode,
+        orientation=planes.orientation,
+    )
+
+
+def read_alpha(path: str | os.PathLike, *, channel: int | str = 0,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a matte (or trimap) as float32 H x W in [0, 1].
+
+    8-bit files are divided by 255, 16-bit ones by 65535; 32-bit float TIFFs are taken as they
+    are and must lie in [0, 1]. Greyscale files give their one channel; from colour files
+    `channel` picks one: an index (default 0, the first) or "alpha" for the alpha channel.
+    The EXIF orientation is applied, as in `read_image`.
+    """
+    data, name = _read_file(path)
+    planes = _decode_planes(data, name, max_pixels)
+    array = planes.array
+    if channel == "alpha":
+        if planes.bands not in ("LA", "RGBA"):
+            raise InputError(f"{name}: has no alpha channel (mode {planes.mode}); read channel 0 instead")
+        index = array.shape[2] - 1
+    elif isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        if not 0 <= int(channel) < array.shape[2]:
+            raise InputError(f"{name}: channel {channel} does not exist; the image has {array.shape[2]} "
+                             f"channel(s) ({planes.bands})")
+        index = int(channel)
+    else:
+        raise InputError(f"channel must be a channel index or 'alpha', got {channel!r}")
+    plane = array[..., index]
+    if plane.dtype == np.float32:
+        if not np.isfinite(plane).all():
+            raise InputError(f"{name}: the float matte contains NaN or infinite values")
+        low, high = float(plane.min()), float(plane.max())
+        if low < 0 or high > 1:
+            raise InputError(f"{name}: a float matte must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
+        return np.ascontiguousarray(plane)
+    return to_float32(np.ascontiguousarray(plane))
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files (by suffix, see IMAGE_SUFFIXES) directly inside `folder`, sorted."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder")
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class _Planes:
+    array: np.ndarray  # H x W x C: uint8, uint16, or float32 (bands "F")
+    bands: str  # "L", "LA", "RGB", "RGBA" or "F"
+    bit_depth: int
+    format: str
+    mode: str
+    orientation: int
+
+
+def _read_file(path: str | os.PathLike) -> tuple[bytes, str]:
+    try:
+        path = Path(path)
+    except TypeError:
+        raise InputError(f"expected a file path, got {type(path).__name__}") from None
+    name = str(path)
+    if not path.exists():
+        raise InputError(f"{name}: no such file")
+    if path.is_dir():
+        raise InputError(f"{name}: is a folder, expected an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{name}: cannot be read ({exc.strerror or exc})") from exc
+    if not data:
+        raise InputError(f"{name}: the file is empty")
+    return data, name
+
+
+@contextlib.contextmanager
+def _pillow_limit_lifted() -> Iterator[None]:
+    # Pillow checks its process-wide MAX_IMAGE_PIXELS inside Image.open; mattrt applies its own
+    # per-call limit right after the header is parsed, so Pillow's is lifted only meanwhile.
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
+    try:
+        with _pillow_limit_lifted():
+            image = Image.open(io.BytesIO(data), formats=list(READ_FORMATS))
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not a readable PNG, JPEG, WebP or TIFF file (unknown format, "
+                         "or a corrupt header)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise InputError(f"{name}: corrupt image header ({exc})") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InputError(f"{name}: the image has zero size ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise InputError(
+            f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels (a guard against decompression bombs); "
+            "pass a larger max_pixels if the image is genuine")
+    return image
+
+
+def _load(image: Image.Image, name: str) -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone in this process told Pillow to pad truncated files with grey; a matte computed
+        # from such padding is silently wrong, so mattrt insists on complete files.
+        raise InputError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; mattrt refuses to read images while "
+                         "truncated files would be padded silently. Unset it.")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as exc:
+        raise InputError(f"{name}: corrupt or truncated image data ({exc})") from exc
+
+
+def _rawmode(tile: ImageFile._Tile) -> str | None:
+    args = tile.args
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _with_rawmode(tile: ImageFile._Tile, rawmode: str) -> ImageFile._Tile:
+    args = rawmode if isinstance(tile.args, str) else (rawmode, *tile.args[1:])
+    return ImageFile._Tile(tile.codec_name, tile.extents, tile.offset, args)
+
+
+def _low_byte_rawmode(rawmode: str) -> str | None:
+    """For a 16-bit colour rawmode that unpacks the high byte, the one that unpacks the low byte."""
+    for base in ("RGBA;16", "RGB;16"):
+        if rawmode.startswith(base) and len(rawmode) == len(base) + 1:
+            order = rawmode[-1]
+            order = _NATIVE_ORDER if order == "N" else order
+            if order in "LB":
+                return base + ("B" if order == "L" else "L")
+    return None
+
+
+def _decode_planes(data: bytes, name: str, max_pixels: int | None) -> _Planes:
+    image = _open(data, name, max_pixels)
+    fmt = image.format or "?"
+    mode = image.mode
+    tiles = list(image.tile)
+    rawmodes = {_rawmode(t) for t in tiles}
+    rawmode = rawmodes.pop() if len(rawmodes) == 1 else None
+    bit_depth = 8
+
+    if rawmode is not None and _low_byte_rawmode(rawmode) is not None:
+        # 16-bit RGB(A): Pillow's decoders keep one byte per sample; run them for both bytes.
+        _load(image, name)
+        high = np.asarray(image)
+        low = _decode_low_bytes(data, name, max_pixels, _low_byte_rawmode(rawmode))
+        bands = image.mode
+        if low is None:
+            array = high
+        else:
+            array, bit_depth = (high.astype(np.uint16) << 8) | low.astype(np.uint16), 16
+            transparency = image.info.get("transparency")
+            if bands == "RGB" and isinstance(transparency, tuple) and len(transparency) == 3:
+                key = (array == np.asarray(transparency, dtype=np.uint16)).all(axis=-1)
+                array, bands = _with_key_alpha(array, key, 65535), "RGBA"
+    elif rawmode == "LA;16B":
+        # 16-bit grey + alpha PNG (Pillow would give 8-bit RGBA): unpack the raw bytes as RGBA,
+        # which are high/low of grey then high/low of alpha.
+        image.tile = [_with_rawmode(t, "RGBA") for t in tiles]
+        _load(image, name)
+        raw = np.asarray(image).astype(np.uint16)
+        array = np.stack([(raw[..., 0] << 8) | raw[..., 1], (raw[..., 2] << 8) | raw[..., 3]], axis=-1)
+        bands, bit_depth = "LA", 16
+    else:
+        _load(image, name)
+        array, bands, bit_depth = _planes_from_mode(image, name)
+
+    orientation = _exif_orientation(image)
+    array = _orient(array, orientation)
+    if array.ndim == 2:
+        array = array[..., None]
+    return _Planes(np.ascontiguousarray(array), bands, bit_depth, fmt, mode, orientation)
+
+
+def _decode_low_bytes(data: bytes, name: str, max_pixels: int | None, rawmode: str) -> np.ndarray | None:
+    second = _open(data, name, max_pixels)
+    second.tile = [_with_rawmode(t, rawmode) for t in second.tile]
+    try:
+        second.load()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        # The first pass decoded the same bytes, so this is Pillow refusing the low-byte unpacker
+        # (a Pillow change), not a broken file: keep the high bytes rather than fail.
+        warnings.warn(f"{name}: could not decode the low byte of 16-bit samples ({exc}); "
+                      "read at 8 bit", RuntimeWarning, stacklevel=4)
+        return None
+    return np.asarray(second)
+
+
+def _planes_from_mode(image: Image.Image, name: str) -> tuple[np.ndarray, str, int]:
+    mode = image.mode
+    transparency = image.info.get("transparency")
+    if mode == "1":
+        return np.asarray(image.convert("L")), "L", 8
+    if mode == "L":
+        array = np.asarray(image)
+        if isinstance(transparency, int):
+            return _with_key_alpha(array, array == transparency, 255), "LA", 8
+        return array, "L", 8
+    if mode.startswith("I;16"):
+        array = np.asarray(image).astype(np.uint16)
+        if isinstance(transparency, int):
+            return _with_key_alpha(array, array == transparency, 65535), "LA", 16
+        return array, "L", 16
+    if mode == "I":
+        array = np.asarray(image)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise InputError(f"{name}: 32-bit integer pixels in [{low}, {high}] do not fit 16 bit; "
+                             "mattrt reads 8- and 16-bit images")
+        return array.astype(np.uint16), "L", 16
+    if mode == "F":
+        return np.asarray(image).astype(np.float32), "F", 32
+    if mode in ("LA", "La"):
+        return np.asarray(image.convert("LA") if mode == "La" else image), "LA", 8
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        target = "RGBA" if has_alpha else "RGB"
+        return np.asarray(image.convert(target)), target, 8
+    if mode in ("RGBA", "RGBa"):
+        return np.asarray(image.convert("RGBA") if mode == "RGBa" else image), "RGBA", 8
+    if mode == "RGB":
+        array = np.asarray(image)
+        if isinstance(transparency, tuple) and len(transparency) == 3:
+            key = (array == np.asarray(transparency, dtype=array.dtype)).all(axis=-1)
+            return _with_key_alpha(array, key, 255), "RGBA", 8
+        return array, "RGB", 8
+    try:
+        return np.asarray(image.convert("RGB")), "RGB", 8
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{name}: Pillow mode {mode} cannot be converted to RGB ({exc})") from exc
+
+
+def _with_key_alpha(array: np.ndarray, transparent: np.ndarray, opaque: int) -> np.ndarray:
+    alpha = np.where(transparent, 0, opaque).astype(array.dtype)
+    if array.ndim == 2:
+        array = array[..., None]
+    return np.concatenate([array, alpha[..., None]], axis=-1)
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block must not make the pixels unreadable
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an H x W (x C) array, as ImageOps.exif_transpose does."""
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return array.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(array, k=-1)
+    if orientation == 7:
+        return array[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(array, k=1)
+    return array
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+
+def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *, bit_depth: int | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a matte as a greyscale PNG or TIFF (lossless formats only).
+
+    alpha: H x W float in [0, 1], uint8 or uint16. bit_depth: 8 or 16; None takes 16 for uint16
+    input and 8 otherwise. Returns the path written.
+    """
+    path = Path(path)
+    fmt = _format_for(path, _ALPHA_WRITE_FORMATS, "a matte", "lossless formats keep the matte exact")
+    array = np.asarray(alpha)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    _check_shape(array, 2, "alpha")
+    pixels = quantise(array, _default_depth(array, bit_depth), "alpha")
+    image = Image.fromarray(pixels)  # uint8 -> "L", uint16 -> "I;16"
+    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt))
+    return path
+
+
+def write_rgb(path: str | os.PathLike, rgb: np.ndarray, *, bit_depth: int | None = None,
+              overwrite: bool = False, quality: int = 95) -> Path:
+    """Write H x W x 3 colour (float in [0, 1], uint8 or uint16) as PNG, JPEG, WebP or TIFF.
+
+    16-bit colour is written as PNG only. quality applies to JPEG and WebP.
+    """
+    path = Path(path)
+    fmt = _format_for(path, _RGB_WRITE_FORMATS, "an RGB image", "")
+    array = np.asarray(rgb)
+    _check_shape(array, 3, "rgb", channels=3)
+    pixels = quantise(array, _default_depth(array, bit_depth), "rgb")
+    if pixels.dtype == np.uint16:
+        if fmt != "PNG":
+            raise InputError(f"{path}: 16-bit colour is written as PNG only; use a .png name or bit_depth=8")
+        _atomic_write(path, overwrite, lambda f: f.write(encode_png16(pixels)))
+        return path
+    image = Image.fromarray(pixels)
+    options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
+    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt, **options))
+    return path
+
+
+def write_rgba(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *, bit_depth: int | None = None,
+               overwrite: bool = False) -> Path:
+    """Write colour plus a separate alpha (straight, not premultiplied) as PNG, WebP or TIFF.
+
+    WebP is written lossless so the alpha channel stays exact; 16 bit is written as PNG only.
+    """
+    path = Path(path)
+    fmt = _format_for(path, _RGBA_WRITE_FORMATS, "an RGBA image", "JPEG has no alpha channel")
+    rgb_array, alpha_array = np.asarray(rgb), np.asarray(alpha)
+    _check_shape(rgb_array, 3, "rgb", channels=3)
+    _check_shape(alpha_array, 2, "alpha")
+    if rgb_array.shape[:2] != alpha_array.shape:
+        raise InputError(f"rgb is {rgb_array.shape[1]}x{rgb_array.shape[0]} but alpha is "
+                         f"{alpha_array.shape[1]}x{alpha_array.shape[0]}; they must match")
+    depth = bit_depth if bit_depth is not None else max(_default_depth(rgb_array, None),
+                                                        _default_depth(alpha_array, None))
+    pixels = np.concatenate([quantise(rgb_array, depth, "rgb"), quantise(alpha_array, depth, "alpha")[..., None]],
+                            axis=-1)
+    if pixels.dtype == np.uint16:
+        if fmt != "PNG":
+            raise InputError(f"{path}: 16-bit RGBA is written as PNG only; use a .png name or bit_depth=8")
+        _atomic_write(path, overwrite, lambda f: f.write(encode_png16(pixels)))
+        return path
+    image = Image.fromarray(pixels)
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt, **options))
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write bytes (a manifest, a report) with the same no-clobber, all-or-nothing rule as the image writers."""
+    path = Path(path)
+    _atomic_write(path, overwrite, lambda stream: stream.write(data))
+    return path
+
+
+def encode_png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit RGB (H x W x 3) or RGBA (H x W x 4) uint16 array as PNG bytes.
+
+    Pillow cannot write 16-bit colour, so mattrt writes the PNG itself: one IHDR, the "Up"
+    filter on every row (a vectorised difference that compresses photographs well) and
+    zlib-compressed IDAT chunks.
+    """
+    if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise InputError(f"encode_png16 expects H x W x 3 or 4 uint16, got {pixels.dtype} {pixels.shape}")
+    height, width, channels = pixels.shape
+    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
+    filtered = rows.copy()
+    filtered[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as the Up filter specifies
+    scanlines = np.concatenate([np.full((height, 1), 2, dtype=np.uint8), filtered], axis=1)
+    compressed = zlib.compress(scanlines.tobytes(), 6)
+    colour_type = 2 if channels == 3 else 6
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    step = 1 << 24
+    idat = b"".join(_png_chunk(b"IDAT", compressed[i:i + step]) for i in range(0, max(len(compressed), 1), step))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + idat + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def _default_depth(array: np.ndarray, bit_depth: int | None) -> int:
+    if bit_depth is not None:
+        return bit_depth
+    return 16 if array.dtype == np.uint16 else 8
+
+
+def _check_shape(array: np.ndarray, ndim: int, what: str, channels: int | None = None) -> None:
+    if array.ndim != ndim or (channels is not None and array.shape[-1] != channels):
+        expected = "H x W" if ndim == 2 else f"H x W x {channels}"
+        raise InputError(f"{what}: expected an {expected} array, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{what}: cannot write a zero-size image (shape {array.shape})")
+
+
+def _format_for(path: Path, formats: dict[str, str], what: str, why: str) -> str:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name to write")
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        allowed = ", ".join(sorted(formats))
+        reason = f" ({why})" if why else ""
+        raise InputError(f"{path}: cannot write {what} as '{path.suffix or 'no suffix'}'; "
+                         f"use one of {allowed}{reason}")
+    return fmt
+
+
+def _file_mode() -> int:
+    # Temporary files are created 0600; the final file gets the usual mode (0666 minus umask).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWriter], object]) -> None:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: the folder {folder} does not exist")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise InputError(f"{path}: already exists; pass overwrite=True to replace it")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write into {folder} ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, _file_mode())
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _rename_no_clobber(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _rename_no_clobber(temporary: str, path: Path) -> None:
+    # A hard link fails if the name exists, so a file that appeared since the check survives.
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise InputError(f"{path}: already exists; pass overwrite=True to replace it") from None
+    except OSError:
+        if path.exists():
+            raise InputError(f"{path}: already exists; pass overwrite=True to replace it") from None
+        os.replace(temporary, path)  # a filesystem without hard links
+        return
+    os.unlink(temporary)
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "READ_FORMATS",
+    "LoadedImage",
+    "decode_image",
+    "encode_png16",
+    "list_images",
+    "quantise",
+    "read_alpha",
+    "read_image",
+    "to_float32",
+    "write_alpha",
+    "write_bytes",
+    "write_rgb",
+    "write_rgba",
+]
