@@ -1,1 +1,51 @@
-"""mattrt.kernels"""
+"""mattrt.kernels: CUDA C kernels (CuPy launchers), their NumPy references and their checks.
+
+One kernel family per .cu source, each with a Python module holding
+  - `<op>_reference(...)`: the NumPy reference (NumPy in, NumPy out);
+  - `<op>(...)`: the CuPy launcher with the same signature (CuPy in, CuPy out; raises
+    MissingDependencyError without CuPy and a GPU);
+  - `launch*(backend, ...)`: the shared launch code, run by the CuPy backend or by the g++ host
+    emulation of the same source (emulate.py).
+compile.py compiles every source with NVRTC (no GPU needed) and reports registers and spills;
+torch_ops.py registers torch.ops.mattrt.* custom ops (imported on demand: it needs torch).
+
+Importing this package needs only NumPy: CuPy is imported when a launcher first runs.
+"""
+
+from mattrt.kernels.attention_pool import (
+    attention_pool2d,
+    attention_pool2d_reference,
+    attention_unpool2d,
+    attention_unpool2d_reference,
+)
+from mattrt.kernels.max_unpool import max_unpool2d, max_unpool2d_reference
+from mattrt.kernels.morphology import dilate, dilate_reference, erode, erode_reference
+from mattrt.kernels.preprocess import preprocess_tiles, preprocess_tiles_reference
+from mattrt.kernels.stitch import (
+    stitch_accumulate,
+    stitch_accumulate_reference,
+    stitch_finalize,
+    stitch_finalize_reference,
+)
+from mattrt.kernels.fusion import trimap_fusion, trimap_fusion_reference
+
+__all__ = [
+    "attention_pool2d",
+    "attention_pool2d_reference",
+    "attention_unpool2d",
+    "attention_unpool2d_reference",
+    "dilate",
+    "dilate_reference",
+    "erode",
+    "erode_reference",
+    "max_unpool2d",
+    "max_unpool2d_reference",
+    "preprocess_tiles",
+    "preprocess_tiles_reference",
+    "stitch_accumulate",
+    "stitch_accumulate_reference",
+    "stitch_finalize",
+    "stitch_finalize_reference",
+    "trimap_fusion",
+    "trimap_fusion_reference",
+]

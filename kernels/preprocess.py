@@ -1,0 +1,103 @@
+"""Tile preprocessing in one pass (preprocess.cu).
+
+preprocess_tiles(image, offsets, tile, mean, std, dtype=float32) -> B x 3 x T x T:
+    image: H x W x 3 uint8 RGB; offsets: B x 2 integer (top, left) of each tile, which may reach
+    past any edge: pixels outside come from reflection padding with NumPy's mode="reflect"
+    (no edge repeat, like torch's reflect pad; continued periodically for tiles far outside);
+    out[b, c] = (pixel / 255 - mean[c]) / std[c] in float32 or float16.
+Offsets are tiling-plan data and live on the host (a device array is copied back).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from mattrt.errors import InputError
+from mattrt.kernels.launch import (
+    Backend,
+    cupy_backend,
+    device_array,
+    host_array,
+    host_offsets,
+    output_array,
+    planes_grid,
+    positive_int,
+)
+
+SOURCE = "preprocess.cu"
+OP = "preprocess_tiles"
+OUTPUT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+
+
+def _check(image: Any, tile: Any, mean: Sequence[float], std: Sequence[float], dtype: Any):
+    if int(image.shape[2]) != 3 or min(int(image.shape[0]), int(image.shape[1])) < 1:
+        raise InputError(f"{OP}: image must be H x W x 3 uint8 RGB, got shape {tuple(image.shape)}")
+    tile = positive_int(OP, "tile", tile)
+    stats = []
+    for name, values in (("mean", mean), ("std", std)):
+        array = np.asarray(values, dtype=np.float64)
+        if array.shape != (3,) or not np.isfinite(array).all():
+            raise InputError(f"{OP}: {name} must be 3 finite numbers (R, G, B), got {values!r}")
+        stats.append(array.astype(np.float32))
+    if (stats[1] == 0).any():
+        raise InputError(f"{OP}: std must be non-zero, got {std!r}")
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        out_dtype = None
+    if out_dtype not in OUTPUT_DTYPES:
+        raise InputError(f"{OP}: dtype must be float32 or float16, got {dtype!r}")
+    return tile, stats[0], stats[1], out_dtype
+
+
+def preprocess_tiles_reference(image: np.ndarray, offsets: Any, tile: int, mean: Sequence[float],
+                               std: Sequence[float], dtype: Any = np.float32) -> np.ndarray:
+    """NumPy reference built on np.pad(mode="reflect")."""
+    image = host_array(OP, "image", image, layout="H x W x 3", dtypes=(np.uint8,))
+    tile, mean32, std32, out_dtype = _check(image, tile, mean, std, dtype)
+    offsets = host_offsets(OP, offsets).astype(np.int64)
+    height, width = image.shape[:2]
+    if offsets.shape[0] == 0:
+        return np.zeros((0, 3, tile, tile), dtype=out_dtype)
+    pad_top = max(0, -int(offsets[:, 0].min()))
+    pad_left = max(0, -int(offsets[:, 1].min()))
+    pad_bottom = max(0, int(offsets[:, 0].max()) + tile - height)
+    pad_right = max(0, int(offsets[:, 1].max()) + tile - width)
+    # np.pad repeats an axis of length 1 (nothing to mirror); the kernel does the same.
+    padded = np.pad(image, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="reflect")
+    crops = np.stack([padded[top + pad_top: top + pad_top + tile, left + pad_left: left + pad_left + tile]
+                      for top, left in offsets.tolist()])
+    normalised = (crops.astype(np.float32) / np.float32(255) - mean32) / std32
+    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)).astype(out_dtype)
+
+
+def normalisation_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The 3 x 256 float32 results of (v / 255 - mean[c]) / std[c], in the reference's arithmetic."""
+    values = np.arange(256, dtype=np.float32)[None, :] / np.float32(255)
+    return np.ascontiguousarray((values - mean[:, None]) / std[:, None], dtype=np.float32)
+
+
+def launch(backend: Backend, image: Any, offsets: Any, tile: int, mean: Sequence[float], std: Sequence[float],
+           dtype: Any = np.float32, *, out: Any = None) -> Any:
+    image = device_array(backend, OP, "image", image, layout="H x W x 3", dtypes=(np.uint8,))
+    tile, mean32, std32, out_dtype = _check(image, tile, mean, std, dtype)
+    host = host_offsets(OP, offsets)
+    batch = host.shape[0]
+    height, width = int(image.shape[0]), int(image.shape[1])
+    out = output_array(backend, OP, out, (batch, 3, tile, tile), out_dtype)
+    if batch == 0:
+        return out
+    grid, block = planes_grid(tile, tile, batch)
+    table = backend.from_host(normalisation_table(mean32, std32))
+    backend.launch(SOURCE, f"preprocess_tiles_{OUTPUT_DTYPES[out_dtype]}", grid, block,
+                   (image, backend.from_host(host), table, out, np.int64(batch), np.int64(tile), np.int64(height),
+                    np.int64(width)))
+    return out
+
+
+def preprocess_tiles(image: Any, offsets: Any, tile: int, mean: Sequence[float], std: Sequence[float],
+                     dtype: Any = np.float32, *, out: Any = None) -> Any:
+    """CuPy launcher (same signature and result as preprocess_tiles_reference)."""
+    return launch(cupy_backend(), image, offsets, tile, mean, std, dtype, out=out)
