@@ -17,6 +17,7 @@ from mattrt.errors import MattrtError
 COMMAND_MODULES = [
     "mattrt.commands",
     "mattrt.calibration.cli",
+    "mattrt.export.cli",
 ]
 
 

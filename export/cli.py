@@ -1,0 +1,93 @@
+"""`mattrt export` and `mattrt lint`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mattrt.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a model's stages and fusion to ONNX with a manifest, parity checks and a TensorRT lint",
+        description=(
+            "Export one ONNX graph per network stage (fixed spatial size, dynamic batch 1..N) plus the "
+            "fusion graph, check each against PyTorch with onnxruntime, simplify with onnxslim where parity "
+            "holds, lint for TensorRT and write DIR/manifest.json. Nothing is written when a check fails."
+        ),
+    )
+    p.add_argument("model", help="registered model name (see `mattrt models --all`)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
+    p.add_argument(
+        "--checkpoint", action="append", metavar="PATH|PART=PATH",
+        help="weights: one file, or PART=PATH once per part for models assembled from several networks",
+    )
+    p.add_argument("--semantic-size", type=int, help="semantic canvas side S (default: the model's setting)")
+    p.add_argument("--tile", type=int, help="detail tile side T (default: the model's setting)")
+    p.add_argument("--max-batch", type=int, default=None, help="largest batch the graphs accept (default: 8)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    p.add_argument("--force", action="store_true", help="replace DIR if it holds an earlier export")
+    p.add_argument("--no-simplify", action="store_true", help="keep the exporter's graphs (skip onnxslim)")
+    p.add_argument(
+        "--allow-lint-errors", action="store_true",
+        help="write the graphs even if the TensorRT lint fails (e.g. for onnxruntime-only deployments)",
+    )
+    p.set_defaults(run=run_export)
+
+    p = subparsers.add_parser(
+        "lint",
+        help="check exported ONNX graphs against what TensorRT 10.x/11.x's ONNX parser accepts",
+        description="Lint an export directory (the graphs its manifest names) or .onnx files; exit code 1 on any problem.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="DIR|FILE", help="export directories or .onnx files")
+    p.set_defaults(run=run_lint)
+
+
+def parse_checkpoint(values: list[str] | None):
+    """None, one path, or {part: path} from repeated --checkpoint options."""
+    if not values:
+        return None
+    if len(values) == 1 and ("=" not in values[0] or Path(values[0]).exists()):
+        return values[0]
+    parts = {}
+    for value in values:
+        part, sep, path = value.partition("=")
+        if not sep or not part or not path:
+            raise InputError(
+                f"--checkpoint {value!r}: with several checkpoints each must be PART=PATH (e.g. trimap=t.pth)"
+            )
+        if part in parts:
+            raise InputError(f"--checkpoint names part {part!r} twice")
+        parts[part] = path
+    return parts
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model
+
+    export_model(
+        args.model,
+        args.out,
+        checkpoint=parse_checkpoint(args.checkpoint),
+        semantic_size=args.semantic_size,
+        tile_size=args.tile,
+        max_batch=DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch,
+        opset=DEFAULT_OPSET if args.opset is None else args.opset,
+        force=args.force,
+        simplify=not args.no_simplify,
+        allow_lint_errors=args.allow_lint_errors,
+    )
+    return 0
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    from mattrt.export.lint import lint_directory
+
+    failed = False
+    for path in args.paths:
+        report = lint_directory(path)
+        print(f"{path}: {report.summary()}")
+        failed |= not report.passed
+    return 1 if failed else 0
