@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "mattrt.commands",
     "mattrt.calibration.cli",
     "mattrt.export.cli",
+    "mattrt.runtime.cli",
 ]
 
 

@@ -1,1 +1,39 @@
-"""mattrt.runtime"""
+"""mattrt.runtime: stage engines (torch, onnxruntime), tiling, stitching, fusion and the Pipeline.
+
+    from mattrt.runtime import Pipeline
+    with Pipeline.from_model("shm_tiny") as pipeline:
+        alpha = pipeline.run(rgb).alpha
+
+Names are imported on first use, so `import mattrt.runtime` (and the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Engine": "mattrt.runtime.engine",
+    "EngineError": "mattrt.runtime.engine",
+    "TensorMeta": "mattrt.runtime.engine",
+    "TorchEngine": "mattrt.runtime.torch_engine",
+    "StageLoader": "mattrt.runtime.torch_engine",
+    "OnnxRuntimeEngine": "mattrt.runtime.onnx_engine",
+    "SessionLoader": "mattrt.runtime.onnx_engine",
+    "ModelSpec": "mattrt.runtime.artifacts",
+    "load_model_engines": "mattrt.runtime.artifacts",
+    "open_artifacts": "mattrt.runtime.artifacts",
+    "TilePlan": "mattrt.runtime.tiling",
+    "Pipeline": "mattrt.runtime.pipeline",
+    "MattingResult": "mattrt.runtime.pipeline",
+    "estimate_foreground": "mattrt.runtime.foreground",
+    "composite": "mattrt.runtime.foreground",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mattrt.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,165 @@
+"""`mattrt infer`: alpha mattes, cutouts and composites for image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected zero or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "infer",
+        help="matte images (files, folders, globs) with a model or an export directory",
+        description=(
+            "Compute alpha mattes with the tiled pipeline: semantic pass on a fixed canvas, detail stage on "
+            "overlapping tiles at full resolution, fusion. Writes OUT/<stem>_<output>.png and OUT/summary.json."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="NAME", help="registered model (see `mattrt models --all`), run with torch")
+    source.add_argument("--artifacts", type=Path, metavar="DIR", help="export directory written by `mattrt export`, run with onnxruntime")
+    p.add_argument(
+        "--checkpoint", nargs="+", metavar="FILE|PART=FILE",
+        help="weights for --model: one file, or PART=FILE per part of models shipped in several files",
+    )
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), help="default: torch for --model, onnxruntime for --artifacts")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="fp32 (default); fp16 (torch, or an FP16 graph in --artifacts); int8 (an INT8 graph in --artifacts)")
+    p.add_argument("--channels-last", action="store_true", help="torch: channels_last memory format")
+    p.add_argument("--threads", type=_positive_int, help="onnxruntime intra-op threads (torch: torch.set_num_threads)")
+    p.add_argument("--tile", type=_positive_int, metavar="T", help="detail tile side (default: the model's; fixed by an export)")
+    p.add_argument("--overlap", type=_non_negative_int, metavar="O", help="tile overlap in pixels (default: the model's)")
+    p.add_argument("--margin", type=_non_negative_int, metavar="M",
+                   help="pixels at inner tile edges given zero blending weight (default: overlap // 4)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="B", help="tiles per detail call (default: 4)")
+    p.add_argument("--semantic-scale", type=_positive_float, metavar="G",
+                   help="global factor: image scale on the semantic canvas (default: fit the canvas)")
+    p.add_argument("--detail-scale", type=_positive_float, default=1.0, metavar="L",
+                   help="local factor: image scale of the detail pass, alpha resampled back (default: 1)")
+    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                   help="refuse images with more pixels (decompression-bomb guard; default: 200 megapixels)")
+    p.add_argument("--output", choices=("alpha", "rgba", "composite"), default="alpha",
+                   help="alpha matte (default), RGBA cutout with estimated foreground colours, or composite")
+    p.add_argument("--background", metavar="COLOR|IMAGE",
+                   help="composite background: white (default), black, #RRGGBB, R,G,B, or an image file")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), help="output bit depth (default: the input's)")
+    p.add_argument("--input-alpha", choices=("ignore", "flatten", "multiply", "error"), default="ignore",
+                   help="an input's own alpha channel: ignore it (default), flatten the image over white before "
+                        "matting, multiply it into the predicted alpha, or treat such inputs as errors")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs and summary")
+    p.add_argument("--summary", type=Path, metavar="FILE", help="JSON summary path (default: OUT/summary.json)")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="always show progress bars")
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="never show progress bars")
+    p.set_defaults(run=run_infer, progress=None)
+
+
+def build_pipeline(args: argparse.Namespace):
+    """The Pipeline the arguments describe (errors name what is missing or inconsistent)."""
+    from mattrt.errors import InputError
+    from mattrt.runtime.artifacts import parse_checkpoint
+    from mattrt.runtime.pipeline import DEFAULT_MAX_PIXELS, Pipeline
+
+    options = dict(
+        tile_size=args.tile,
+        overlap=args.overlap,
+        margin=args.margin,
+        batch=args.batch,
+        semantic_scale=args.semantic_scale,
+        detail_scale=args.detail_scale,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+    )
+    if args.model is not None:
+        backend = args.backend or "torch"
+        if backend != "torch":
+            raise InputError(
+                f"--backend {backend} runs exported graphs: export the model first (mattrt export {args.model} --out DIR) "
+                "and pass --artifacts DIR"
+            )
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return Pipeline.from_model(
+            args.model,
+            parse_checkpoint(args.checkpoint),
+            device=args.device,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            **options,
+        )
+    backend = args.backend or "onnxruntime"
+    if backend != "onnxruntime":
+        raise InputError(f"--artifacts holds ONNX graphs, run by onnxruntime; the {backend} backend needs --model NAME")
+    if args.checkpoint:
+        raise InputError("--checkpoint applies to --model; an export directory carries its weights")
+    if args.channels_last:
+        raise InputError("--channels-last applies to the torch backend")
+    return Pipeline.from_artifacts(args.artifacts, device=args.device, precision=args.precision, threads=args.threads, **options)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from mattrt.runtime.infer import InferOptions, run_inference
+
+    pipeline = build_pipeline(args)
+    options = InferOptions(
+        output=args.output,
+        background=args.background,
+        overwrite=args.overwrite,
+        bit_depth=args.bit_depth,
+        input_alpha=args.input_alpha,
+        max_pixels=args.max_pixels,
+        progress=args.progress,
+    )
+    summary = run_inference(pipeline, args.inputs, args.out, options, summary_path=args.summary)
+    for failure in summary["failures"]:
+        error = failure["error"]
+        where = "" if error.startswith(failure["input"]) else f"{failure['input']}: "
+        print(f"mattrt infer: failed: {where}{error}", file=sys.stderr)
+    totals = {}
+    for record in summary["images"]:
+        for key, seconds in record["timings"].items():
+            totals[key] = totals.get(key, 0.0) + seconds
+    print(json.dumps({
+        "processed": summary["processed"],
+        "failed": summary["failed"],
+        "seconds": summary["seconds"],
+        "seconds_by_step": {k: round(v, 3) for k, v in totals.items()},
+        "summary": summary["summary_file"],
+    }))
+    return 1 if summary["failed"] or not summary["processed"] else 0

@@ -1,0 +1,124 @@
+"""The onnxruntime backend: one InferenceSession per graph of an export directory.
+
+    with OnnxRuntimeEngine(SessionLoader("exports/shm/detail.onnx")) as engine: ...
+
+Device "cpu" uses the CPUExecutionProvider; "cuda" needs the `onnxruntime_cuda` probe (the
+onnxruntime-gpu build on a CUDA machine) and fails, rather than quietly running on the CPU,
+when the session does not come up on CUDAExecutionProvider. Precision is a property of the
+graph file (fp32, an FP16 graph, an INT8 Q/DQ graph); the artifacts module picks the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mattrt.availability import require
+from mattrt.errors import InputError
+from mattrt.runtime.engine import DEVICES, Engine, TensorMeta, check_choice
+
+_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+class SessionLoader:
+    """Loader: an onnxruntime InferenceSession for one .onnx file."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
+        self.path = Path(path)
+        self.device = check_choice(device, DEVICES, "device")
+        self.threads = threads
+        if not self.path.is_file():
+            raise InputError(f"ONNX graph {self.path} does not exist")
+        require("onnxruntime", "the onnxruntime engine")
+        if device == "cuda":
+            require("onnxruntime_cuda", "the onnxruntime engine on device cuda")
+
+    def __call__(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+        session = ort.InferenceSession(str(self.path), options, providers=_PROVIDERS[self.device])
+        wanted = _PROVIDERS[self.device][0]
+        if session.get_providers()[0] != wanted:
+            raise InputError(
+                f"{self.path.name}: onnxruntime created the session on {session.get_providers()[0]}, not {wanted}"
+            )
+        return session
+
+
+_ONNX_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+def _graph_metas(path: Path) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
+    """Input and output metadata read from the graph file (weights are not needed)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def metas(values):
+        result = []
+        for value in values:
+            tensor_type = value.type.tensor_type
+            shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+            result.append(TensorMeta(value.name, shape, dtype))
+        return tuple(result)
+
+    initializers = {t.name for t in proto.graph.initializer}
+    return metas([v for v in proto.graph.input if v.name not in initializers]), metas(proto.graph.output)
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runner for one ONNX graph through onnxruntime."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        loader: SessionLoader,
+        name: str | None = None,
+        precision: str = "fp32",
+        max_batch: int | None = None,
+        inputs: tuple[TensorMeta, ...] | None = None,
+        outputs: tuple[TensorMeta, ...] | None = None,
+    ):
+        super().__init__(name or loader.path.stem, loader.device, precision)
+        self.loader = loader
+        if inputs is None or outputs is None:
+            inputs, outputs = _graph_metas(loader.path)
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+        self.max_batch = max_batch
+        self._session = None
+
+    def _activate(self) -> None:
+        self._session = self.loader()
+        names_in = [i.name for i in self._session.get_inputs()]
+        names_out = [o.name for o in self._session.get_outputs()]
+        if names_in != self.input_names or names_out != self.output_names:
+            self._session = None
+            raise InputError(
+                f"{self.loader.path.name}: the graph's inputs {names_in} / outputs {names_out} differ from the "
+                f"declared {self.input_names} / {self.output_names}; the manifest does not describe this file"
+            )
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _infer(self, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        values = self._session.run(self.output_names, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return {name: np.asarray(value) for name, value in zip(self.output_names, values)}
+
+
+__all__ = ["OnnxRuntimeEngine", "SessionLoader"]

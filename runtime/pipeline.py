@@ -1,0 +1,457 @@
+"""The Pipeline: one data flow for every model and every backend (DESIGN.md, "The pipeline").
+
+    with Pipeline.from_model("shm_tiny") as pipeline:          # torch engines
+        result = pipeline.run(rgb)                             # H x W x 3 uint8/uint16/float
+    result.alpha                                               # H x W float32 in [0, 1]
+
+Steps, for an H x W image:
+1. Semantic pass on the fixed S x S canvas. The image is resized keeping its aspect (by the
+   global factor `semantic_scale`, or to fit S by default; antialiased bilinear), normalised,
+   and centred on the canvas; the rest of the canvas is 0 after normalisation, i.e. the
+   normalisation mean colour (the neutral input the networks saw most). The trimap
+   probabilities of the content region are kept at that low resolution.
+2. The detail image: the input itself, or resized by the local factor `detail_scale` (AIM's
+   hybrid inference runs its local pass at 1/2 scale).
+3. Guidance at detail resolution: the trimap probabilities upsampled bilinearly
+   (align_corners=False), evaluated only where a tile or a band of rows needs them, with
+   exactly the coordinates of one full F.interpolate; for Semantic Image Matting ("sim") the
+   guidance of models/sim.py, built once from the classifier stages.
+4. A TilePlan of T x T tiles overlapping by O; batches of tiles (image crop + guidance crop,
+   reflected past the image edge) go through the detail engine.
+5. Window-weighted stitching into a band of rows: rows no later tile touches are normalised
+   and handed on at once, so the accumulator holds about T + (rows a batch spans) rows.
+6. Fusion (models/fusion.py FUSIONS[kind]) of the stitched raw alpha (upsampled back to H x W
+   when detail_scale != 1) with the trimap, band by band, clamped to [0, 1].
+
+Memory: besides the input image and the H x W float32 alpha, the pipeline holds the low-res
+trimap, one batch of tiles (inputs, outputs, network activations) and a band of rows of the
+image width: peak memory grows with the tile batch and the image width, not with the number
+of tiles. Exception: "sim" guidance (click maps are distance transforms over the whole hard
+trimap, score maps are stitched over classifier windows of the whole image) is built for the
+whole detail image at once: (3 + 3 + 28) float32 planes at detail resolution.
+
+`run(image, whole=True)` is the reference the tiled result is measured against: the same
+canvas in one detail call with the same guidance (engines that run any size only: torch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from mattrt.errors import InputError
+from mattrt.runtime import ops
+from mattrt.runtime.artifacts import ModelSpec, check_engines, load_model_engines, open_artifacts
+from mattrt.runtime.engine import Engine, run_in_chunks
+from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
+
+# Same limit as the image reader's decompression-bomb guard: 200 megapixels.
+DEFAULT_MAX_PIXELS = 200_000_000
+GUIDANCE_KINDS = ("none", "trimap", "sim")
+# Rows fused per step (bounds the full-width trimap band: 3 x rows x W float32).
+FUSION_ROWS = 64
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class MattingResult:
+    alpha: np.ndarray  # H x W float32 in [0, 1]
+    trimap: np.ndarray  # 3 x h x w: trimap probabilities of the content region at semantic resolution
+    timings: dict[str, float]  # seconds per step
+    plan: dict  # the tiling plan (TilePlan.describe) and sizes
+    detail: np.ndarray | None = None  # stitched raw alpha at detail resolution (keep_detail=True)
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[key] = self.seconds.get(key, 0.0) + (now - started)
+        return now
+
+
+class Pipeline:
+    """Drives a set of stage engines over images of any size (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        engines: Mapping[str, Engine],
+        *,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        margin: int | None = None,
+        batch: int = 4,
+        semantic_scale: float | None = None,
+        detail_scale: float = 1.0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
+        check_engines(spec, engines)
+        if spec.guidance not in GUIDANCE_KINDS:
+            raise InputError(
+                f"model {spec.name!r} needs guidance {spec.guidance!r}; this runtime builds: {', '.join(GUIDANCE_KINDS)}"
+            )
+        from mattrt.models.fusion import get_fusion
+
+        get_fusion(spec.fusion)
+        self.spec = spec
+        self.engines = dict(engines)
+        detail = self.engines["detail"]
+        semantic = self.engines["semantic"]
+        if detail.fixed_spatial:
+            fixed = detail.spatial_size
+            if tile_size is not None and tile_size != fixed:
+                raise InputError(
+                    f"the {detail.backend} detail graph of {spec.name!r} is fixed at {fixed} x {fixed}; "
+                    f"tile size {tile_size} needs a graph exported with that tile size (mattrt export --tile {tile_size})"
+                )
+            tile_size = fixed
+        self.tile_size = int(tile_size if tile_size is not None else spec.tile_size)
+        self.overlap = int(overlap if overlap is not None else min(spec.tile_overlap, self.tile_size - spec.stride_multiple))
+        self.margin = default_margin(self.overlap) if margin is None else int(margin)
+        check_tiling(self.tile_size, self.overlap, spec.stride_multiple, self.margin)
+        self.semantic_size = semantic.spatial_size if semantic.fixed_spatial else int(spec.semantic_size)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise InputError(f"tile batch must be a positive integer, got {batch!r}")
+        if detail.max_batch is not None and batch > detail.max_batch:
+            raise InputError(
+                f"tile batch {batch} exceeds the detail graph's maximum batch {detail.max_batch}; "
+                f"use --batch {detail.max_batch} or less, or re-export with a larger max batch"
+            )
+        self.batch = batch
+        if semantic_scale is not None and not (isinstance(semantic_scale, (int, float)) and semantic_scale > 0):
+            raise InputError(f"semantic scale must be a positive number (or None to fit the canvas), got {semantic_scale!r}")
+        if not (isinstance(detail_scale, (int, float)) and detail_scale > 0 and math.isfinite(detail_scale)):
+            raise InputError(f"detail scale must be a positive number, got {detail_scale!r}")
+        self.semantic_scale = semantic_scale
+        self.detail_scale = float(detail_scale)
+        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+            raise InputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+        self.max_pixels = max_pixels
+        self._mean = np.asarray(spec.mean, dtype=np.float32)
+        self._std = np.asarray(spec.std, dtype=np.float32)
+        if spec.channel_order.upper() not in ("RGB", "BGR"):
+            raise InputError(f"channel order {spec.channel_order!r} is not RGB or BGR")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_model(
+        cls, model, checkpoint=None, *, device: str = "cpu", precision: str = "fp32", channels_last: bool = False, **options
+    ) -> "Pipeline":
+        """Torch engines over a model instance or a registered name."""
+        spec, engines = load_model_engines(model, checkpoint, device=device, precision=precision, channels_last=channels_last)
+        return cls(spec, engines, **options)
+
+    @classmethod
+    def from_artifacts(
+        cls, directory: str | Path, *, device: str = "cpu", precision: str = "fp32", threads: int | None = None, **options
+    ) -> "Pipeline":
+        """onnxruntime engines over an export directory (read through its manifest only)."""
+        spec, engines = open_artifacts(directory, device=device, precision=precision, threads=threads)
+        return cls(spec, engines, **options)
+
+    def __enter__(self) -> "Pipeline":
+        try:
+            for engine in self.engines.values():
+                engine.activate()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.deactivate()
+
+    def describe(self) -> dict:
+        detail = self.engines["detail"]
+        return {
+            "model": self.spec.name,
+            "source": self.spec.source,
+            "backend": detail.backend,
+            "device": detail.device,
+            "precision": detail.precision,
+            "semantic_size": self.semantic_size,
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "margin": self.margin,
+            "batch": self.batch,
+            "semantic_scale": self.semantic_scale,
+            "detail_scale": self.detail_scale,
+            "fusion": self.spec.fusion,
+            "guidance": self.spec.guidance,
+            "trained": self.spec.trained,
+        }
+
+    # -- sizes ------------------------------------------------------------------------------------
+    def check_size(self, height: int, width: int) -> None:
+        if height < 1 or width < 1:
+            raise InputError(f"the image has zero size ({width}x{height})")
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            raise InputError(
+                f"image {width}x{height} = {height * width / 1e6:.1f} megapixels exceeds the maximum of "
+                f"{self.max_pixels / 1e6:.1f} megapixels; raise the limit (--max-pixels) to process it "
+                "(mattrt never downscales silently)"
+            )
+
+    def content_size(self, height: int, width: int) -> tuple[int, int]:
+        """Height and width of the image on the semantic canvas."""
+        canvas = self.semantic_size
+        scale = canvas / max(height, width) if self.semantic_scale is None else self.semantic_scale
+        content_h = max(1, int(round(height * scale)))
+        content_w = max(1, int(round(width * scale)))
+        if content_h > canvas or content_w > canvas:
+            raise InputError(
+                f"semantic scale {scale:g} makes the {width}x{height} image {content_w}x{content_h}, larger than the "
+                f"{canvas} x {canvas} semantic canvas; use a scale of at most {canvas / max(height, width):.4g} "
+                "(or none, to fit the canvas)"
+            )
+        return content_h, content_w
+
+    def detail_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.detail_scale == 1.0:
+            return height, width
+        return max(1, int(round(height * self.detail_scale))), max(1, int(round(width * self.detail_scale)))
+
+    def plan(self, height: int, width: int, whole: bool = False) -> TilePlan:
+        detail_h, detail_w = self.detail_size(height, width)
+        if whole:
+            return TilePlan.whole(detail_h, detail_w, self.tile_size, self.spec.stride_multiple)
+        return TilePlan.build(detail_h, detail_w, self.tile_size, self.overlap, self.spec.stride_multiple, self.margin)
+
+    # -- the passes -----------------------------------------------------------------------------
+    def _model_order(self, image: np.ndarray) -> np.ndarray:
+        return image[..., ::-1] if self.spec.channel_order.upper() == "BGR" else image
+
+    def semantic_pass(self, image: np.ndarray) -> np.ndarray:
+        """Trimap probabilities (3 x h x w) of the image's content region on the semantic canvas."""
+        height, width = image.shape[:2]
+        content_h, content_w = self.content_size(height, width)
+        canvas_size = self.semantic_size
+        resized = ops.resize_image(image, content_h, content_w)
+        resized -= self._mean
+        resized /= self._std
+        canvas = np.zeros((1, 3, canvas_size, canvas_size), dtype=np.float32)
+        top, left = (canvas_size - content_h) // 2, (canvas_size - content_w) // 2
+        canvas[0, :, top : top + content_h, left : left + content_w] = resized.transpose(2, 0, 1)
+        trimap = self.engines["semantic"].run({"image": canvas})["trimap"]
+        if trimap.shape[:2] != (1, 3):
+            raise InputError(f"semantic stage returned a trimap of shape {trimap.shape}; expected 1 x 3 x S x S")
+        return np.ascontiguousarray(trimap[0, :, top : top + content_h, left : left + content_w], dtype=np.float32)
+
+    def _sim_guidance(self, detail_image: np.ndarray, low: np.ndarray) -> np.ndarray:
+        """The full "sim" guidance (G x Hd x Wd) from models/sim.py with the classifier engines."""
+        from mattrt.models.sim import classifier_stage_name, sim_guidance
+
+        settings = self.spec.settings
+        windows = tuple(int(w) for w in settings["classifier_windows"])
+        height, width = detail_image.shape[:2]
+        normalised = ops.resize_image(detail_image, height, width)  # float32 copy in [0, 1]
+        normalised -= self._mean
+        normalised /= self._std
+        image = normalised.transpose(2, 0, 1)[None]
+        del normalised
+        trimap = ops.upsample_region(low, height, width, np.arange(height), np.arange(width))[None]
+
+        def classify_window(crops: np.ndarray, levels: np.ndarray) -> np.ndarray:
+            size = crops.shape[-1]
+            name = classifier_stage_name(size)
+            if name not in self.engines:
+                raise InputError(f"model {self.spec.name!r} has no classifier stage for {size} px windows")
+            feeds = {"image": np.ascontiguousarray(crops, dtype=np.float32), "trimap_level": np.ascontiguousarray(levels, dtype=np.float32)}
+            return run_in_chunks(self.engines[name], feeds)["cam"]
+
+        guidance = sim_guidance(
+            np.ascontiguousarray(image),
+            trimap,
+            classify_window,
+            windows=windows,
+            click_scale=float(settings["click_scale"]),
+            num_classes=int(settings["num_classes"]),
+            window_batch=int(settings["window_batch"]),
+        )
+        if guidance.shape[1] != self.spec.guidance_channels:
+            raise InputError(
+                f"sim guidance has {guidance.shape[1]} channels; the detail stage reads {self.spec.guidance_channels}"
+            )
+        return np.ascontiguousarray(guidance[0], dtype=np.float32)
+
+    def run(
+        self,
+        image: np.ndarray,
+        *,
+        whole: bool = False,
+        keep_detail: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> MattingResult:
+        """Alpha matte of one H x W x 3 RGB image (uint8, uint16, or float32 in [0, 1])."""
+        ops.check_rgb(image)
+        height, width = image.shape[:2]
+        self.check_size(height, width)
+        detail_engine = self.engines["detail"]
+        if whole and detail_engine.fixed_spatial:
+            raise InputError(
+                f"whole-image mode needs a detail engine that runs any size (torch); the {detail_engine.backend} "
+                f"graph is fixed at {detail_engine.spatial_size} x {detail_engine.spatial_size}"
+            )
+        timer = _Timer()
+        started = time.perf_counter()
+        ordered = self._model_order(image)
+
+        low = self.semantic_pass(ordered)
+        started = timer.add("semantic", started)
+
+        detail_h, detail_w = self.detail_size(height, width)
+        if (detail_h, detail_w) == (height, width):
+            detail_image = ordered
+        else:
+            detail_image = ops.resize_image(ordered, detail_h, detail_w)
+            started = timer.add("detail_resize", started)
+        guidance_planes = None
+        if self.spec.guidance == "sim":
+            guidance_planes = self._sim_guidance(detail_image, low)
+            started = timer.add("guidance", started)
+
+        plan = self.plan(height, width, whole=whole)
+        tile = (plan.canvas_height, plan.canvas_width) if whole else plan.tile
+        offsets = plan.offsets()
+        stitcher = _BandStitcher(detail_w)
+        writer = _FusionWriter(low, detail_h, detail_w, height, width, self.spec.fusion, keep_detail)
+        total = len(offsets)
+        for start in range(0, total, self.batch):
+            indices = np.arange(start, min(start + self.batch, total))
+            batch_offsets = offsets[indices]
+            feeds = {"image": ops.preprocess_tiles(detail_image, batch_offsets, tile, self._mean, self._std)}
+            started = timer.add("preprocess", started)
+            if self.spec.guidance == "trimap":
+                feeds["guidance"] = ops.upsampled_tiles(low, detail_h, detail_w, batch_offsets, tile)
+            elif self.spec.guidance == "sim":
+                feeds["guidance"] = ops.crop_planes(guidance_planes, batch_offsets, tile)
+            started = timer.add("guidance", started)
+            raw = detail_engine.run(feeds)["detail"]
+            started = timer.add("detail", started)
+            if raw.ndim != 4 or raw.shape[1] != 1:
+                raise InputError(f"detail stage returned shape {raw.shape}; expected B x 1 x T x T")
+            windows = np.ones((1, *raw.shape[2:]), np.float32).repeat(len(indices), 0) if whole else plan.windows(indices)
+            stitcher.add(raw[:, 0], windows, batch_offsets)
+            next_top = int(offsets[indices[-1] + 1, 0]) if indices[-1] + 1 < total else detail_h
+            rows = stitcher.release(min(next_top, detail_h))
+            if rows is not None:
+                writer.push(rows)
+            started = timer.add("stitch_fusion", started)
+            if progress is not None:
+                progress(int(indices[-1]) + 1, total)
+        alpha = writer.finish()
+        timer.add("stitch_fusion", started)
+        info = {
+            **plan.describe(),
+            "whole": whole,
+            "image": [height, width],
+            "detail_size": [detail_h, detail_w],
+            "semantic_content": list(low.shape[1:]),
+        }
+        return MattingResult(alpha=alpha, trimap=low, timings=timer.seconds, plan=info, detail=writer.detail)
+
+
+class _BandStitcher:
+    """Accumulates tiles into a band of rows [start, end) of the detail image."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self.start = 0
+        self.acc = np.zeros((0, width), dtype=np.float32)
+        self.weight = np.zeros((0, width), dtype=np.float32)
+
+    def add(self, tiles: np.ndarray, windows: np.ndarray, offsets: np.ndarray) -> None:
+        bottom = int(offsets[:, 0].max()) + tiles.shape[1]
+        grow = bottom - (self.start + self.acc.shape[0])
+        if grow > 0:
+            self.acc = np.concatenate([self.acc, np.zeros((grow, self.width), np.float32)])
+            self.weight = np.concatenate([self.weight, np.zeros((grow, self.width), np.float32)])
+        relative = offsets - np.array([self.start, 0])
+        ops.stitch_accumulate(self.acc, self.weight, tiles, windows, relative)
+
+    def release(self, upto: int) -> np.ndarray | None:
+        """Normalised rows [start, upto) (no later tile touches them); they leave the band."""
+        count = upto - self.start
+        if count <= 0:
+            return None
+        rows = ops.stitch_normalize(self.acc[:count], self.weight[:count])
+        self.acc = self.acc[count:].copy()
+        self.weight = self.weight[count:].copy()
+        self.start = upto
+        return rows
+
+
+class _FusionWriter:
+    """Turns stitched detail rows (detail resolution, in order) into fused alpha rows (H x W)."""
+
+    def __init__(self, low: np.ndarray, detail_h: int, detail_w: int, height: int, width: int, fusion: str, keep_detail: bool):
+        self.low = low
+        self.height, self.width = height, width
+        self.detail_h, self.detail_w = detail_h, detail_w
+        self.fusion = fusion
+        self.alpha = np.empty((height, width), dtype=np.float32)
+        self.detail = np.empty((detail_h, detail_w), dtype=np.float32) if keep_detail else None
+        self.same_size = (detail_h, detail_w) == (height, width)
+        self.next_row = 0  # next alpha row to write
+        self.buffer = np.zeros((0, detail_w), dtype=np.float32)
+        self.buffer_start = 0  # detail row of buffer[0]
+        self.received = 0  # detail rows received so far
+        self.cols = np.arange(width)
+        if not self.same_size:
+            self.y_lo, self.y_hi, self.wy_lo, self.wy_hi = ops.bilinear_taps(np.arange(height), detail_h, height)
+            self.x_lo, self.x_hi, self.wx_lo, self.wx_hi = ops.bilinear_taps(self.cols, detail_w, width)
+
+    def push(self, rows: np.ndarray) -> None:
+        if self.detail is not None:
+            self.detail[self.received : self.received + rows.shape[0]] = rows
+        self.received += rows.shape[0]
+        if self.same_size:
+            self._fuse(rows, self.next_row)
+            return
+        self.buffer = np.concatenate([self.buffer, rows]) if self.buffer.size else rows
+        ready = int(np.searchsorted(self.y_hi, self.received, side="left"))
+        if ready > self.next_row:
+            lo = self.y_lo[self.next_row : ready] - self.buffer_start
+            hi = self.y_hi[self.next_row : ready] - self.buffer_start
+            upper = self.buffer[lo][:, self.x_lo] * self.wx_lo + self.buffer[lo][:, self.x_hi] * self.wx_hi
+            lower = self.buffer[hi][:, self.x_lo] * self.wx_lo + self.buffer[hi][:, self.x_hi] * self.wx_hi
+            detail = self.wy_lo[self.next_row : ready, None] * upper + self.wy_hi[self.next_row : ready, None] * lower
+            self._fuse(detail.astype(np.float32), self.next_row)
+            keep_from = int(self.y_lo[ready]) if ready < self.height else self.received
+            drop = keep_from - self.buffer_start
+            if drop > 0:
+                self.buffer = self.buffer[drop:].copy()
+                self.buffer_start = keep_from
+
+    def _fuse(self, detail_rows: np.ndarray, first_row: int) -> None:
+        for offset in range(0, detail_rows.shape[0], FUSION_ROWS):
+            part = detail_rows[offset : offset + FUSION_ROWS]
+            y0 = first_row + offset
+            rows = np.arange(y0, y0 + part.shape[0])
+            trimap = ops.upsample_region(self.low, self.height, self.width, rows, self.cols)
+            self.alpha[y0 : y0 + part.shape[0]] = ops.fuse(trimap, part, self.fusion)
+        self.next_row = first_row + detail_rows.shape[0]
+
+    def finish(self) -> np.ndarray:
+        if self.next_row != self.height or self.received != self.detail_h:
+            raise InputError(
+                f"stitching ended after {self.received} of {self.detail_h} detail rows and {self.next_row} of "
+                f"{self.height} alpha rows; the tiling plan did not cover the image"
+            )
+        return self.alpha
+
+
+__all__ = ["DEFAULT_MAX_PIXELS", "MattingResult", "Pipeline"]

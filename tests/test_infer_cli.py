@@ -1,0 +1,266 @@
+"""`mattrt infer`: inputs of every kind, bad inputs, outputs, the overwrite and no-clobber rules,
+and the JSON summary."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mattrt.cli import main
+from mattrt.export.parity import generated_image
+from mattrt.imageio import encode_png16
+
+MODEL: list[str] = []
+TIMING_KEYS = {"read", "semantic", "preprocess", "guidance", "detail", "stitch_fusion", "foreground", "write", "total"}
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height with almost no pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def weights(tmp_path_factory):
+    """One set of weights for every run (calibrated so that mattes are not constant)."""
+    import torch
+
+    from mattrt.models import create_model
+    from mattrt.runtime.diagnostics import calibrated_random_weights
+
+    path = tmp_path_factory.mktemp("weights") / "shm_tiny.pth"
+    torch.save(calibrated_random_weights(create_model("shm_tiny"), seed=3).state_dict(), path)
+    MODEL[:] = ["--model", "shm_tiny", "--checkpoint", str(path), "--no-progress"]
+    yield path
+    MODEL.clear()
+
+
+def _infer(*args) -> int:
+    return main(["infer", *map(str, args), *MODEL])
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def _image(size=(48, 64), seed=0) -> np.ndarray:
+    return generated_image(max(size), seed)[: size[0], : size[1]]
+
+
+# -- formats and kinds of input ------------------------------------------------------------------
+def test_a_folder_of_mixed_inputs_with_bad_files(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = _image()
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    Image.fromarray(rgb).save(folder / "photo.jpg", quality=90)
+    Image.fromarray(rgb).save(folder / "web.webp")
+    Image.fromarray(rgb).save(folder / "scan.tif")
+    Image.fromarray(rgb).convert("L").save(folder / "grey.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "print.jpg")
+    Image.fromarray(rgb[:1, :1]).save(folder / "one_pixel.png")
+    Image.fromarray(rgb[:1, :50]).save(folder / "one_row.png")
+    (folder / "corrupt.png").write_bytes(b"this is not an image at all")
+    valid = (folder / "rgb.png").read_bytes()
+    (folder / "truncated.png").write_bytes(valid[: len(valid) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    out = tmp_path / "out"
+
+    assert _infer(folder, "--out", out) == 1
+    summary = _summary(out)
+    done = {Path(r["input"]).name: r for r in summary["images"]}
+    failed = {Path(f["input"]).name: f["error"] for f in summary["failures"]}
+    assert set(done) == {"rgb.png", "photo.jpg", "web.webp", "scan.tif", "grey.png", "palette.png", "print.jpg",
+                         "one_pixel.png", "one_row.png"}
+    assert set(failed) == {"corrupt.png", "truncated.png", "empty.jpg"}
+    assert "not a readable PNG, JPEG, WebP or TIFF" in failed["corrupt.png"]
+    assert "truncated" in failed["truncated.png"] or "corrupt" in failed["truncated.png"]
+    assert "empty" in failed["empty.jpg"]
+    assert done["print.jpg"]["mode"] == "CMYK" and done["grey.png"]["mode"] == "L"
+    for name, record in done.items():
+        assert set(record["timings"]) == TIMING_KEYS, name
+        with Image.open(record["output"]) as written:
+            assert written.size == (record["width"], record["height"]) and written.mode == "L"
+    assert summary["processed"] == 9 and summary["failed"] == 3
+    err = capsys.readouterr().err
+    assert "failed: " in err and "corrupt.png" in err
+    assert summary["pipeline"]["trained"]
+
+
+def test_untrained_models_are_flagged(tmp_path, capsys):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "p.png")
+    assert main(["infer", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--model", "shm_tiny", "--no-progress"]) == 0
+    assert "untrained weights" in capsys.readouterr().err
+
+
+def test_sixteen_bit_input_gives_a_sixteen_bit_matte_unless_asked(tmp_path):
+    rgb16 = _image().astype(np.uint16) * 257 + 3
+    source = tmp_path / "deep.png"
+    source.write_bytes(encode_png16(rgb16))
+    out = tmp_path / "out"
+    assert _infer(source, "--out", out) == 0
+    assert _summary(out)["images"][0]["bit_depth"] == 16
+    with Image.open(out / "deep_alpha.png") as written:
+        assert written.mode.startswith("I;16")
+    assert _infer(source, "--out", out, "--bit-depth", "8", "--overwrite") == 0
+    with Image.open(out / "deep_alpha.png") as written:
+        assert written.mode == "L"
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = _image((40, 64))  # 64 wide, 40 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display: 40 wide, 64 high
+    Image.fromarray(stored).save(tmp_path / "camera.jpg", exif=exif)
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "camera.jpg", "--out", out) == 0
+    assert _summary(out)["images"][0]["orientation"] == 6
+    with Image.open(out / "camera_alpha.png") as written:
+        assert written.size == (40, 64)
+
+
+def test_an_input_alpha_channel_is_handled_as_asked(tmp_path):
+    rgba = np.dstack([_image(), np.zeros((48, 64), np.uint8)])
+    rgba[:, 32:, 3] = 255  # left half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "cut.png", "--out", out, "--input-alpha", "error") == 1
+    assert "has an alpha channel" in _summary(out)["failures"][0]["error"]
+    assert _infer(tmp_path / "cut.png", "--out", out, "--input-alpha", "multiply", "--overwrite") == 0
+    alpha = np.asarray(Image.open(out / "cut_alpha.png"))
+    assert alpha[:, :32].max() == 0
+    assert _summary(out)["images"][0]["input_alpha"] == "multiply"
+    for mode in ("flatten", "ignore"):
+        assert _infer(tmp_path / "cut.png", "--out", out, "--input-alpha", mode, "--overwrite") == 0
+
+
+def test_declared_dimensions_past_the_bomb_guard_are_refused(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(30_000, 30_000))
+    Image.fromarray(_image((30, 40))).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "bomb.png", tmp_path / "small.png", "--out", out) == 1
+    failure = _summary(out)["failures"][0]
+    assert failure["input"].endswith("bomb.png") and "900.0 megapixels exceeds the limit of 200.0" in failure["error"]
+    # the limit is a flag: 30 x 40 = 1200 pixels is over a limit of 1000
+    assert _infer(tmp_path / "small.png", "--out", out, "--max-pixels", "1000", "--overwrite") == 1
+    assert "exceeds the limit" in _summary(out)["failures"][0]["error"]
+
+
+def test_zero_size_headers_and_missing_paths_are_reported(tmp_path):
+    (tmp_path / "zero.png").write_bytes(_png_header_only(0, 10))
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "zero.png", tmp_path / "missing.png", tmp_path / "nothing-*.png", "--out", out) == 1
+    errors = {Path(f["input"]).name: f["error"] for f in _summary(out)["failures"]}
+    assert "zero size" in errors["zero.png"] or "corrupt" in errors["zero.png"]
+    assert "no such file or folder" in errors["missing.png"]
+    assert "matches no image files" in errors["nothing-*.png"]
+    assert _summary(out)["processed"] == 0
+
+
+def test_globs_expand_to_image_files(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_image((20, 30))).save(tmp_path / name)
+    (tmp_path / "c.txt").write_text("x")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "*", "--out", out) == 0
+    assert sorted(Path(r["input"]).name for r in _summary(out)["images"]) == ["a.png", "b.png"]
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def test_rgba_cutout_and_composites(tmp_path):
+    source = tmp_path / "photo.png"
+    rgb = _image()
+    Image.fromarray(rgb).save(source)
+    Image.fromarray(_image((10, 12), seed=2)).save(tmp_path / "backdrop.jpg")
+    out = tmp_path / "out"
+    assert _infer(source, "--out", out) == 0
+    alpha = np.asarray(Image.open(out / "photo_alpha.png"))
+    assert _infer(source, "--out", out, "--output", "rgba", "--overwrite") == 0
+    rgba = np.asarray(Image.open(out / "photo_rgba.png"))
+    assert rgba.shape == (48, 64, 4)
+    np.testing.assert_array_equal(rgba[..., 3], alpha)
+    assert _infer(source, "--out", out, "--output", "composite", "--background", "#00ff00", "--overwrite") == 0
+    composite = np.asarray(Image.open(out / "photo_composite.png")).astype(np.float32)
+    a = alpha[..., None].astype(np.float32) / 255
+    expected = rgba[..., :3].astype(np.float32) * a + np.array([0, 255, 0], np.float32) * (1 - a)
+    assert np.abs(composite - expected).max() <= 1.0  # both sides rounded to 8 bit once
+    assert _infer(source, "--out", out, "--output", "composite", "--background", tmp_path / "backdrop.jpg",
+                  "--overwrite") == 0
+    assert Image.open(out / "photo_composite.png").size == (64, 48)
+
+
+def test_bad_backgrounds_and_options_are_refused(tmp_path, capsys):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "p.png")
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--output", "composite", "--background", "chartreusey") == 1
+    assert "neither a colour" in capsys.readouterr().err
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--background", "white") == 1
+    assert "--output composite only" in capsys.readouterr().err
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--tile", "60") == 1
+    assert "multiple of the model's stride multiple 16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["infer", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--model", "shm_tiny",
+              "--artifacts", str(tmp_path)])
+
+
+def test_options_reach_the_pipeline(tmp_path):
+    Image.fromarray(_image((100, 90))).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "p.png", "--out", out, "--tile", "32", "--overlap", "8", "--batch", "2",
+                  "--semantic-scale", "0.5", "--detail-scale", "0.5") == 0
+    summary = _summary(out)
+    pipeline = summary["pipeline"]
+    assert (pipeline["tile_size"], pipeline["overlap"], pipeline["batch"]) == (32, 8, 2)
+    assert (pipeline["semantic_scale"], pipeline["detail_scale"]) == (0.5, 0.5)
+    assert Image.open(out / "p_alpha.png").size == (90, 100)
+
+
+# -- never clobber ---------------------------------------------------------------------------------
+def test_outputs_are_replaced_only_with_overwrite(tmp_path, capsys):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "p.png", "--out", out) == 0
+    first = (out / "p_alpha.png").read_bytes()
+    assert _infer(tmp_path / "p.png", "--out", out) == 1
+    assert "summary.json already exists" in capsys.readouterr().err
+    assert _infer(tmp_path / "p.png", "--out", out, "--summary", tmp_path / "second.json") == 1
+    assert "already exists; pass --overwrite" in json.loads((tmp_path / "second.json").read_text())["failures"][0]["error"]
+    assert (out / "p_alpha.png").read_bytes() == first
+    assert _infer(tmp_path / "p.png", "--out", out, "--overwrite") == 0
+
+
+def test_an_out_that_would_write_onto_an_input_is_refused(tmp_path, capsys):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "x.png")
+    Image.fromarray(_image((20, 30), seed=3)).save(tmp_path / "x_alpha.png")
+    before = (tmp_path / "x_alpha.png").read_bytes()
+    assert _infer(tmp_path, "--out", tmp_path, "--overwrite") == 1
+    assert "inputs are never overwritten" in capsys.readouterr().err
+    assert (tmp_path / "x_alpha.png").read_bytes() == before
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_two_inputs_claiming_one_output_are_refused(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(_image((20, 30))).save(tmp_path / folder / "same.png")
+    assert _infer(tmp_path / "a", tmp_path / "b", "--out", tmp_path / "out") == 1
+    assert "would both be written" in capsys.readouterr().err
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "p.png")
+    (tmp_path / "file").write_text("x")
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "file") == 1
+    assert "is not a folder" in capsys.readouterr().err
