@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mattrt demo --out demo-output
+	$(VENV)/bin/mattrt demo --out demo-output --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

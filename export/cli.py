@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--allow-lint-errors", action="store_true",
         help="write the graphs even if the TensorRT lint fails (e.g. for onnxruntime-only deployments)",
     )
+    from mattrt.calibration.precision import add_precision_arguments
+
+    add_precision_arguments(p)
     p.set_defaults(run=run_export)
 
     p = subparsers.add_parser(
@@ -79,6 +82,9 @@ def run_export(args: argparse.Namespace) -> int:
         simplify=not args.no_simplify,
         allow_lint_errors=args.allow_lint_errors,
     )
+    from mattrt.calibration.precision import apply_precision_arguments
+
+    apply_precision_arguments(args, args.out)
     return 0
 
 

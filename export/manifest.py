@@ -50,8 +50,11 @@ class GraphEntry:
     export_seconds: float = 0.0  # export + parity + simplification + lint
     simplified: bool = False  # onnxslim's graph kept (parity held after simplifying)
     simplify_note: str = ""
-    # "random" / "image" -> output name -> {"batch": b, "max_abs": ..., "rel_l2": ...} per batch
+    # "random" / "image" -> output name -> {"batch": b, "max_abs": ..., "rel_l2": ...} per batch;
+    # per added precision: how it was built and its error against fp32
     parity: dict[str, Any] = field(default_factory=dict)
+    # precision -> files that rebuild its graph without the data (int8: ranges, calibration inputs)
+    side_files: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:

@@ -15,10 +15,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("doctor", help="report what this machine has (Python, torch, onnxruntime, CUDA, TensorRT, CuPy, Triton)")
     p.set_defaults(run=run_doctor)
 
-    p = subparsers.add_parser("demo", help="run every seed model on a generated image and save the mattes")
+    p = subparsers.add_parser(
+        "demo", help="end to end on synthetic data: synth, tiled matting with the trained aim_synthetic model, metrics, contact sheet"
+    )
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    p.add_argument("--size", type=int, default=256, help="generated image side in pixels (default: 256)")
-    p.add_argument("--models", nargs="*", default=None, help="models to run (default: the five seed models)")
+    p.add_argument("--count", type=int, default=6, help="number of synthetic images (default: 6)")
+    p.add_argument("--size", default="416x320", help="image size WxH (default: 416x320, near the training sizes)")
+    p.add_argument("--model", default="aim_synthetic", help="registered model with trained weights (default: aim_synthetic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     p.set_defaults(run=run_demo)
 
 
@@ -53,9 +57,10 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from mattrt.calibration.synthetic import parse_size
     from mattrt.demo import run_demo as demo
 
-    return demo(args.out, size=args.size, models=args.models)
+    return demo(args.out, count=args.count, size=parse_size(args.size), model=args.model, overwrite=args.overwrite)
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -10,3 +10,4 @@ from mattrt.models import alphanet  # noqa: E402,F401
 from mattrt.models import shm  # noqa: E402,F401
 from mattrt.models import aim  # noqa: E402,F401
 from mattrt.models import sim  # noqa: E402,F401
+from mattrt.models import aim_synthetic  # noqa: E402,F401
