@@ -156,8 +156,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from mattrt.imageio import list_images, read_alpha, write_bytes
 
     channel = args.pred_channel if args.pred_channel == "alpha" else _channel_index(args.pred_channel)
-    pred_files = _by_stem(list_images(args.pred), args.pred)
     gt_files = _by_stem(list_images(args.gt), args.gt)
+    pred_files = _by_stem(list_images(args.pred), args.pred, known=gt_files)
     trimap_files = _by_stem(list_images(args.trimap), args.trimap) if args.trimap is not None else None
     if not pred_files and not gt_files:
         raise InputError(f"no images found in {args.pred} or {args.gt}")
@@ -233,15 +233,24 @@ def _channel_index(text: str) -> int:
         raise InputError(f"--pred-channel must be a channel index or 'alpha', got {text!r}") from None
 
 
-def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
+# `mattrt infer` names its outputs <stem>_alpha.png / <stem>_rgba.png.
+INFER_SUFFIXES = ("_alpha", "_rgba")
+
+
+def _by_stem(files: list[Path], folder: Path, known: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Files by stem; with `known` (the ground truth), a stem that only matches it once an
+    infer suffix is removed is keyed without the suffix."""
     from mattrt.errors import InputError
 
     found: dict[str, Path] = {}
     for path in files:
-        if path.stem in found:
-            raise InputError(f"{folder}: {found[path.stem].name} and {path.name} have the same stem; "
+        stem = path.stem
+        if known is not None and stem not in known:
+            stem = next((stem[: -len(s)] for s in INFER_SUFFIXES if stem.endswith(s) and stem[: -len(s)] in known), stem)
+        if stem in found:
+            raise InputError(f"{folder}: {found[stem].name} and {path.name} both stand for image {stem!r}; "
                              "keep one file per image")
-        found[path.stem] = path
+        found[stem] = path
     return found
 
 

@@ -342,3 +342,19 @@ def test_eval_cli_scores_the_alpha_of_rgba_cutouts(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["images"][0]["sad"] == 0.0
     assert main([*args, "--overwrite"]) == 0  # channel 0 is the black colour: every alpha counts as error
     assert json.loads((tmp_path / "r.json").read_text())["images"][0]["sad"] > 0.01
+
+
+def test_eval_cli_pairs_infer_outputs_with_their_ground_truth(tmp_path, capsys):
+    # `mattrt infer` writes <stem>_alpha.png; the ground truth is <stem>.png
+    matte = np.random.default_rng(4).random((6, 7))
+    _write_set(tmp_path / "gt", {"photo": matte, "photo_alpha": 1 - matte})
+    _write_set(tmp_path / "pred", {"photo_alpha": 1 - matte, "other_alpha": matte})
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 1
+    out = capsys.readouterr().out
+    # an exact stem wins over a stripped one; other_alpha has no ground truth
+    assert "missing gt for 1 image(s): other_alpha" in out and "missing pred for 1 image(s): photo" in out
+    _write_set(tmp_path / "gt2", {"other": matte})
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt2")]) == 1
+    assert "missing gt for 1 image(s): photo_alpha" in capsys.readouterr().out
+    (tmp_path / "pred" / "photo_alpha.png").unlink()
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt2")]) == 0
