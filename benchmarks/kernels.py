@@ -71,6 +71,7 @@ def ensure_mattrt_importable() -> None:
     load_package("mattrt", ROOT / "mattrt", run_init=True)
     load_package("mattrt.models", ROOT / "models", run_init=False)  # only models.fusion is used
     load_package("mattrt.kernels", ROOT / "kernels", run_init=True)
+    load_package("mattrt.runtime", ROOT / "runtime", run_init=False)  # only runtime.tiling is used
 
 
 def fail(message: str) -> None:
@@ -394,11 +395,23 @@ class Bench:
                 got = fusion.trimap_fusion(self.cp(trimap), self.cp(detail), kind, logits=logits)
                 parity = self.close(got, fusion.trimap_fusion_reference(trimap.cpu().numpy(), detail.cpu().numpy(),
                                                                         kind, logits=logits))
-                # The GPU contracts the interpolation into FMAs: where two classes are within an ulp
-                # the argmax may pick the other one, so a handful of such pixels is accepted.
-                allowed = 10 if kind == "argmax_trimap" else 0
-                self.parity_row("trimap_fusion", f"{kind} logits={logits} {tuple(detail.shape)}", parity,
-                                parity["pixels_over_1e-5"] <= allowed)
+                # Without logits the kernel does the reference's float32 operations (no FMAs): exact.
+                # The softmax of logits uses the hardware exp: where two classes are within an ulp
+                # the argmax may pick the other one, so a handful of such pixels is accepted there.
+                if logits:
+                    ok = parity["pixels_over_1e-5"] <= (10 if kind == "argmax_trimap" else 0)
+                else:
+                    ok = parity["max_abs_err"] == 0.0
+                self.parity_row("trimap_fusion", f"{kind} logits={logits} {tuple(detail.shape)}", parity, ok)
+        # the pipeline's form: a band of rows of a taller image, clamped
+        probabilities = torch.softmax(low, dim=1)[:1]
+        band = detail[:1, :, 37:137].contiguous()
+        for kind in fusion.KINDS:
+            got = fusion.trimap_fusion(self.cp(probabilities), self.cp(band), kind, band=(37, 250), clamp=True)
+            parity = self.close(got, fusion.trimap_fusion_reference(probabilities.cpu().numpy(), band.cpu().numpy(), kind,
+                                                                    band=(37, 250), clamp=True))
+            self.parity_row("trimap_fusion", f"{kind} band rows 37..136 of 250, clamped", parity,
+                            parity["max_abs_err"] == 0.0)
 
         n, size, low_size = self.sizes["fusion"]
         for kind in fusion.KINDS:
@@ -447,6 +460,23 @@ class Bench:
                 stitch.stitch_finalize(acc_gpu, weight_gpu, dtype, uncovered="zero"),
                 stitch.stitch_finalize_reference(acc, weight, dtype, uncovered="zero"))["exact"]
         self.parity_row("stitch", f"accumulate + finalize {height}x{width}, tiles {tile}", parity, all(parity.values()))
+        # the pipeline's form: a tiling plan's stack of (at most 9) windows and an index per tile,
+        # then the unclamped ratio
+        from mattrt.runtime.tiling import TilePlan
+
+        plan = TilePlan.build(height, width, tile, 16, 8)
+        stack, index = plan.window_stack()
+        tiles = rng.uniform(-0.2, 1.2, (len(plan), tile, tile)).astype(np.float32)
+        acc, weight = np.zeros((height, width), np.float32), np.zeros((height, width), np.float32)
+        stitch.stitch_accumulate_reference(acc, weight, tiles, stack, plan.offsets(), index)
+        acc_gpu, weight_gpu = self.cupy.zeros((height, width), np.float32), self.cupy.zeros((height, width), np.float32)
+        stitch.stitch_accumulate(acc_gpu, weight_gpu, self.cupy.asarray(tiles), self.cupy.asarray(stack), plan.offsets(),
+                                 index)
+        ratio = stitch.stitch_finalize(acc_gpu, weight_gpu, np.float32, clamp=False)
+        parity = {"acc": self.exact(acc_gpu, acc)["exact"], "weight_sum": self.exact(weight_gpu, weight)["exact"],
+                  "ratio": self.exact(ratio, stitch.stitch_finalize_reference(acc, weight, np.float32, clamp=False))["exact"]}
+        self.parity_row("stitch", f"plan of {len(plan)} tiles, {len(stack)} windows, unclamped ratio", parity,
+                        all(parity.values()))
         parity = {"vs_torch": "not compared; see the parity row"}
 
         size, tile, stride = self.sizes["stitch"]
@@ -500,6 +530,11 @@ class Bench:
             parity = self.exact(preprocess.preprocess_tiles(self.cupy.asarray(image), offsets, 128, mean, std, dtype),
                                 preprocess.preprocess_tiles_reference(image, offsets, 128, mean, std, dtype))
             self.parity_row("preprocess_tiles", f"{np.dtype(dtype).name} {image.shape}, 5 tiles of 128", parity,
+                            parity["exact"])
+        for image_other in (image.astype(np.uint16) * 257, image.astype(np.float32) / 255):
+            parity = self.exact(preprocess.preprocess_tiles(self.cupy.asarray(image_other), offsets, 128, mean, std),
+                                preprocess.preprocess_tiles_reference(image_other, offsets, 128, mean, std))
+            self.parity_row("preprocess_tiles", f"{image_other.dtype} image -> float32, 5 tiles of 128", parity,
                             parity["exact"])
 
         size, tile, stride = self.sizes["preprocess"]

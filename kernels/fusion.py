@@ -1,14 +1,19 @@
 """Trimap fusion in one pass (trimap_fusion.cu; the module is named fusion to keep the function name free).
 
-trimap_fusion(trimap, detail, kind, *, logits=False):
+trimap_fusion(trimap, detail, kind, *, logits=False, band=None, clamp=False):
     trimap: N x 3 x h x w low-resolution trimap (background, unknown, foreground), logits or
             probabilities, float32 or float16;
     detail: N x 1 x H x W raw alpha of the detail stage, float32 or float16;
     returns N x 1 x H x W alpha in detail's dtype, equal to
         FUSIONS[kind](softmax?(F.interpolate(trimap, (H, W), mode="bilinear", align_corners=False)), detail)
-    with the softmax over the classes only when logits=True (models/fusion.py has the formulas).
-The GPU kernel's softmax uses the hardware exp (about 1e-6 relative error), so it matches the
-reference to float tolerance, not bit for bit.
+    with the softmax over the classes only when logits=True (models/fusion.py has the formulas),
+    clamped to [0, 1] when clamp=True (the pipeline's final alpha).
+    band=(first_row, full_height): detail and the result are rows [first_row, first_row + H) of
+    an image of full_height rows; the trimap is upsampled to full_height x W and those rows are
+    used (a pipeline fuses band by band as stitching releases rows). Default: (0, H).
+Without logits the kernel equals the reference bit for bit (no fused multiply-adds; the
+pipeline's CPU fusion, runtime/ops.py, computes the same float32 operations). The softmax uses
+the hardware exp on the GPU (about 1e-6 relative error): float tolerance there.
 """
 
 from __future__ import annotations
@@ -32,6 +37,19 @@ def _kind_code(kind: str) -> int:
         return KINDS[kind]
     except (KeyError, TypeError):
         raise InputError(f"{OP}: unknown fusion kind {kind!r}; known: {', '.join(KINDS)}") from None
+
+
+def _band(band: Any, height: int) -> tuple[int, int]:
+    """(first_row, full_height) of a band of `height` rows; (0, height) when band is None."""
+    if band is None:
+        return 0, height
+    try:
+        first, full = (int(v) for v in band)
+    except (TypeError, ValueError):
+        raise InputError(f"{OP}: band must be (first_row, full_height), got {band!r}") from None
+    if first < 0 or full < 1 or first + height > full:
+        raise InputError(f"{OP}: band rows [{first}, {first + height}) do not lie inside an image of {full} rows")
+    return first, full
 
 
 def _check(trimap: Any, detail: Any) -> tuple[int, int, int, int, int]:
@@ -68,9 +86,10 @@ def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np
     return lo, hi, (np.float32(1) - w_hi).astype(np.float32), w_hi.astype(np.float32)
 
 
-def upsample_bilinear(low: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float32 N x C x h x w -> N x C x H x W, F.interpolate(mode="bilinear", align_corners=False)."""
-    y_lo, y_hi, wy_lo, wy_hi = linear_taps(low.shape[2], height)
+def upsample_bilinear(low: np.ndarray, height: int, width: int, rows: slice = slice(None)) -> np.ndarray:
+    """float32 N x C x h x w -> N x C x H x W, F.interpolate(mode="bilinear", align_corners=False);
+    only the output rows `rows` when given."""
+    y_lo, y_hi, wy_lo, wy_hi = (taps[rows] for taps in linear_taps(low.shape[2], height))
     x_lo, x_hi, wx_lo, wx_hi = linear_taps(low.shape[3], width)
     top = low[:, :, y_lo, :]
     bottom = low[:, :, y_hi, :]
@@ -96,33 +115,43 @@ def fuse(probabilities: np.ndarray, detail: np.ndarray, kind: str) -> np.ndarray
     return np.where(is_foreground, np.float32(1), alpha).astype(np.float32)
 
 
-def trimap_fusion_reference(trimap: np.ndarray, detail: np.ndarray, kind: str, *, logits: bool = False) -> np.ndarray:
-    """NumPy reference: upsample, optional softmax, fusion formula; float32 math, detail's dtype out."""
+def trimap_fusion_reference(trimap: np.ndarray, detail: np.ndarray, kind: str, *, logits: bool = False,
+                            band: Any = None, clamp: bool = False) -> np.ndarray:
+    """NumPy reference: upsample, optional softmax, fusion formula, optional clamp; float32 math,
+    detail's dtype out."""
     trimap = host_array(OP, "trimap", trimap, layout="N x 3 x h x w", dtypes=DTYPES)
     detail = host_array(OP, "detail", detail, layout="N x 1 x H x W", dtypes=DTYPES)
     _kind_code(kind)
     _, _, _, height, width = _check(trimap, detail)
-    probabilities = upsample_bilinear(trimap.astype(np.float32), height, width)
+    first, full = _band(band, height)
+    probabilities = upsample_bilinear(trimap.astype(np.float32), full, width, slice(first, first + height))
     if logits:
         e = np.exp(probabilities - probabilities.max(axis=1, keepdims=True))
         probabilities = e / e.sum(axis=1, keepdims=True)
-    return fuse(probabilities, detail.astype(np.float32), kind).astype(detail.dtype)
+    alpha = fuse(probabilities, detail.astype(np.float32), kind)
+    if clamp:
+        alpha = np.fmin(np.fmax(alpha, np.float32(0)), np.float32(1))
+    return alpha.astype(detail.dtype)
 
 
-def launch(backend: Backend, trimap: Any, detail: Any, kind: str, *, logits: bool = False, out: Any = None) -> Any:
+def launch(backend: Backend, trimap: Any, detail: Any, kind: str, *, logits: bool = False, band: Any = None,
+           clamp: bool = False, out: Any = None) -> Any:
     trimap = device_array(backend, OP, "trimap", trimap, layout="N x 3 x h x w", dtypes=DTYPES)
     detail = device_array(backend, OP, "detail", detail, layout="N x 1 x H x W", dtypes=DTYPES)
     code = _kind_code(kind)
     n, low_h, low_w, height, width = _check(trimap, detail)
+    first, full = _band(band, height)
     out = output_array(backend, OP, out, (n, 1, height, width), detail.dtype)
     name = f"trimap_fusion_t{_SUFFIX[np.dtype(trimap.dtype)]}_d{_SUFFIX[np.dtype(detail.dtype)]}"
     grid, block = planes_grid(width, height, n)
     backend.launch(SOURCE, name, grid, block,
                    (trimap, detail, out, np.int64(n), np.int64(low_h), np.int64(low_w), np.int64(height),
-                    np.int64(width), np.int32(code), np.int32(1 if logits else 0)))
+                    np.int64(width), np.int64(first), np.int64(full), np.int32(code), np.int32(1 if logits else 0),
+                    np.int32(1 if clamp else 0)))
     return out
 
 
-def trimap_fusion(trimap: Any, detail: Any, kind: str, *, logits: bool = False, out: Any = None) -> Any:
+def trimap_fusion(trimap: Any, detail: Any, kind: str, *, logits: bool = False, band: Any = None, clamp: bool = False,
+                  out: Any = None) -> Any:
     """CuPy launcher (same signature and result as trimap_fusion_reference)."""
-    return launch(cupy_backend(), trimap, detail, kind, logits=logits, out=out)
+    return launch(cupy_backend(), trimap, detail, kind, logits=logits, band=band, clamp=clamp, out=out)

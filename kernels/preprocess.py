@@ -1,10 +1,12 @@
 """Tile preprocessing in one pass (preprocess.cu).
 
 preprocess_tiles(image, offsets, tile, mean, std, dtype=float32) -> B x 3 x T x T:
-    image: H x W x 3 uint8 RGB; offsets: B x 2 integer (top, left) of each tile, which may reach
-    past any edge: pixels outside come from reflection padding with NumPy's mode="reflect"
-    (no edge repeat, like torch's reflect pad; continued periodically for tiles far outside);
-    out[b, c] = (pixel / 255 - mean[c]) / std[c] in float32 or float16.
+    image: H x W x 3 RGB, uint8, uint16 or float32 (already in [0, 1]); offsets: B x 2 integer
+    (top, left) of each tile, which may reach past any edge: pixels outside come from reflection
+    padding with NumPy's mode="reflect" (no edge repeat, like torch's reflect pad; continued
+    periodically for tiles far outside);
+    out[b, c] = (pixel / unit - mean[c]) / std[c] in float32 or float16, unit = 255, 65535 or 1
+    (two correctly rounded float32 divisions: the same arithmetic as runtime/ops.py).
 Offsets are tiling-plan data and live on the host (a device array is copied back).
 """
 
@@ -29,11 +31,14 @@ from mattrt.kernels.launch import (
 SOURCE = "preprocess.cu"
 OP = "preprocess_tiles"
 OUTPUT_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+# Image dtype -> (kernel suffix, the divisor that brings its pixels to [0, 1]).
+IMAGE_DTYPES = {np.dtype(np.uint8): ("u8", 255.0), np.dtype(np.uint16): ("u16", 65535.0),
+                np.dtype(np.float32): ("f32", 1.0)}
 
 
 def _check(image: Any, tile: Any, mean: Sequence[float], std: Sequence[float], dtype: Any):
     if int(image.shape[2]) != 3 or min(int(image.shape[0]), int(image.shape[1])) < 1:
-        raise InputError(f"{OP}: image must be H x W x 3 uint8 RGB, got shape {tuple(image.shape)}")
+        raise InputError(f"{OP}: image must be H x W x 3 RGB (uint8, uint16 or float32), got shape {tuple(image.shape)}")
     tile = positive_int(OP, "tile", tile)
     stats = []
     for name, values in (("mean", mean), ("std", std)):
@@ -55,7 +60,7 @@ def _check(image: Any, tile: Any, mean: Sequence[float], std: Sequence[float], d
 def preprocess_tiles_reference(image: np.ndarray, offsets: Any, tile: int, mean: Sequence[float],
                                std: Sequence[float], dtype: Any = np.float32) -> np.ndarray:
     """NumPy reference built on np.pad(mode="reflect")."""
-    image = host_array(OP, "image", image, layout="H x W x 3", dtypes=(np.uint8,))
+    image = host_array(OP, "image", image, layout="H x W x 3", dtypes=tuple(IMAGE_DTYPES))
     tile, mean32, std32, out_dtype = _check(image, tile, mean, std, dtype)
     offsets = host_offsets(OP, offsets).astype(np.int64)
     height, width = image.shape[:2]
@@ -69,7 +74,8 @@ def preprocess_tiles_reference(image: np.ndarray, offsets: Any, tile: int, mean:
     padded = np.pad(image, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="reflect")
     crops = np.stack([padded[top + pad_top: top + pad_top + tile, left + pad_left: left + pad_left + tile]
                       for top, left in offsets.tolist()])
-    normalised = (crops.astype(np.float32) / np.float32(255) - mean32) / std32
+    unit = np.float32(IMAGE_DTYPES[image.dtype][1])
+    normalised = (crops.astype(np.float32) / unit - mean32) / std32
     return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)).astype(out_dtype)
 
 
@@ -81,8 +87,9 @@ def normalisation_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 def launch(backend: Backend, image: Any, offsets: Any, tile: int, mean: Sequence[float], std: Sequence[float],
            dtype: Any = np.float32, *, out: Any = None) -> Any:
-    image = device_array(backend, OP, "image", image, layout="H x W x 3", dtypes=(np.uint8,))
+    image = device_array(backend, OP, "image", image, layout="H x W x 3", dtypes=tuple(IMAGE_DTYPES))
     tile, mean32, std32, out_dtype = _check(image, tile, mean, std, dtype)
+    suffix, unit = IMAGE_DTYPES[np.dtype(image.dtype)]
     host = host_offsets(OP, offsets)
     batch = host.shape[0]
     height, width = int(image.shape[0]), int(image.shape[1])
@@ -90,9 +97,12 @@ def launch(backend: Backend, image: Any, offsets: Any, tile: int, mean: Sequence
     if batch == 0:
         return out
     grid, block = planes_grid(tile, tile, batch)
-    table = backend.from_host(normalisation_table(mean32, std32))
-    backend.launch(SOURCE, f"preprocess_tiles_{OUTPUT_DTYPES[out_dtype]}", grid, block,
-                   (image, backend.from_host(host), table, out, np.int64(batch), np.int64(tile), np.int64(height),
+    if suffix == "u8":
+        table = normalisation_table(mean32, std32)
+    else:  # the kernel divides: it reads the statistics and the unit
+        table = np.concatenate([mean32, std32, np.float32([unit])]).astype(np.float32)
+    backend.launch(SOURCE, f"preprocess_tiles_{suffix}_{OUTPUT_DTYPES[out_dtype]}", grid, block,
+                   (image, backend.from_host(host), backend.from_host(table), out, np.int64(batch), np.int64(tile), np.int64(height),
                     np.int64(width)))
     return out
 

@@ -1,24 +1,28 @@
 // Seam-free stitching of tiled alpha predictions.
 //
-// stitch_accumulate: acc += sum_b window * tile_b and weight_sum += sum_b window over the image
-// pixels each tile covers (tiles are clipped at the image's edges). It is a gather, not a
-// scatter: one thread per image column of the launch region (the tiles' bounding box, clipped)
-// walks its rows and, for each pixel, the tiles covering it in batch order, so overlapping
-// tiles are summed in a fixed order (the NumPy reference's) and the result is bit-identical run
-// to run: no atomics. A thread first collects the tiles that cross its column into a 64-bit
-// mask (the launcher passes at most 64 tiles per launch), so each pixel only visits the few
-// tiles that can cover it.
+// stitch_accumulate: acc += sum_b window_b * tile_b and weight_sum += sum_b window_b over the
+// image pixels each tile covers (tiles are clipped at the image's edges). The windows come as a
+// stack of K distinct T x T windows plus one index per tile (a tiling plan has at most 9 kinds:
+// corner, edge and inner tiles taper on different sides; one shared window is K = 1 with every
+// index 0). It is a gather, not a scatter: one thread per image column of the launch region
+// (the tiles' bounding box, clipped) walks its rows and, for each pixel, the tiles covering it
+// in batch order, so overlapping tiles are summed in a fixed order (the NumPy reference's) and
+// the result is bit-identical run to run: no atomics. A thread first collects the tiles that
+// cross its column into a 64-bit mask (the launcher passes at most 64 tiles per launch), so each
+// pixel only visits the few tiles that can cover it.
 //
 // stitch_finalize: alpha = clamp(acc / weight_sum, 0, 1) written as uint8 (round half up of
-// alpha * 255), uint16 (of alpha * 65535) or float32. A pixel whose weight is not > 0 gets 0,
-// and the smallest flat index of such pixels is recorded in *first_uncovered (atomicMin) for the
-// launcher, which raises or accepts zeros as asked.
+// alpha * 255), uint16 (of alpha * 65535) or float32; stitch_finalize_ratio_f32 writes the
+// unclamped ratio (a raw alpha that fusion reads before clamping). A pixel whose weight is not
+// > 0 gets 0, and the smallest flat index of such pixels is recorded in *first_uncovered
+// (atomicMin) for the launcher, which raises or accepts zeros as asked.
 #include "common.cuh"
 
 template <typename TileT>
 __device__ void stitch_accumulate(float* __restrict__ acc, float* __restrict__ weight_sum,
-                                  const TileT* __restrict__ tiles, const float* __restrict__ window,
-                                  const int* __restrict__ offsets, long long batch, long long tile,
+                                  const TileT* __restrict__ tiles, const float* __restrict__ windows,
+                                  const int* __restrict__ window_index, const int* __restrict__ offsets,
+                                  long long batch, long long tile,
                                   long long height, long long width, long long region_top,
                                   long long region_left, long long region_h, long long region_w) {
     const long long gx = global_x();
@@ -46,7 +50,7 @@ __device__ void stitch_accumulate(float* __restrict__ acc, float* __restrict__ w
                 covered = true;
             }
             const long long at = ty * tile + (x - offsets[2 * b + 1]);
-            const float w = window[at];
+            const float w = windows[(long long)window_index[b] * tile_area + at];
             value += mul_rn(load_float(tiles, b * tile_area + at), w);
             weight += w;
         }
@@ -58,20 +62,22 @@ __device__ void stitch_accumulate(float* __restrict__ acc, float* __restrict__ w
 }
 
 extern "C" __global__ void stitch_accumulate_f32(float* acc, float* weight_sum, const float* tiles,
-                                                 const float* window, const int* offsets, long long batch,
+                                                 const float* windows, const int* window_index,
+                                                 const int* offsets, long long batch,
                                                  long long tile, long long height, long long width,
                                                  long long region_top, long long region_left, long long region_h,
                                                  long long region_w) {
-    stitch_accumulate<float>(acc, weight_sum, tiles, window, offsets, batch, tile, height, width, region_top,
+    stitch_accumulate<float>(acc, weight_sum, tiles, windows, window_index, offsets, batch, tile, height, width, region_top,
                              region_left, region_h, region_w);
 }
 
 extern "C" __global__ void stitch_accumulate_f16(float* acc, float* weight_sum, const mt_half* tiles,
-                                                 const float* window, const int* offsets, long long batch,
+                                                 const float* windows, const int* window_index,
+                                                 const int* offsets, long long batch,
                                                  long long tile, long long height, long long width,
                                                  long long region_top, long long region_left, long long region_h,
                                                  long long region_w) {
-    stitch_accumulate<mt_half>(acc, weight_sum, tiles, window, offsets, batch, tile, height, width, region_top,
+    stitch_accumulate<mt_half>(acc, weight_sum, tiles, windows, window_index, offsets, batch, tile, height, width, region_top,
                                region_left, region_h, region_w);
 }
 
@@ -116,4 +122,23 @@ extern "C" __global__ void stitch_finalize_u16(const float* acc, const float* we
 extern "C" __global__ void stitch_finalize_f32(const float* acc, const float* weight_sum, float* out,
                                                unsigned long long* first_uncovered, long long height, long long width) {
     stitch_finalize<float>(acc, weight_sum, out, first_uncovered, height, width);
+}
+
+// The unclamped ratio acc / weight_sum (0 where uncovered): the stitched raw alpha that fusion
+// clamps only after combining it with the trimap.
+extern "C" __global__ void stitch_finalize_ratio_f32(const float* acc, const float* weight_sum, float* out,
+                                                     unsigned long long* first_uncovered, long long height,
+                                                     long long width) {
+    const long long x = global_x();
+    if (x >= width) return;
+    for (long long y = blockIdx.y; y < height; y += gridDim.y) {
+        const long long pixel = y * width + x;
+        const float weight = weight_sum[pixel];
+        if (weight > 0.0f) {
+            out[pixel] = acc[pixel] / weight;
+        } else {
+            out[pixel] = 0.0f;
+            atomicMin(first_uncovered, (unsigned long long)pixel);
+        }
+    }
 }

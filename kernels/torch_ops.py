@@ -8,7 +8,9 @@ CPU: plain torch eager code with the kernels' semantics (the torch reference; de
 max-unpooling: the last input in row-major order wins a repeated index). CUDA: the CuPy kernels
 run on the tensors' memory through DLPack (no copies for contiguous tensors) on torch's current
 stream. register_fake gives the output shapes for tracing (torch.compile, torch.export).
-Importing this module registers the ops; it needs torch but not CuPy.
+Importing this module registers the ops; it needs torch but not CuPy. The runtime's
+TorchEngine(kernels=True) routes F.max_unpool2d and AlphaNet's attention functions to them
+(runtime/kernel_routing.py).
 """
 
 from __future__ import annotations

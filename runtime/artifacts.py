@@ -122,8 +122,10 @@ def load_model_engines(
     device: str = "cpu",
     precision: str = "fp32",
     channels_last: bool = False,
+    kernels: bool = False,
 ) -> tuple[ModelSpec, dict[str, Engine]]:
-    """Torch engines for every stage of a model (an instance, or a registered name)."""
+    """Torch engines for every stage of a model (an instance, or a registered name); kernels:
+    run them with mattrt's custom ops (TorchEngine)."""
     from mattrt.models import create_model
     from mattrt.runtime.torch_engine import model_engines
 
@@ -132,7 +134,7 @@ def load_model_engines(
         model = create_model(model, checkpoint=checkpoint)
     elif checkpoint is not None:
         model.load_weights(checkpoint)
-    engines = model_engines(model, device=device, precision=precision, channels_last=channels_last)
+    engines = model_engines(model, device=device, precision=precision, channels_last=channels_last, kernels=kernels)
     return ModelSpec.from_settings(model.settings, model.checkpoint_sha256), engines
 
 

@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="fp32 (default); fp16 (torch, or an FP16 graph in --artifacts); int8 (an INT8 graph in --artifacts)")
     p.add_argument("--channels-last", action="store_true", help="torch: channels_last memory format")
+    p.add_argument("--kernels", action="store_true",
+                   help="torch: run max-unpooling and attention pooling with mattrt's custom ops (CuPy kernels on cuda)")
+    p.add_argument("--pixel-ops", choices=("auto", "host", "device", "emulate"), default="auto",
+                   help="where tile preprocessing, stitching and fusion run: host (NumPy), device (CUDA kernels via "
+                        "CuPy), emulate (the kernels' g++ host emulation, slow); auto: device for torch CUDA engines "
+                        "when CuPy has a device (default)")
     p.add_argument("--threads", type=_positive_int, help="onnxruntime intra-op threads (torch: torch.set_num_threads)")
     p.add_argument("--tile", type=_positive_int, metavar="T", help="detail tile side (default: the model's; fixed by an export)")
     p.add_argument("--overlap", type=_non_negative_int, metavar="O", help="tile overlap in pixels (default: the model's)")
@@ -103,6 +109,7 @@ def build_pipeline(args: argparse.Namespace):
         semantic_scale=args.semantic_scale,
         detail_scale=args.detail_scale,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        pixel_ops=getattr(args, "pixel_ops", "auto"),
     )
     if args.model is not None:
         backend = args.backend or "torch"
@@ -121,6 +128,7 @@ def build_pipeline(args: argparse.Namespace):
             device=args.device,
             precision=args.precision,
             channels_last=args.channels_last,
+            kernels=bool(getattr(args, "kernels", False)),
             **options,
         )
     backend = args.backend or "onnxruntime"
@@ -130,6 +138,8 @@ def build_pipeline(args: argparse.Namespace):
         raise InputError("--checkpoint applies to --model; an export directory carries its weights")
     if args.channels_last:
         raise InputError("--channels-last applies to the torch backend")
+    if getattr(args, "kernels", False):
+        raise InputError("--kernels applies to the torch backend (--model); exported graphs run plugin-free")
     return Pipeline.from_artifacts(args.artifacts, device=args.device, precision=args.precision, threads=args.threads, **options)
 
 

@@ -120,7 +120,8 @@ class Engine(abc.ABC):
             raise EngineError(f"engine {self.name!r} returned no {', '.join(missing)}")
         return outputs
 
-    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> int:
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray], host: bool = True) -> int:
+        """The batch size of valid feeds; host=False accepts any array exporting DLPack (device memory)."""
         expected = set(self.input_names)
         given = set(feeds)
         if given != expected:
@@ -136,8 +137,13 @@ class Engine(abc.ABC):
         batch = None
         for meta in self.inputs:
             array = feeds[meta.name]
-            if not isinstance(array, np.ndarray):
+            if host and not isinstance(array, np.ndarray):
                 raise InputError(f"engine {self.name!r}: input {meta.name} must be a NumPy array, got {type(array).__name__}")
+            if not host and not all(hasattr(array, a) for a in ("__dlpack__", "shape", "dtype", "ndim")):
+                raise InputError(
+                    f"engine {self.name!r}: input {meta.name} must be a CuPy or NumPy array (DLPack), "
+                    f"got {type(array).__name__}"
+                )
             if array.dtype != meta.dtype:
                 raise InputError(f"engine {self.name!r}: input {meta.name} must be {np.dtype(meta.dtype).name}, got {array.dtype}")
             if array.ndim != len(meta.shape):

@@ -2,7 +2,7 @@
 
 Each function has a plain NumPy-in/NumPy-out signature so that a GPU kernel can replace it
 behind the same signature (kernels/ holds CUDA versions of tile preprocessing, stitching and
-fusion with these semantics). All of them work on bounded pieces of an image (a batch of tiles,
+fusion with these semantics, bit for bit; runtime/pixel_ops.py picks one or the other). All of them work on bounded pieces of an image (a batch of tiles,
 a band of rows), never on float copies of the whole image.
 
 Conventions
@@ -183,16 +183,18 @@ def preprocess_tiles(
 ) -> np.ndarray:
     """Crop tiles and normalise them: H x W x 3 image, B x 2 (top, left) offsets ->
     B x 3 x T x T with out[b, c] = (pixel / unit - mean[c]) / std[c]; pixels outside the image
-    come from reflection (kernels/preprocess.cu has the same semantics for uint8 input)."""
+    come from reflection (kernels/preprocess.cu computes the same, bit for bit, for uint8,
+    uint16 and float32 images)."""
     check_rgb(image, "preprocess_tiles")
     offsets, rows, cols = _tile_indices(offsets, tile, image.shape[0], image.shape[1])
-    scale = np.float32(1.0 / unit_scale(image.dtype))
+    unit = np.float32(unit_scale(image.dtype))
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
     out = np.empty((len(offsets), 3, rows.shape[1], cols.shape[1]), dtype=dtype)
     for b in range(len(offsets)):
         crop = image[rows[b][:, None], cols[b][None, :]].astype(np.float32)  # T x T x 3
-        crop *= scale
+        # a division, not a product with 1 / unit: the kernel's arithmetic, so both agree bit for bit
+        crop /= unit
         crop -= mean
         crop /= std
         out[b] = crop.transpose(2, 0, 1)
@@ -223,21 +225,36 @@ def upsampled_tiles(low: np.ndarray, out_height: int, out_width: int, offsets: n
 
 # -- stitching ----------------------------------------------------------------------------------
 def stitch_accumulate(
-    acc: np.ndarray, weight_sum: np.ndarray, tiles: np.ndarray, window: np.ndarray, offsets: np.ndarray
+    acc: np.ndarray,
+    weight_sum: np.ndarray,
+    tiles: np.ndarray,
+    window: np.ndarray,
+    offsets: np.ndarray,
+    window_index: np.ndarray | None = None,
 ) -> None:
     """In place, in batch order: acc += window_b * tile_b and weight_sum += window_b over the
     pixels tile b covers. acc, weight_sum: H x W float32; tiles: B x T x T; window: T x T (one
-    for all tiles, as kernels/stitch.cu) or B x T x T (one per tile); offsets: B x 2 (top, left),
-    tiles reaching past an edge are clipped."""
+    for all tiles), B x T x T (one per tile), or K x T x T with window_index (B indices into
+    the stack; kernels/stitch.cu takes the same forms); offsets: B x 2 (top, left), tiles
+    reaching past an edge are clipped."""
     if acc.shape != weight_sum.shape or acc.ndim != 2:
         raise InputError(f"stitch_accumulate: acc and weight_sum must be one H x W shape, got {acc.shape}, {weight_sum.shape}")
     tiles = np.asarray(tiles)
     if tiles.ndim != 3:
         raise InputError(f"stitch_accumulate: tiles must be B x T x T, got {tiles.shape}")
     batch, th, tw = tiles.shape
-    per_tile = window.ndim == 3
-    if window.shape[-2:] != (th, tw) or (per_tile and window.shape[0] != batch):
-        raise InputError(f"stitch_accumulate: window must be T x T or B x T x T for tiles {tiles.shape}, got {window.shape}")
+    stacked = window.ndim == 3
+    if window_index is None:
+        index = np.arange(batch) if stacked else None
+        fits = not stacked or window.shape[0] == batch
+    else:
+        index = np.asarray(window_index, dtype=np.int64).reshape(-1)
+        fits = stacked and index.shape == (batch,) and (index.size == 0 or (index.min() >= 0 and index.max() < window.shape[0]))
+    if window.shape[-2:] != (th, tw) or not fits:
+        raise InputError(
+            f"stitch_accumulate: window must be T x T, B x T x T, or K x T x T with B window indices in [0, K), "
+            f"for tiles {tiles.shape}; got {window.shape}" + ("" if window_index is None else f" and indices {np.asarray(window_index).tolist()}")
+        )
     height, width = acc.shape
     for b, (top, left) in enumerate(np.asarray(offsets, dtype=np.int64).reshape(-1, 2).tolist()):
         y0, x0 = max(top, 0), max(left, 0)
@@ -245,7 +262,7 @@ def stitch_accumulate(
         if y0 >= y1 or x0 >= x1:
             continue
         ty, tx = slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
-        w = window[b, ty, tx] if per_tile else window[ty, tx]
+        w = window[index[b], ty, tx] if stacked else window[ty, tx]
         acc[y0:y1, x0:x1] += tiles[b, ty, tx].astype(np.float32) * w
         weight_sum[y0:y1, x0:x1] += w
 

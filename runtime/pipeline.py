@@ -32,6 +32,14 @@ whole detail image at once: (3 + 3 + 28) float32 planes at detail resolution.
 
 `run(image, whole=True)` is the reference the tiled result is measured against: the same
 canvas in one detail call with the same guidance (engines that run any size only: torch).
+
+Where the per-pixel work of steps 3-6 runs is the `pixel_ops` option (runtime/pixel_ops.py):
+"host" (NumPy), "device" (the CUDA kernels through CuPy, with zero-copy feeds to a torch CUDA
+engine), "emulate" (the same kernels on their g++ host emulation: tests), or "auto" (default):
+"device" when the detail engine is a torch CUDA engine and CuPy has a device, else "host".
+describe() reports the choice and why. The results are the same bit for bit; the whole-image
+reference mode always runs on the host. The semantic pass (step 1) and the detail resize
+(step 2) stay on the host in every mode.
 """
 
 from __future__ import annotations
@@ -48,13 +56,12 @@ from mattrt.errors import InputError
 from mattrt.runtime import ops
 from mattrt.runtime.artifacts import ModelSpec, check_engines, load_model_engines, open_artifacts
 from mattrt.runtime.engine import Engine, run_in_chunks
+from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
 from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
 
 # Same limit as the image reader's decompression-bomb guard: 200 megapixels.
 DEFAULT_MAX_PIXELS = 200_000_000
 GUIDANCE_KINDS = ("none", "trimap", "sim")
-# Rows fused per step (bounds the full-width trimap band: 3 x rows x W float32).
-FUSION_ROWS = 64
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -71,8 +78,10 @@ class MattingResult:
 @dataclass
 class _Timer:
     seconds: dict[str, float] = field(default_factory=dict)
+    synchronize: Callable[[], None] = lambda: None  # device work is asynchronous: wait before reading the clock
 
     def add(self, key: str, started: float) -> float:
+        self.synchronize()
         now = time.perf_counter()
         self.seconds[key] = self.seconds.get(key, 0.0) + (now - started)
         return now
@@ -93,6 +102,7 @@ class Pipeline:
         semantic_scale: float | None = None,
         detail_scale: float = 1.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        pixel_ops: str = "auto",
     ):
         check_engines(spec, engines)
         if spec.guidance not in GUIDANCE_KINDS:
@@ -140,14 +150,26 @@ class Pipeline:
         self._std = np.asarray(spec.std, dtype=np.float32)
         if spec.channel_order.upper() not in ("RGB", "BGR"):
             raise InputError(f"channel order {spec.channel_order!r} is not RGB or BGR")
+        self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, detail)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_model(
-        cls, model, checkpoint=None, *, device: str = "cpu", precision: str = "fp32", channels_last: bool = False, **options
+        cls,
+        model,
+        checkpoint=None,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        kernels: bool = False,
+        **options,
     ) -> "Pipeline":
-        """Torch engines over a model instance or a registered name."""
-        spec, engines = load_model_engines(model, checkpoint, device=device, precision=precision, channels_last=channels_last)
+        """Torch engines over a model instance or a registered name (kernels: run the stages
+        with mattrt's custom ops, see TorchEngine)."""
+        spec, engines = load_model_engines(
+            model, checkpoint, device=device, precision=precision, channels_last=channels_last, kernels=kernels
+        )
         return cls(spec, engines, **options)
 
     @classmethod
@@ -192,6 +214,9 @@ class Pipeline:
             "fusion": self.spec.fusion,
             "guidance": self.spec.guidance,
             "trained": self.spec.trained,
+            "kernels": bool(getattr(detail, "kernels", False)),
+            "pixel_ops": self.pixel_ops.name,
+            "pixel_ops_reason": self.pixel_ops_reason,
         }
 
     # -- sizes ------------------------------------------------------------------------------------
@@ -305,7 +330,15 @@ class Pipeline:
                 f"whole-image mode needs a detail engine that runs any size (torch); the {detail_engine.backend} "
                 f"graph is fixed at {detail_engine.spatial_size} x {detail_engine.spatial_size}"
             )
-        timer = _Timer()
+        # The whole-image reference runs its per-pixel work on the host (one odd-shaped tile).
+        pixel = HostPixelOps() if whole else self.pixel_ops
+        with pixel.scope():
+            return self._run(image, pixel, whole, keep_detail, progress)
+
+    def _run(self, image, pixel, whole: bool, keep_detail: bool, progress: ProgressCallback | None) -> MattingResult:
+        height, width = image.shape[:2]
+        detail_engine = self.engines["detail"]
+        timer = _Timer(synchronize=pixel.synchronize)
         started = time.perf_counter()
         ordered = self._model_order(image)
 
@@ -326,25 +359,30 @@ class Pipeline:
         plan = self.plan(height, width, whole=whole)
         tile = (plan.canvas_height, plan.canvas_width) if whole else plan.tile
         offsets = plan.offsets()
-        stitcher = _BandStitcher(detail_w)
-        writer = _FusionWriter(low, detail_h, detail_w, height, width, self.spec.fusion, keep_detail)
+        window_stack, window_index = plan.window_stack()
+        detail_source = pixel.upload_image(detail_image)
+        low_source = pixel.upload(low)
+        window_stack = pixel.upload(window_stack)
+        if pixel.transfers:  # host pixel ops move nothing: no upload/download steps in their timings
+            started = timer.add("upload", started)
+        stitcher = _BandStitcher(detail_w, pixel)
+        writer = _FusionWriter(low, low_source, detail_h, detail_w, height, width, self.spec.fusion, keep_detail, pixel)
         total = len(offsets)
         for start in range(0, total, self.batch):
             indices = np.arange(start, min(start + self.batch, total))
             batch_offsets = offsets[indices]
-            feeds = {"image": ops.preprocess_tiles(detail_image, batch_offsets, tile, self._mean, self._std)}
+            feeds = {"image": pixel.preprocess_tiles(detail_source, batch_offsets, tile, self._mean, self._std)}
             started = timer.add("preprocess", started)
             if self.spec.guidance == "trimap":
-                feeds["guidance"] = ops.upsampled_tiles(low, detail_h, detail_w, batch_offsets, tile)
+                feeds["guidance"] = pixel.guidance_tiles(low, low_source, detail_h, detail_w, batch_offsets, tile)
             elif self.spec.guidance == "sim":
-                feeds["guidance"] = ops.crop_planes(guidance_planes, batch_offsets, tile)
+                feeds["guidance"] = pixel.crop_planes(guidance_planes, batch_offsets, tile)
             started = timer.add("guidance", started)
-            raw = detail_engine.run(feeds)["detail"]
+            raw = pixel.run_engine(detail_engine, feeds)["detail"]
             started = timer.add("detail", started)
             if raw.ndim != 4 or raw.shape[1] != 1:
-                raise InputError(f"detail stage returned shape {raw.shape}; expected B x 1 x T x T")
-            windows = np.ones((1, *raw.shape[2:]), np.float32).repeat(len(indices), 0) if whole else plan.windows(indices)
-            stitcher.add(raw[:, 0], windows, batch_offsets)
+                raise InputError(f"detail stage returned shape {tuple(raw.shape)}; expected B x 1 x T x T")
+            stitcher.add(raw[:, 0], window_stack, window_index[indices], batch_offsets)
             next_top = int(offsets[indices[-1] + 1, 0]) if indices[-1] + 1 < total else detail_h
             rows = stitcher.release(min(next_top, detail_h))
             if rows is not None:
@@ -353,41 +391,49 @@ class Pipeline:
             if progress is not None:
                 progress(int(indices[-1]) + 1, total)
         alpha = writer.finish()
-        timer.add("stitch_fusion", started)
+        started = timer.add("stitch_fusion", started)
+        alpha = pixel.to_host(alpha)
+        kept = None if writer.detail is None else pixel.to_host(writer.detail)
+        if pixel.transfers:
+            timer.add("download", started)
         info = {
             **plan.describe(),
             "whole": whole,
             "image": [height, width],
             "detail_size": [detail_h, detail_w],
             "semantic_content": list(low.shape[1:]),
+            "pixel_ops": pixel.name,
         }
-        return MattingResult(alpha=alpha, trimap=low, timings=timer.seconds, plan=info, detail=writer.detail)
+        return MattingResult(alpha=alpha, trimap=low, timings=timer.seconds, plan=info, detail=kept)
 
 
 class _BandStitcher:
     """Accumulates tiles into a band of rows [start, end) of the detail image."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, pixel: HostPixelOps):
+        self.pixel = pixel
+        self.xp = pixel.xp
         self.width = width
         self.start = 0
-        self.acc = np.zeros((0, width), dtype=np.float32)
-        self.weight = np.zeros((0, width), dtype=np.float32)
+        self.acc = self.xp.zeros((0, width), dtype=np.float32)
+        self.weight = self.xp.zeros((0, width), dtype=np.float32)
 
-    def add(self, tiles: np.ndarray, windows: np.ndarray, offsets: np.ndarray) -> None:
+    def add(self, tiles, window_stack, window_index: np.ndarray, offsets: np.ndarray) -> None:
         bottom = int(offsets[:, 0].max()) + tiles.shape[1]
         grow = bottom - (self.start + self.acc.shape[0])
         if grow > 0:
-            self.acc = np.concatenate([self.acc, np.zeros((grow, self.width), np.float32)])
-            self.weight = np.concatenate([self.weight, np.zeros((grow, self.width), np.float32)])
+            xp = self.xp
+            self.acc = xp.concatenate([self.acc, xp.zeros((grow, self.width), np.float32)])
+            self.weight = xp.concatenate([self.weight, xp.zeros((grow, self.width), np.float32)])
         relative = offsets - np.array([self.start, 0])
-        ops.stitch_accumulate(self.acc, self.weight, tiles, windows, relative)
+        self.pixel.stitch_accumulate(self.acc, self.weight, tiles, window_stack, relative, window_index)
 
-    def release(self, upto: int) -> np.ndarray | None:
+    def release(self, upto: int):
         """Normalised rows [start, upto) (no later tile touches them); they leave the band."""
         count = upto - self.start
         if count <= 0:
             return None
-        rows = ops.stitch_normalize(self.acc[:count], self.weight[:count])
+        rows = self.pixel.stitch_normalize(self.acc[:count], self.weight[:count])
         self.acc = self.acc[count:].copy()
         self.weight = self.weight[count:].copy()
         self.start = upto
@@ -397,55 +443,60 @@ class _BandStitcher:
 class _FusionWriter:
     """Turns stitched detail rows (detail resolution, in order) into fused alpha rows (H x W)."""
 
-    def __init__(self, low: np.ndarray, detail_h: int, detail_w: int, height: int, width: int, fusion: str, keep_detail: bool):
-        self.low = low
+    def __init__(self, low: np.ndarray, low_source, detail_h: int, detail_w: int, height: int, width: int, fusion: str,
+                 keep_detail: bool, pixel: HostPixelOps):
+        self.pixel = pixel
+        xp = self.xp = pixel.xp
+        self.low, self.low_source = low, low_source
         self.height, self.width = height, width
         self.detail_h, self.detail_w = detail_h, detail_w
         self.fusion = fusion
-        self.alpha = np.empty((height, width), dtype=np.float32)
-        self.detail = np.empty((detail_h, detail_w), dtype=np.float32) if keep_detail else None
+        self.alpha = xp.empty((height, width), dtype=np.float32)
+        self.detail = xp.empty((detail_h, detail_w), dtype=np.float32) if keep_detail else None
         self.same_size = (detail_h, detail_w) == (height, width)
         self.next_row = 0  # next alpha row to write
-        self.buffer = np.zeros((0, detail_w), dtype=np.float32)
+        self.buffer = xp.zeros((0, detail_w), dtype=np.float32)
         self.buffer_start = 0  # detail row of buffer[0]
         self.received = 0  # detail rows received so far
-        self.cols = np.arange(width)
         if not self.same_size:
+            # row taps stay on the host (they drive the bookkeeping); column taps live with the rows
             self.y_lo, self.y_hi, self.wy_lo, self.wy_hi = ops.bilinear_taps(np.arange(height), detail_h, height)
-            self.x_lo, self.x_hi, self.wx_lo, self.wx_hi = ops.bilinear_taps(self.cols, detail_w, width)
+            self.x_lo, self.x_hi, self.wx_lo, self.wx_hi = (
+                xp.asarray(t) for t in ops.bilinear_taps(np.arange(width), detail_w, width)
+            )
 
-    def push(self, rows: np.ndarray) -> None:
+    def push(self, rows) -> None:
+        xp = self.xp
         if self.detail is not None:
             self.detail[self.received : self.received + rows.shape[0]] = rows
         self.received += rows.shape[0]
         if self.same_size:
             self._fuse(rows, self.next_row)
             return
-        self.buffer = np.concatenate([self.buffer, rows]) if self.buffer.size else rows
+        self.buffer = xp.concatenate([self.buffer, rows]) if self.buffer.size else rows
         ready = int(np.searchsorted(self.y_hi, self.received, side="left"))
         if ready > self.next_row:
-            lo = self.y_lo[self.next_row : ready] - self.buffer_start
-            hi = self.y_hi[self.next_row : ready] - self.buffer_start
+            lo = xp.asarray(self.y_lo[self.next_row : ready] - self.buffer_start)
+            hi = xp.asarray(self.y_hi[self.next_row : ready] - self.buffer_start)
+            wy_lo = xp.asarray(self.wy_lo[self.next_row : ready])
+            wy_hi = xp.asarray(self.wy_hi[self.next_row : ready])
             upper = self.buffer[lo][:, self.x_lo] * self.wx_lo + self.buffer[lo][:, self.x_hi] * self.wx_hi
             lower = self.buffer[hi][:, self.x_lo] * self.wx_lo + self.buffer[hi][:, self.x_hi] * self.wx_hi
-            detail = self.wy_lo[self.next_row : ready, None] * upper + self.wy_hi[self.next_row : ready, None] * lower
-            self._fuse(detail.astype(np.float32), self.next_row)
+            detail = wy_lo[:, None] * upper + wy_hi[:, None] * lower
+            self._fuse(xp.ascontiguousarray(detail, dtype=np.float32), self.next_row)
             keep_from = int(self.y_lo[ready]) if ready < self.height else self.received
             drop = keep_from - self.buffer_start
             if drop > 0:
                 self.buffer = self.buffer[drop:].copy()
                 self.buffer_start = keep_from
 
-    def _fuse(self, detail_rows: np.ndarray, first_row: int) -> None:
-        for offset in range(0, detail_rows.shape[0], FUSION_ROWS):
-            part = detail_rows[offset : offset + FUSION_ROWS]
-            y0 = first_row + offset
-            rows = np.arange(y0, y0 + part.shape[0])
-            trimap = ops.upsample_region(self.low, self.height, self.width, rows, self.cols)
-            self.alpha[y0 : y0 + part.shape[0]] = ops.fuse(trimap, part, self.fusion)
-        self.next_row = first_row + detail_rows.shape[0]
+    def _fuse(self, detail_rows, first_row: int) -> None:
+        count = detail_rows.shape[0]
+        self.pixel.fuse_rows(self.low, self.low_source, detail_rows, first_row, self.height, self.width, self.fusion,
+                             self.alpha[first_row : first_row + count])
+        self.next_row = first_row + count
 
-    def finish(self) -> np.ndarray:
+    def finish(self):
         if self.next_row != self.height or self.received != self.detail_h:
             raise InputError(
                 f"stitching ended after {self.received} of {self.detail_h} detail rows and {self.next_row} of "
@@ -454,4 +505,4 @@ class _FusionWriter:
         return self.alpha
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MattingResult", "Pipeline"]
+__all__ = ["DEFAULT_MAX_PIXELS", "FUSION_ROWS", "MattingResult", "Pipeline"]

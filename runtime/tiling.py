@@ -66,6 +66,20 @@ def _window(tile: int, overlap: int, margin: int, kind_y: tuple[bool, bool], kin
     return window
 
 
+@lru_cache(maxsize=16)
+def _window_stack(tile: int, overlap: int, margin: int, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    kinds: dict[tuple, int] = {}
+    index = np.empty(rows * columns, dtype=np.int32)
+    for row in range(rows):
+        for col in range(columns):
+            key = ((row > 0, row < rows - 1), (col > 0, col < columns - 1))
+            index[row * columns + col] = kinds.setdefault(key, len(kinds))
+    stack = np.stack([_window(tile, overlap, margin, *key) for key in kinds])
+    stack.setflags(write=False)
+    index.setflags(write=False)
+    return stack, index
+
+
 @dataclass(frozen=True)
 class TilePlan:
     height: int
@@ -120,6 +134,15 @@ class TilePlan:
         """B x T x T windows of the tiles with these row-major indices."""
         columns = len(self.lefts)
         return np.stack([self.window_for(i // columns, i % columns) for i in indices])
+
+    def window_stack(self) -> tuple[np.ndarray, np.ndarray]:
+        """The plan's distinct blending windows as one K x T x T stack (K <= 9: corner, edge and
+        inner tiles taper on different sides) and, per tile in row-major order, the index of its
+        window in the stack: the form kernels/stitch.cu and ops.stitch_accumulate take, so a
+        device uploads K windows once instead of one window per tile."""
+        if self.is_whole:
+            return np.ones((1, self.canvas_height, self.canvas_width), dtype=np.float32), np.zeros(1, dtype=np.int32)
+        return _window_stack(self.tile, self.overlap, self.margin, len(self.tops), len(self.lefts))
 
     def describe(self) -> dict:
         return {

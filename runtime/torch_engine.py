@@ -5,9 +5,19 @@
 
 Options: device "cpu" or "cuda" (CUDA needs the `torch_cuda` probe), precision "fp32" or
 "fp16" (inputs and outputs stay float32: the engine casts, like an ONNX graph converted with
-keep_io_types), channels_last memory format. Stage modules of one model share weights (AIM's
-semantic and detail stages share its encoder), so an engine that changes device, precision or
-memory format works on its own copy of the stage module and never alters the model.
+keep_io_types), channels_last memory format, and kernels: run the stage with mattrt's custom
+ops (torch.ops.mattrt.max_unpool2d / attention_pool2d / attention_unpool2d: the CuPy kernels
+on CUDA, their eager torch implementations on CPU) in place of F.max_unpool2d and AlphaNet's
+attention functions (runtime/kernel_routing.py says how, without touching model code). Kernels
+are off unless asked for (no silent change of what runs); on CUDA they need the `cupy_device`
+probe. The choice is part of describe(), and `kernel_calls` counts the routed calls.
+Stage modules of one model share weights (AIM's semantic and detail stages share its encoder),
+so an engine that changes device, precision, memory format or kernels works on its own copy of
+the stage module and never alters the model.
+
+Besides `run` (NumPy in and out), `run_dlpack` takes arrays already in the engine's device
+memory (CuPy arrays on CUDA, NumPy on CPU) without copying them and returns torch tensors there:
+the pipeline's device path feeds tiles it prepared on the GPU and stitches the outputs there.
 """
 
 from __future__ import annotations
@@ -17,14 +27,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mattrt.availability import require
-from mattrt.errors import InputError
-from mattrt.runtime.engine import DEVICES, Engine, TensorMeta, check_choice
+from mattrt.availability import probe
+from mattrt.errors import InputError, MissingDependencyError
+from mattrt.runtime.engine import DEVICES, Engine, EngineError, TensorMeta, check_choice
 
 if TYPE_CHECKING:
     from mattrt.models.base import MattingModel, Stage
 
 TORCH_PRECISIONS = ("fp32", "fp16")
+
+
+def require_all(names: list[str], purpose: str) -> None:
+    """MissingDependencyError naming every missing probe of `names` (all at once, not the first)."""
+    missing = [probe(name) for name in names if not probe(name).found]
+    if missing:
+        details = "; ".join(f"{p.name}: {p.detail}" for p in missing)
+        raise MissingDependencyError(
+            f"{purpose} needs {', '.join(p.name for p in missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            f"missing here ({details})"
+        )
 
 
 class StageLoader:
@@ -58,7 +79,14 @@ class TorchEngine(Engine):
 
     backend = "torch"
 
-    def __init__(self, loader: StageLoader, device: str = "cpu", precision: str = "fp32", channels_last: bool = False):
+    def __init__(
+        self,
+        loader: StageLoader,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        kernels: bool = False,
+    ):
         check_choice(device, DEVICES, "device")
         if precision not in TORCH_PRECISIONS:
             hint = (
@@ -67,11 +95,16 @@ class TorchEngine(Engine):
                 else ""
             )
             raise InputError(f"the torch engine runs precision {', '.join(TORCH_PRECISIONS)}, not {precision!r}{hint}")
+        if not isinstance(kernels, bool):
+            raise InputError(f"kernels must be True or False, got {kernels!r}")
         if device == "cuda":
-            require("torch_cuda", "the torch engine on device cuda")
+            needed = ["torch_cuda", "cupy_device"] if kernels else ["torch_cuda"]
+            require_all(needed, "the torch engine on device cuda" + (" with mattrt kernels" if kernels else ""))
         super().__init__(loader.stage_name, device, precision)
         self.loader = loader
         self.channels_last = bool(channels_last)
+        self.kernels = kernels
+        self._routing = None
         self.fixed_spatial = False
         stage = loader()
         size = stage.spatial_size
@@ -84,7 +117,7 @@ class TorchEngine(Engine):
         import torch
 
         module = self.loader().module
-        needs_copy = self.device != "cpu" or self.precision != "fp32" or self.channels_last
+        needs_copy = self.device != "cpu" or self.precision != "fp32" or self.channels_last or self.kernels
         if needs_copy:
             module = copy.deepcopy(module)
             module = module.to(self.device)
@@ -92,6 +125,10 @@ class TorchEngine(Engine):
                 module = module.half()
             if self.channels_last:
                 module = module.to(memory_format=torch.channels_last)
+        if self.kernels:
+            from mattrt.runtime.kernel_routing import KernelRouting
+
+            self._routing = KernelRouting().attach(module)
         self._module = module.eval()
 
     def _deactivate(self) -> None:
@@ -101,38 +138,95 @@ class TorchEngine(Engine):
 
             torch.cuda.empty_cache()
 
-    def _infer(self, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    # -- reporting ----------------------------------------------------------------------------
+    def describe(self) -> str:
+        if not self.kernels:
+            return f"{super().describe()} [mattrt kernels: off]"
+        how = f": {self._routing.describe()}" if self._routing is not None else " (routing set up on activation)"
+        return f"{super().describe()} [mattrt kernels: on{how}]"
+
+    @property
+    def kernel_calls(self) -> dict[str, int]:
+        """Calls routed to mattrt's custom ops since activation, per op (empty with kernels off)."""
+        return dict(self._routing.calls) if self._routing is not None else {}
+
+    @property
+    def kernel_fallbacks(self) -> dict[str, int]:
+        """Calls the routing saw but left to PyTorch (shapes or dtypes the ops do not cover)."""
+        return dict(self._routing.fallbacks) if self._routing is not None else {}
+
+    # -- running ------------------------------------------------------------------------------
+    def _forward(self, tensors: list) -> tuple:
         import torch
 
-        dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        tensors = []
-        for meta in self.inputs:
-            t = torch.from_numpy(np.ascontiguousarray(feeds[meta.name])).to(self.device, dtype)
-            if self.channels_last:
-                t = t.contiguous(memory_format=torch.channels_last)
-            tensors.append(t)
         with torch.inference_mode():
-            result = self._module(*tensors)
+            if self._routing is not None:
+                with self._routing.mode():
+                    result = self._module(*tensors)
+            else:
+                result = self._module(*tensors)
         if isinstance(result, torch.Tensor):
             result = (result,)
         if len(result) != len(self.outputs):
             raise InputError(
                 f"stage {self.name!r} returned {len(result)} outputs; its contract lists {len(self.outputs)}"
             )
+        return tuple(result)
+
+    def _prepare(self, tensor):
+        import torch
+
+        tensor = tensor.to(self.device, torch.float16 if self.precision == "fp16" else torch.float32)
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def _infer(self, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        import torch
+
+        tensors = [self._prepare(torch.from_numpy(np.ascontiguousarray(feeds[meta.name]))) for meta in self.inputs]
+        result = self._forward(tensors)
         return {
             meta.name: value.detach().to("cpu", torch.float32).contiguous().numpy()
             for meta, value in zip(self.outputs, result)
         }
 
+    def run_dlpack(self, feeds) -> dict:
+        """One call on arrays already in this engine's memory (CuPy arrays for cuda, NumPy
+        arrays for cpu), taken without a copy through DLPack; returns float32 contiguous torch
+        tensors on the device (consumers take them without a copy, e.g. cupy.from_dlpack)."""
+        import torch
+
+        if not self.is_active:
+            raise EngineError(f"engine {self.name!r} is not active; use it in a `with` block or call activate()")
+        self._check_feeds(feeds, host=False)
+        tensors = []
+        for meta in self.inputs:
+            tensor = torch.from_dlpack(feeds[meta.name])
+            if tensor.device.type != self.device:
+                raise InputError(
+                    f"engine {self.name!r}: input {meta.name} lives in {tensor.device} memory; this engine runs on "
+                    f"{self.device} (use run() for host arrays)"
+                )
+            tensors.append(self._prepare(tensor))
+        result = self._forward(tensors)
+        return {meta.name: value.detach().to(torch.float32).contiguous() for meta, value in zip(self.outputs, result)}
+
 
 def model_engines(
-    model: "MattingModel", device: str = "cpu", precision: str = "fp32", channels_last: bool = False
+    model: "MattingModel",
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    kernels: bool = False,
 ) -> dict[str, TorchEngine]:
     """A TorchEngine per stage of the model, in the order of settings.stages."""
     return {
-        name: TorchEngine(StageLoader(model, name), device=device, precision=precision, channels_last=channels_last)
+        name: TorchEngine(
+            StageLoader(model, name), device=device, precision=precision, channels_last=channels_last, kernels=kernels
+        )
         for name in model.settings.stages
     }
 
 
-__all__ = ["StageLoader", "TORCH_PRECISIONS", "TorchEngine", "model_engines"]
+__all__ = ["StageLoader", "TORCH_PRECISIONS", "TorchEngine", "model_engines", "require_all"]

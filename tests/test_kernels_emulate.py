@@ -296,8 +296,8 @@ def test_preprocess_rejects_bad_input(host):
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(InputError, match="H x W x 3"):
         preprocess.launch(host, np.zeros((8, 8, 4), np.uint8), [[0, 0]], 4, MEAN, STD)
-    with pytest.raises(InputError, match="dtype uint8"):
-        preprocess.launch(host, image.astype(np.float32), [[0, 0]], 4, MEAN, STD)
+    with pytest.raises(InputError, match="dtype uint8 or uint16 or float32"):  # float64 images: convert first
+        preprocess.launch(host, image.astype(np.float64), [[0, 0]], 4, MEAN, STD)
     with pytest.raises(InputError, match="B x 2"):
         preprocess.launch(host, image, [0, 0], 4, MEAN, STD)
     with pytest.raises(InputError, match="std must be non-zero"):
