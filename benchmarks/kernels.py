@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import platform
 import re
@@ -28,10 +27,9 @@ import subprocess
 import sys
 import time
 import traceback
-import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, ensure_mattrt_importable  # noqa: E402  (benchmarks/ is on sys.path)
 RESULTS = ROOT / "benchmarks" / "results"
 
 # Fractions of the measured copy bandwidth the kernels should reach (reported, not asserted).
@@ -42,36 +40,6 @@ BANDWIDTH_TARGETS = {
     "preprocess_tiles": 0.8,
     "max_unpool2d": 0.5,
 }
-
-
-def ensure_mattrt_importable() -> None:
-    """Use the installed mattrt, else map the checkout's folders onto mattrt.* (no install needed)."""
-    try:
-        import mattrt.kernels  # noqa: F401
-        return
-    except ImportError:
-        pass
-
-    def load_package(name: str, folder: Path, run_init: bool) -> types.ModuleType:
-        if run_init:
-            spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
-                                                          submodule_search_locations=[str(folder)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:  # a bare package: its submodules import without running its __init__
-            module = types.ModuleType(name)
-            module.__path__ = [str(folder)]
-            sys.modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
-        return module
-
-    load_package("mattrt", ROOT / "mattrt", run_init=True)
-    load_package("mattrt.models", ROOT / "models", run_init=False)  # only models.fusion is used
-    load_package("mattrt.kernels", ROOT / "kernels", run_init=True)
-    load_package("mattrt.runtime", ROOT / "runtime", run_init=False)  # only runtime.tiling is used
 
 
 def fail(message: str) -> None:

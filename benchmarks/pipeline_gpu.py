@@ -37,48 +37,16 @@ import statistics
 import sys
 import time
 import traceback
-import types
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT, ensure_mattrt_importable  # noqa: E402  (benchmarks/ is on sys.path)
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MODELS = ("aim_tiny", "aim", "alphanet_tiny", "alphanet")
 # (engine kernels, per-pixel work); the first is the baseline of the ratios.
 CONFIGS = ((False, "host"), (True, "host"), (False, "device"), (True, "device"))
 STEPS = ("semantic", "detail_resize", "guidance", "upload", "preprocess", "detail", "stitch_fusion", "download")
-
-
-def ensure_mattrt_importable() -> None:
-    """Use the installed mattrt, else map the checkout's folders onto mattrt.* (no install needed)."""
-    try:
-        import mattrt.runtime  # noqa: F401
-        return
-    except ImportError:
-        pass
-
-    def load(name: str, folder: Path, run_init: bool) -> None:
-        if run_init:
-            spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
-                                                          submodule_search_locations=[str(folder)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        else:  # a bare package: its submodules import without running its __init__
-            module = types.ModuleType(name)
-            module.__path__ = [str(folder)]
-            sys.modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
-
-    load("mattrt", ROOT / "mattrt", True)
-    load("mattrt.kernels", ROOT / "kernels", True)
-    load("mattrt.export", ROOT / "export", False)
-    load("mattrt.calibration", ROOT / "calibration", False)
-    load("mattrt.runtime", ROOT / "runtime", True)
-    load("mattrt.models", ROOT / "models", True)  # registers the models
 
 
 def fail(message: str) -> None:

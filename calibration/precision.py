@@ -54,9 +54,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from mattrt.errors import InputError, MattrtError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `mattrt --help` imports this module
+    import numpy as np
 
 PRECISIONS = ("fp16", "int8")
 CALIBRATION_METHODS = ("entropy", "percentile", "max")

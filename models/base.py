@@ -24,13 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from mattrt.errors import InputError
 from mattrt.models.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from mattrt.models.checkpoints import CheckpointLayout
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class MattingModel(nn.Module):
     """Base class of the seed models; see the module docstring for the contract."""
 
     # The authors' state_dict layouts this model loads (see checkpoints.py).
-    checkpoint_layouts: ClassVar[Sequence["CheckpointLayout"]] = ()  # noqa: F821
+    checkpoint_layouts: ClassVar[Sequence["CheckpointLayout"]] = ()
 
     def __init__(self, settings: ModelSettings):
         super().__init__()
@@ -87,7 +90,7 @@ class MattingModel(nn.Module):
         raise NotImplementedError
 
     # -- weights ---------------------------------------------------------------------------
-    def checkpoint_parts(self) -> dict[str, tuple[nn.Module, Sequence["CheckpointLayout"]]]:  # noqa: F821
+    def checkpoint_parts(self) -> dict[str, tuple[nn.Module, Sequence["CheckpointLayout"]]]:
         """Separately distributed weight files: part name -> (module, the authors' layouts).
 
         A model whose authors ship one file keeps the default single part "model"; models

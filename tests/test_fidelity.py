@@ -72,7 +72,7 @@ def test_fidelity_needs_the_requested_precisions(export_dir, tmp_path):
 
 
 def test_heat_map_and_grid():
-    from mattrt.calibration.figures import heat_map, image_grid, line_chart
+    from mattrt.calibration.figures import heat_map, image_grid
 
     values = np.linspace(0, 2, 12).reshape(3, 4)
     colours = heat_map(values, vmax=1.0)
