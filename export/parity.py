@@ -177,12 +177,15 @@ def generated_image(size: int, index: int = 0, seed: int = 0) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, settings) -> torch.Tensor:
-    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32 as the model expects (channel order, mean, std)."""
-    x = image.astype(np.float32) / 255.0
+    """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32 as the model expects (channel order, mean,
+    std), with the runtime's own tile preprocessing (one tile covering the image)."""
+    from mattrt.runtime.ops import preprocess_tiles
+
     if settings.channel_order.upper() == "BGR":
-        x = x[..., ::-1]
-    x = (x - np.asarray(settings.mean, dtype=np.float32)) / np.asarray(settings.std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+        image = image[..., ::-1]
+    origin = np.zeros((1, 2), dtype=np.int64)
+    tile = preprocess_tiles(np.ascontiguousarray(image), origin, image.shape[:2], settings.mean, settings.std)
+    return torch.from_numpy(tile)
 
 
 def image_batch(size: int, batch: int, settings, seed: int = 0) -> torch.Tensor:
