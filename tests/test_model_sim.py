@@ -134,8 +134,6 @@ def test_holds_only_the_trimap_network_of_the_provider(tiny):
 
 
 def test_provider_shipped_as_one_file_is_held_whole():
-    if "aim_tiny" not in list_models():
-        pytest.skip("aim_tiny is not registered")
     model = create_model(TINY, trimap_model="aim_tiny")
     assert model.trimap_part == "model"
     with torch.no_grad():
