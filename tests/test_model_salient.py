@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from mattrt.errors import CheckpointError, InputError
 from mattrt.models import create_model, get_settings, list_models
@@ -13,20 +12,9 @@ from mattrt.models.checkpoints import load_checkpoint, to_layout
 from mattrt.models.fusion import unknown_blend
 from mattrt.models.salient import SalientModel
 from mattrt.models.u2net import RSU, U2Net, u2net_layout
+from model_helpers import randomise_batchnorm
 
 TINY = "salient_tiny"
-
-
-def randomise_batchnorm(module: nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics and affine terms, so loading them changes the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
 
 
 def tiny_model(seed: int) -> SalientModel:
