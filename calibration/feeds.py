@@ -187,7 +187,7 @@ def collect_stage_feeds(directory: str | Path, source: DataSource, *, max_sample
                         batch: int | None = None, progress: bool = False) -> dict[str, StageFeeds]:
     """Run the FP32 graphs of an export directory through the runtime's Pipeline over the
     source's images and return each stage's recorded inputs (see the module docstring)."""
-    from mattrt.runtime.artifacts import open_artifacts
+    from mattrt.runtime.onnx_engine import open_artifacts
     from mattrt.runtime.pipeline import Pipeline
 
     spec, engines = open_artifacts(directory, precision="fp32")

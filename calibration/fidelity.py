@@ -85,7 +85,7 @@ def evaluation_images(data: str | Path, *, seed: int | None = None, size: tuple[
 
 
 def available_precisions(directory: str | Path) -> list[str]:
-    from mattrt.export.manifest import Manifest
+    from mattrt.manifest import Manifest
 
     manifest = Manifest.load(directory)
     found = []
@@ -150,7 +150,7 @@ def fidelity_report(directory: str | Path, data: str | Path = "synthetic:24", *,
     """(report dict, the images, {precision: alphas}); see the module docstring."""
     from mattrt.calibration.metrics import evaluate, mean_metrics
     from mattrt.calibration.synthetic import default_trimap_radius, make_trimap
-    from mattrt.export.manifest import Manifest
+    from mattrt.manifest import Manifest
 
     directory = Path(directory)
     manifest = Manifest.load(directory)

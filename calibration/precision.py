@@ -733,7 +733,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
 
     from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
     from mattrt.export.lint import lint_models
-    from mattrt.export.manifest import Manifest, embed_manifest
+    from mattrt.manifest import Manifest, embed_manifest
 
     log = log or (lambda message: None)
     directory = Path(directory)
@@ -860,7 +860,7 @@ def _save_atomic(model, path: Path) -> None:
 
 
 def _write_manifest_atomic(manifest, directory: Path) -> None:
-    from mattrt.export.manifest import MANIFEST_FILE
+    from mattrt.manifest import MANIFEST_FILE
 
     partial = directory / f".{MANIFEST_FILE}.partial"
     partial.write_text(manifest.to_json() + "\n")

@@ -1,6 +1,6 @@
 """mattrt.export: torch -> ONNX per stage, TensorRT-compatible rewrites, parity checks, lint.
 
-    from mattrt.export import export_model, Manifest, lint_directory
+    from mattrt.export import export_model, lint_directory
 
 Attributes load lazily so that `mattrt --help` never imports torch.
 """
@@ -14,9 +14,6 @@ _EXPORTS = {
     "export_graph": "mattrt.export.exporter",
     "load_model": "mattrt.export.exporter",
     "ExportError": "mattrt.export.exporter",
-    "Manifest": "mattrt.export.manifest",
-    "GraphEntry": "mattrt.export.manifest",
-    "TensorInfo": "mattrt.export.manifest",
     "lint_directory": "mattrt.export.lint",
     "lint_model": "mattrt.export.lint",
     "LintReport": "mattrt.export.lint",

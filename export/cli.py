@@ -48,27 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_lint)
 
 
-def parse_checkpoint(values: list[str] | None):
-    """None, one path, or {part: path} from repeated --checkpoint options."""
-    if not values:
-        return None
-    if len(values) == 1 and ("=" not in values[0] or Path(values[0]).exists()):
-        return values[0]
-    parts = {}
-    for value in values:
-        part, sep, path = value.partition("=")
-        if not sep or not part or not path:
-            raise InputError(
-                f"--checkpoint {value!r}: with several checkpoints each must be PART=PATH (e.g. trimap=t.pth)"
-            )
-        if part in parts:
-            raise InputError(f"--checkpoint names part {part!r} twice")
-        parts[part] = path
-    return parts
-
-
 def run_export(args: argparse.Namespace) -> int:
     from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model
+    from mattrt.models.checkpoints import parse_checkpoint
 
     export_model(
         args.model,

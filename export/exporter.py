@@ -30,7 +30,7 @@ from torch import nn
 
 from mattrt.errors import InputError, MattrtError
 from mattrt.export.lint import lint_models, operator_table
-from mattrt.export.manifest import BATCH_DIM, GraphEntry, Manifest, TensorInfo, embed_manifest
+from mattrt.manifest import BATCH_DIM, GraphEntry, Manifest, TensorInfo, embed_manifest
 from mattrt.export.parity import TOLERANCE, ParityError, image_feeds, judge, ort_session, reference_outputs, run_graph
 from mattrt.export.rewrites import translation_table
 
@@ -393,7 +393,7 @@ def _prepare_destination(out_dir: Path, force: bool) -> None:
             raise InputError(f"{out_dir} already exists; pass --force (force=True) to replace it")
         if not out_dir.is_dir():
             raise InputError(f"{out_dir} exists and is not a directory; remove it or choose another --out")
-        from mattrt.export.manifest import MANIFEST_FILE
+        from mattrt.manifest import MANIFEST_FILE
 
         if any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
             raise InputError(

@@ -291,7 +291,7 @@ def lint_models(models: Iterable[tuple[str, object]]) -> LintReport:
 
 def lint_directory(directory: str | Path) -> LintReport:
     """Lint the graphs of an export directory (every file its manifest names, else every .onnx)."""
-    from mattrt.export.manifest import MANIFEST_FILE, Manifest
+    from mattrt.manifest import MANIFEST_FILE, Manifest
 
     root = Path(directory)
     if root.is_file() and root.suffix == ".onnx":

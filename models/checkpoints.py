@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 
-from mattrt.errors import CheckpointError
+from mattrt.errors import CheckpointError, InputError
 
 if TYPE_CHECKING:
     from mattrt.models.base import MattingModel
@@ -149,6 +149,35 @@ def _match(ours: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor],
 def _preview(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def parse_checkpoint(values: list[str] | str | None) -> str | dict[str, str] | None:
+    """Checkpoint values as the CLI takes them (`--checkpoint` repeated, in `export` and `infer`
+    alike): one path, or PART=PATH pairs for models shipped in several files. A value is a path
+    when it names an existing file, even if it contains "="."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    if len(values) == 1 and not _looks_like_part(values[0]):
+        return values[0]
+    parts = {}
+    for value in values:
+        if not _looks_like_part(value):
+            raise InputError(
+                f"--checkpoint {value!r}: give one file, or PART=PATH for every part "
+                "(e.g. --checkpoint trimap=stn.pth --checkpoint matting=m.pth)"
+            )
+        part, path = value.split("=", 1)
+        if part in parts:
+            raise InputError(f"--checkpoint names part {part!r} twice")
+        parts[part] = path
+    return parts
+
+
+def _looks_like_part(value: str) -> bool:
+    head, sep, tail = value.partition("=")
+    return bool(sep) and head.isidentifier() and bool(tail) and not Path(value).exists()
 
 
 def load_checkpoint(

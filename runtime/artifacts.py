@@ -1,25 +1,23 @@
-"""Where stage engines come from: a model in this process, or an export directory.
+"""What the pipeline knows about a model, whichever backend runs it.
 
 `ModelSpec` is everything the pipeline needs to know about a model (normalisation, fusion kind,
 guidance kind, stride, canvas and tile sizes, the full settings for model-specific guidance);
 it is built from a model's settings or from an export manifest, so an export directory is run
-through its manifest alone, with no Python model class.
-
-    spec, engines = load_model_engines("shm_tiny")                 # torch
-    spec, engines = open_artifacts("exports/shm", device="cpu")   # onnxruntime
+through its manifest alone, with no Python model class. Backends (runtime/backends.py) return a
+ModelSpec with their stage engines; `check_engines` checks the pair against the pipeline's
+contract.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from mattrt.errors import InputError
-from mattrt.runtime.engine import DEVICES, PRECISIONS, Engine, check_choice
+from mattrt.runtime.engine import Engine
 
 if TYPE_CHECKING:
-    from mattrt.models.base import MattingModel
+    from mattrt.manifest import Manifest
     from mattrt.models.settings import ModelSettings
 
 
@@ -62,7 +60,7 @@ class ModelSpec:
         )
 
     @classmethod
-    def from_manifest(cls, manifest, source: str = "") -> "ModelSpec":
+    def from_manifest(cls, manifest: "Manifest", source: str = "") -> "ModelSpec":
         norm = manifest.normalization
         input_range = list(norm.get("input_range", [0.0, 1.0]))
         if input_range != [0.0, 1.0]:
@@ -90,97 +88,6 @@ class ModelSpec:
         return self.checkpoint_sha256 not in (None, "untrained")
 
 
-def parse_checkpoint(values: list[str] | str | None) -> str | dict[str, str] | None:
-    """CLI checkpoint values: one path, or PART=PATH pairs for models shipped in several files."""
-    if values is None:
-        return None
-    if isinstance(values, str):
-        values = [values]
-    if len(values) == 1 and not _looks_like_part(values[0]):
-        return values[0]
-    parts = {}
-    for value in values:
-        if not _looks_like_part(value):
-            raise InputError(
-                f"checkpoint {value!r}: give one file, or PART=FILE for every part (e.g. trimap=stn.pth matting=m.pth)"
-            )
-        part, path = value.split("=", 1)
-        if part in parts:
-            raise InputError(f"checkpoint part {part!r} is given twice")
-        parts[part] = path
-    return parts
-
-
-def _looks_like_part(value: str) -> bool:
-    head, sep, tail = value.partition("=")
-    return bool(sep) and head.isidentifier() and bool(tail) and not Path(value).exists()
-
-
-def load_model_engines(
-    model: "MattingModel | str",
-    checkpoint=None,
-    device: str = "cpu",
-    precision: str = "fp32",
-    channels_last: bool = False,
-    kernels: bool = False,
-) -> tuple[ModelSpec, dict[str, Engine]]:
-    """Torch engines for every stage of a model (an instance, or a registered name); kernels:
-    run them with mattrt's custom ops (TorchEngine)."""
-    from mattrt.models import create_model
-    from mattrt.runtime.torch_engine import model_engines
-
-    check_choice(device, DEVICES, "device")
-    if isinstance(model, str):
-        model = create_model(model, checkpoint=checkpoint)
-    elif checkpoint is not None:
-        model.load_weights(checkpoint)
-    engines = model_engines(model, device=device, precision=precision, channels_last=channels_last, kernels=kernels)
-    return ModelSpec.from_settings(model.settings, model.checkpoint_sha256), engines
-
-
-def open_artifacts(
-    directory: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None
-) -> tuple[ModelSpec, dict[str, Engine]]:
-    """onnxruntime engines for the stage graphs of an export directory, read through its manifest."""
-    from mattrt.export.manifest import Manifest
-    from mattrt.runtime.engine import TensorMeta
-    from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
-
-    import numpy as np
-
-    check_choice(device, DEVICES, "device")
-    check_choice(precision, PRECISIONS, "precision")
-    directory = Path(directory)
-    manifest = Manifest.load(directory)
-    if directory.is_file():
-        directory = directory.parent
-    spec = ModelSpec.from_manifest(manifest, source=str(directory))
-    engines: dict[str, Engine] = {}
-    for entry in manifest.stages:
-        if precision not in entry.files:
-            raise InputError(
-                f"export {directory} has no {precision} graph for stage {entry.name!r} "
-                f"(it has: {', '.join(entry.files)}); produce it with mattrt's calibration step or pick another precision"
-            )
-
-        def metas(infos):
-            return tuple(
-                TensorMeta(t.name, tuple(None if isinstance(d, str) else int(d) for d in t.shape), np.dtype(t.dtype))
-                for t in infos
-            )
-
-        loader = SessionLoader(directory / entry.files[precision], device=device, threads=threads)
-        engines[entry.name] = OnnxRuntimeEngine(
-            loader,
-            name=entry.name,
-            precision=precision,
-            max_batch=int(manifest.max_batch),
-            inputs=metas(entry.inputs),
-            outputs=metas(entry.outputs),
-        )
-    return spec, engines
-
-
 def check_engines(spec: ModelSpec, engines: Mapping[str, Engine]) -> None:
     """Every stage the spec names has an engine with the inputs and outputs the pipeline feeds/reads."""
     missing = [s for s in spec.stages if s not in engines]
@@ -203,4 +110,4 @@ def check_engines(spec: ModelSpec, engines: Mapping[str, Engine]) -> None:
         )
 
 
-__all__ = ["ModelSpec", "check_engines", "load_model_engines", "open_artifacts", "parse_checkpoint"]
+__all__ = ["ModelSpec", "check_engines"]

@@ -53,8 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--model", metavar="NAME", help="registered model (see `mattrt models --all`), run with torch")
     source.add_argument("--artifacts", type=Path, metavar="DIR", help="export directory written by `mattrt export`, run with onnxruntime")
     p.add_argument(
-        "--checkpoint", nargs="+", metavar="FILE|PART=FILE",
-        help="weights for --model: one file, or PART=FILE per part of models shipped in several files",
+        "--checkpoint", action="append", metavar="PATH|PART=PATH",
+        help="weights for --model: one file, or PART=PATH once per part of models shipped in several files",
     )
     p.add_argument("--backend", choices=("torch", "onnxruntime"), help="default: torch for --model, onnxruntime for --artifacts")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_pipeline(args: argparse.Namespace):
     """The Pipeline the arguments describe (errors name what is missing or inconsistent)."""
     from mattrt.errors import InputError
-    from mattrt.runtime.artifacts import parse_checkpoint
+    from mattrt.models.checkpoints import parse_checkpoint
     from mattrt.runtime.pipeline import DEFAULT_MAX_PIXELS, Pipeline
 
     options = dict(

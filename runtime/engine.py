@@ -12,40 +12,40 @@ every other dimension is the stage's fixed size. An engine whose backend can run
 spatial sizes (torch eager) says so with `fixed_spatial = False`; the pipeline uses that only
 for its whole-image reference mode.
 
-Asking for a backend, device or precision this machine lacks raises MissingDependencyError
-or InputError naming what is missing: there is no silent fallback.
+An engine whose `device_arrays` is True also has `run_device`: feeds already in the engine's
+device memory (any DLPack array: CuPy on cuda, NumPy on cpu) go in without a copy and the
+outputs stay there, so the pipeline's device path (runtime/pixel_ops.py) stitches and fuses
+them on the GPU.
+
+`Backend` describes one backend for the registry (runtime/backends.py): its name, the
+availability probes it needs, devices, precisions, the artifacts it runs and how it opens stage
+engines. Asking for a backend, device or precision this machine lacks raises
+MissingDependencyError or InputError naming what is missing: there is no silent fallback.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mattrt.errors import InputError, MattrtError
+from mattrt.availability import Probe, probe
+from mattrt.errors import InputError, MattrtError, MissingDependencyError
+from mattrt.manifest import PRECISIONS, TensorMeta
 
-BACKENDS = ("torch", "onnxruntime")
+if TYPE_CHECKING:
+    from mattrt.runtime.artifacts import ModelSpec
+
 DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "int8")
+# What a backend runs (Backend.artifacts): a model in this process, the ONNX graphs of an export
+# directory, TensorRT plans built from those graphs, or a remote server.
+ARTIFACT_KINDS = ("model", "onnx", "plans", "url")
 
 
 class EngineError(MattrtError):
     """An engine used out of order (run before activation) or failing at run time."""
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    """Name, shape (None for the dynamic batch) and dtype of one engine input or output."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: np.dtype
-
-    def describe(self) -> str:
-        dims = " x ".join("batch" if d is None else str(d) for d in self.shape)
-        return f"{self.name} [{dims}] {np.dtype(self.dtype).name}"
 
 
 def check_choice(value: str, choices: Sequence[str], what: str) -> str:
@@ -54,10 +54,88 @@ def check_choice(value: str, choices: Sequence[str], what: str) -> str:
     return value
 
 
+def require_all(names: Sequence[str], purpose: str) -> None:
+    """MissingDependencyError naming every missing probe of `names` (all at once, not the first)."""
+    missing = [probe(name) for name in names if not probe(name).found]
+    if missing:
+        details = "; ".join(f"{p.name}: {p.detail}" for p in missing)
+        raise MissingDependencyError(
+            f"{purpose} needs {', '.join(p.name for p in missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            f"missing here ({details})"
+        )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One entry of the backend registry (runtime/backends.py).
+
+    `open(source, device=..., precision=..., **options)` returns (ModelSpec, {stage: Engine});
+    `source` is what `artifacts` says: a registered model name or MattingModel ("model"), an
+    export directory ("onnx"; "plans": the directory the backend's `prepare` step filled), or a
+    server URL ("url"). `options` lists the keyword options `open` accepts beyond device and
+    precision; `prepare(export_dir, device=..., precision=..., **options) -> dict` is the build
+    step an artifact cache runs once (None: the export is run as it is), and `identity(device)`
+    is what makes a prepared artifact valid only here (library version; GPU name and compute
+    capability), part of the cache key.
+    """
+
+    name: str
+    summary: str
+    probes: tuple[str, ...]  # needed on every device
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    artifacts: str
+    opener: Callable[..., tuple["ModelSpec", dict[str, "Engine"]]]
+    options: tuple[str, ...] = ()
+    device_probes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # extra probes per device
+    device_arrays: bool = False  # its engines on cuda take and return device arrays (Engine.run_device)
+    prepare: Callable[..., dict] | None = None
+    identity: Callable[[str], dict[str, Any]] = lambda device: {}
+
+    def __post_init__(self) -> None:
+        if self.artifacts not in ARTIFACT_KINDS:
+            raise ValueError(f"backend {self.name}: artifacts must be one of {ARTIFACT_KINDS}, got {self.artifacts!r}")
+        unknown = [d for d in self.devices if d not in DEVICES]
+        if unknown:
+            raise ValueError(f"backend {self.name}: unknown devices {unknown}")
+
+    def needed_probes(self, device: str) -> tuple[str, ...]:
+        return tuple(self.probes) + tuple(self.device_probes.get(device, ()))
+
+    def missing(self, device: str) -> list[Probe]:
+        """The probes this backend needs on `device` that are not found here."""
+        return [probe(name) for name in self.needed_probes(device) if not probe(name).found]
+
+    def check(self, device: str, precision: str) -> None:
+        """InputError for a device or precision the backend does not run; MissingDependencyError
+        naming every missing probe."""
+        if device not in self.devices:
+            raise InputError(f"the {self.name} backend runs on {', '.join(self.devices)}, not {device!r}")
+        if precision not in self.precisions:
+            raise InputError(
+                f"the {self.name} backend runs precision {', '.join(self.precisions)}, not {precision!r}"
+            )
+        require_all(self.needed_probes(device), f"the {self.name} backend on {device}")
+
+    def open(self, source: Any, *, device: str, precision: str, **options) -> tuple["ModelSpec", dict[str, "Engine"]]:
+        unknown = sorted(k for k, v in options.items() if k not in self.options and v not in (None, False))
+        if unknown:
+            raise InputError(
+                f"the {self.name} backend takes no option {', '.join(unknown)}"
+                + (f"; its options: {', '.join(self.options)}" if self.options else "")
+            )
+        self.check(device, precision)
+        return self.opener(source, device=device, precision=precision,
+                           **{k: v for k, v in options.items() if k in self.options})
+
+
 class Engine(abc.ABC):
-    """Base of every runner. Subclasses implement `_activate`, `_deactivate` and `_infer`."""
+    """Base of every runner. Subclasses implement `_activate`, `_deactivate` and `_infer`
+    (and `_infer_device` when `device_arrays` is True)."""
 
     backend: str = ""
+    # True when run_device() takes feeds in the engine's device memory and returns device arrays.
+    device_arrays: bool = False
 
     def __init__(self, name: str, device: str, precision: str):
         self.name = name
@@ -119,6 +197,19 @@ class Engine(abc.ABC):
         if missing:
             raise EngineError(f"engine {self.name!r} returned no {', '.join(missing)}")
         return outputs
+
+    def run_device(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """One call on arrays already in this engine's device memory (DLPack: CuPy on cuda,
+        NumPy on cpu), taken without a copy; outputs stay in device memory (DLPack arrays)."""
+        if not self.device_arrays:
+            raise EngineError(f"the {self.backend} engine {self.name!r} takes host arrays only; use run()")
+        if not self.is_active:
+            raise EngineError(f"engine {self.name!r} is not active; use it in a `with` block or call activate()")
+        batch = self._check_feeds(feeds, host=False)
+        return self._infer_device({meta.name: feeds[meta.name] for meta in self.inputs}, batch)
+
+    def _infer_device(self, feeds: dict[str, Any], batch: int) -> dict[str, Any]:
+        raise EngineError(f"the {self.backend} engine has no device path")
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray], host: bool = True) -> int:
         """The batch size of valid feeds; host=False accepts any array exporting DLPack (device memory)."""
@@ -196,4 +287,15 @@ def run_in_chunks(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, 
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-__all__ = ["BACKENDS", "DEVICES", "PRECISIONS", "Engine", "EngineError", "TensorMeta", "check_choice", "run_in_chunks"]
+__all__ = [
+    "ARTIFACT_KINDS",
+    "Backend",
+    "DEVICES",
+    "PRECISIONS",
+    "Engine",
+    "EngineError",
+    "TensorMeta",
+    "check_choice",
+    "require_all",
+    "run_in_chunks",
+]

@@ -5,7 +5,8 @@
 Device "cpu" uses the CPUExecutionProvider; "cuda" needs the `onnxruntime_cuda` probe (the
 onnxruntime-gpu build on a CUDA machine) and fails, rather than quietly running on the CPU,
 when the session does not come up on CUDAExecutionProvider. Precision is a property of the
-graph file (fp32, an FP16 graph, an INT8 Q/DQ graph); the artifacts module picks the file.
+graph file (fp32, an FP16 graph, an INT8 Q/DQ graph); `open_artifacts` picks the file the
+manifest names. `BACKEND` is this module's entry in the backend registry (runtime/backends.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import numpy as np
 
 from mattrt.availability import require
 from mattrt.errors import InputError
-from mattrt.runtime.engine import DEVICES, Engine, TensorMeta, check_choice
+from mattrt.lazy import lazy_import
+from mattrt.manifest import PRECISIONS, Manifest
+from mattrt.runtime.artifacts import ModelSpec
+from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice
+
+onnx = lazy_import("onnx", probe="onnxruntime")
+ort = lazy_import("onnxruntime", probe="onnxruntime")
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -35,8 +42,6 @@ class SessionLoader:
             require("onnxruntime_cuda", "the onnxruntime engine on device cuda")
 
     def __call__(self):
-        import onnxruntime as ort
-
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self.threads:
@@ -63,8 +68,6 @@ _ONNX_TO_NUMPY = {
 
 def _graph_metas(path: Path) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
     """Input and output metadata read from the graph file (weights are not needed)."""
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
 
     def metas(values):
@@ -121,4 +124,49 @@ class OnnxRuntimeEngine(Engine):
         return {name: np.asarray(value) for name, value in zip(self.output_names, values)}
 
 
-__all__ = ["OnnxRuntimeEngine", "SessionLoader"]
+def open_artifacts(
+    directory: str | Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None
+) -> tuple[ModelSpec, dict[str, Engine]]:
+    """onnxruntime engines for the stage graphs of an export directory, read through its manifest."""
+    check_choice(device, DEVICES, "device")
+    check_choice(precision, PRECISIONS, "precision")
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
+    if directory.is_file():
+        directory = directory.parent
+    spec = ModelSpec.from_manifest(manifest, source=str(directory))
+    engines: dict[str, Engine] = {}
+    for entry in manifest.stages:
+        if precision not in entry.files:
+            raise InputError(
+                f"export {directory} has no {precision} graph for stage {entry.name!r} "
+                f"(it has: {', '.join(entry.files)}); add it with `mattrt precision {directory} --precision {precision}` "
+                "or pick another precision"
+            )
+        loader = SessionLoader(directory / entry.files[precision], device=device, threads=threads)
+        engines[entry.name] = OnnxRuntimeEngine(
+            loader,
+            name=entry.name,
+            precision=precision,
+            max_batch=int(manifest.max_batch),
+            inputs=tuple(t.meta() for t in entry.inputs),
+            outputs=tuple(t.meta() for t in entry.outputs),
+        )
+    return spec, engines
+
+
+BACKEND = Backend(
+    name="onnxruntime",
+    summary="onnxruntime sessions over the ONNX graphs of an export (FP32, FP16 graph, INT8 Q/DQ graph)",
+    probes=("onnxruntime",),
+    devices=DEVICES,
+    device_probes={"cuda": ("onnxruntime_cuda",)},
+    precisions=PRECISIONS,
+    artifacts="onnx",
+    opener=lambda directory, **options: open_artifacts(directory, **options),
+    options=("threads",),
+    identity=lambda device: {"onnxruntime": ort.__version__},
+)
+
+
+__all__ = ["BACKEND", "OnnxRuntimeEngine", "SessionLoader", "open_artifacts"]

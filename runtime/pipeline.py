@@ -54,7 +54,8 @@ import numpy as np
 
 from mattrt.errors import InputError
 from mattrt.runtime import ops
-from mattrt.runtime.artifacts import ModelSpec, check_engines, load_model_engines, open_artifacts
+from mattrt.runtime import backends
+from mattrt.runtime.artifacts import ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
 from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
 from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
@@ -154,6 +155,17 @@ class Pipeline:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
+    def open(cls, backend: str, source, *, device: str = "cpu", precision: str = "fp32", backend_options=None,
+             **options) -> "Pipeline":
+        """Stage engines of a registered backend (runtime/backends.py) over `source` (what the
+        backend runs: a model name or instance, an export directory, ...), in a Pipeline.
+        backend_options go to the backend (e.g. threads, kernels); options to the Pipeline."""
+        spec, engines = backends.get_backend(backend).open(
+            source, device=device, precision=precision, **(backend_options or {})
+        )
+        return cls(spec, engines, **options)
+
+    @classmethod
     def from_model(
         cls,
         model,
@@ -165,20 +177,18 @@ class Pipeline:
         kernels: bool = False,
         **options,
     ) -> "Pipeline":
-        """Torch engines over a model instance or a registered name (kernels: run the stages
-        with mattrt's custom ops, see TorchEngine)."""
-        spec, engines = load_model_engines(
-            model, checkpoint, device=device, precision=precision, channels_last=channels_last, kernels=kernels
-        )
-        return cls(spec, engines, **options)
+        """The torch backend over a model instance or a registered name."""
+        return cls.open("torch", model, device=device, precision=precision,
+                        backend_options=dict(checkpoint=checkpoint, channels_last=channels_last, kernels=kernels),
+                        **options)
 
     @classmethod
     def from_artifacts(
         cls, directory: str | Path, *, device: str = "cpu", precision: str = "fp32", threads: int | None = None, **options
     ) -> "Pipeline":
-        """onnxruntime engines over an export directory (read through its manifest only)."""
-        spec, engines = open_artifacts(directory, device=device, precision=precision, threads=threads)
-        return cls(spec, engines, **options)
+        """The onnxruntime backend over an export directory (read through its manifest only)."""
+        return cls.open("onnxruntime", directory, device=device, precision=precision,
+                        backend_options=dict(threads=threads), **options)
 
     def __enter__(self) -> "Pipeline":
         try:

@@ -8,7 +8,7 @@ functions of runtime/ops.py; `KernelPixelOps` with the kernels' launchers on a k
 
 - "device": the CuPy backend. The detail image is uploaded once, tiles are cut and normalised
   on the GPU (preprocess.cu), fed to a torch CUDA engine without a copy (DLPack, engine
-  `run_dlpack`), stitched on the GPU (stitch.cu: one stack of the plan's at most 9 windows plus
+  `run_device`), stitched on the GPU (stitch.cu: one stack of the plan's at most 9 windows plus
   an index per tile) and fused in one pass per band (trimap_fusion.cu: bilinear upsampling of
   the trimap + the formula + clamp); the alpha comes back to the host once. Trimap guidance
   tiles are gathered on the GPU with CuPy array operations; "sim" guidance planes are built on
@@ -177,10 +177,10 @@ class KernelPixelOps(HostPixelOps):
         return self.upload(ops.crop_planes(planes, offsets, tile))
 
     def run_engine(self, engine, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        """Zero-copy when the engine takes arrays in this memory (torch: run_dlpack); otherwise
+        """Zero-copy when the engine takes arrays in this memory (Engine.device_arrays); otherwise
         through host copies (e.g. an onnxruntime engine fed by device tiles)."""
-        if hasattr(engine, "run_dlpack") and getattr(engine, "device", None) == self.memory:
-            return {name: self.xp.from_dlpack(value) for name, value in engine.run_dlpack(feeds).items()}
+        if engine.device_arrays and engine.device == self.memory:
+            return {name: self.xp.from_dlpack(value) for name, value in engine.run_device(feeds).items()}
         outputs = engine.run({name: self.to_host(value) for name, value in feeds.items()})
         return {name: self.xp.asarray(value) for name, value in outputs.items()}
 
@@ -220,7 +220,7 @@ def select_pixel_ops(choice: str, detail_engine) -> tuple[HostPixelOps, str]:
     device = getattr(detail_engine, "device", "cpu")
     if device != "cuda":
         return HostPixelOps(), f"auto: the detail engine runs on {device}"
-    if not hasattr(detail_engine, "run_dlpack"):
+    if not detail_engine.device_arrays:
         return HostPixelOps(), f"auto: the {detail_engine.backend} detail engine takes host arrays only"
     if not available("cupy_device"):
         return HostPixelOps(), "auto: the detail engine runs on cuda but CuPy has no device here (pip install cupy-cuda12x)"

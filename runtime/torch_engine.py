@@ -15,9 +15,11 @@ Stage modules of one model share weights (AIM's semantic and detail stages share
 so an engine that changes device, precision, memory format or kernels works on its own copy of
 the stage module and never alters the model.
 
-Besides `run` (NumPy in and out), `run_dlpack` takes arrays already in the engine's device
+Besides `run` (NumPy in and out), `run_device` takes arrays already in the engine's device
 memory (CuPy arrays on CUDA, NumPy on CPU) without copying them and returns torch tensors there:
 the pipeline's device path feeds tiles it prepared on the GPU and stitches the outputs there.
+
+`BACKEND` is this module's entry in the backend registry (runtime/backends.py).
 """
 
 from __future__ import annotations
@@ -27,25 +29,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mattrt.availability import probe
-from mattrt.errors import InputError, MissingDependencyError
-from mattrt.runtime.engine import DEVICES, Engine, EngineError, TensorMeta, check_choice
+from mattrt.errors import InputError
+from mattrt.lazy import lazy_import
+from mattrt.runtime.artifacts import ModelSpec
+from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice, require_all
 
 if TYPE_CHECKING:
     from mattrt.models.base import MattingModel, Stage
 
+torch = lazy_import("torch", probe="torch")
+# Both import torch; bound lazily so that reading the backend registry stays cheap.
+models = lazy_import("mattrt.models")
+kernel_routing = lazy_import("mattrt.runtime.kernel_routing")
+
 TORCH_PRECISIONS = ("fp32", "fp16")
-
-
-def require_all(names: list[str], purpose: str) -> None:
-    """MissingDependencyError naming every missing probe of `names` (all at once, not the first)."""
-    missing = [probe(name) for name in names if not probe(name).found]
-    if missing:
-        details = "; ".join(f"{p.name}: {p.detail}" for p in missing)
-        raise MissingDependencyError(
-            f"{purpose} needs {', '.join(p.name for p in missing)}, which {'is' if len(missing) == 1 else 'are'} "
-            f"missing here ({details})"
-        )
 
 
 class StageLoader:
@@ -59,9 +56,7 @@ class StageLoader:
 
     def model(self) -> "MattingModel":
         if isinstance(self._model, str):
-            from mattrt.models import create_model
-
-            self._model = create_model(self._model, checkpoint=self._checkpoint)
+            self._model = models.create_model(self._model, checkpoint=self._checkpoint)
         return self._model
 
     def __call__(self) -> "Stage":
@@ -78,6 +73,7 @@ class TorchEngine(Engine):
     """Runner for a torch Stage (eager mode)."""
 
     backend = "torch"
+    device_arrays = True
 
     def __init__(
         self,
@@ -114,8 +110,6 @@ class TorchEngine(Engine):
         self._module = None
 
     def _activate(self) -> None:
-        import torch
-
         module = self.loader().module
         needs_copy = self.device != "cpu" or self.precision != "fp32" or self.channels_last or self.kernels
         if needs_copy:
@@ -126,17 +120,13 @@ class TorchEngine(Engine):
             if self.channels_last:
                 module = module.to(memory_format=torch.channels_last)
         if self.kernels:
-            from mattrt.runtime.kernel_routing import KernelRouting
-
-            self._routing = KernelRouting().attach(module)
+            self._routing = kernel_routing.KernelRouting().attach(module)
         self._module = module.eval()
 
     def _deactivate(self) -> None:
         self._module = None
         if self.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
+                torch.cuda.empty_cache()
 
     # -- reporting ----------------------------------------------------------------------------
     def describe(self) -> str:
@@ -157,8 +147,6 @@ class TorchEngine(Engine):
 
     # -- running ------------------------------------------------------------------------------
     def _forward(self, tensors: list) -> tuple:
-        import torch
-
         with torch.inference_mode():
             if self._routing is not None:
                 with self._routing.mode():
@@ -174,16 +162,12 @@ class TorchEngine(Engine):
         return tuple(result)
 
     def _prepare(self, tensor):
-        import torch
-
         tensor = tensor.to(self.device, torch.float16 if self.precision == "fp16" else torch.float32)
         if self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
     def _infer(self, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-        import torch
-
         tensors = [self._prepare(torch.from_numpy(np.ascontiguousarray(feeds[meta.name]))) for meta in self.inputs]
         result = self._forward(tensors)
         return {
@@ -191,15 +175,10 @@ class TorchEngine(Engine):
             for meta, value in zip(self.outputs, result)
         }
 
-    def run_dlpack(self, feeds) -> dict:
-        """One call on arrays already in this engine's memory (CuPy arrays for cuda, NumPy
-        arrays for cpu), taken without a copy through DLPack; returns float32 contiguous torch
-        tensors on the device (consumers take them without a copy, e.g. cupy.from_dlpack)."""
-        import torch
-
-        if not self.is_active:
-            raise EngineError(f"engine {self.name!r} is not active; use it in a `with` block or call activate()")
-        self._check_feeds(feeds, host=False)
+    def _infer_device(self, feeds: dict, batch: int) -> dict:
+        """Feeds in this engine's memory (CuPy arrays for cuda, NumPy arrays for cpu), taken
+        without a copy through DLPack; returns float32 contiguous torch tensors on the device
+        (consumers take them without a copy, e.g. cupy.from_dlpack)."""
         tensors = []
         for meta in self.inputs:
             tensor = torch.from_dlpack(feeds[meta.name])
@@ -229,4 +208,46 @@ def model_engines(
     }
 
 
-__all__ = ["StageLoader", "TORCH_PRECISIONS", "TorchEngine", "model_engines", "require_all"]
+def load_model_engines(
+    model: "MattingModel | str",
+    checkpoint=None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    kernels: bool = False,
+) -> tuple[ModelSpec, dict[str, Engine]]:
+    """Torch engines for every stage of a model (an instance, or a registered name); kernels:
+    run them with mattrt's custom ops (TorchEngine)."""
+    check_choice(device, DEVICES, "device")
+    if isinstance(model, str):
+        model = models.create_model(model, checkpoint=checkpoint)
+    elif checkpoint is not None:
+        model.load_weights(checkpoint)
+    engines = model_engines(model, device=device, precision=precision, channels_last=channels_last, kernels=kernels)
+    return ModelSpec.from_settings(model.settings, model.checkpoint_sha256), dict(engines)
+
+
+def _identity(device: str) -> dict:
+    identity = {"torch": torch.__version__}
+    if device == "cuda":
+        identity["gpu"] = torch.cuda.get_device_name(0)
+        identity["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
+    return identity
+
+
+BACKEND = Backend(
+    name="torch",
+    summary="PyTorch eager on the model's own stage modules (fp16, channels_last, mattrt kernels on cuda)",
+    probes=("torch",),
+    devices=DEVICES,
+    device_probes={"cuda": ("torch_cuda",)},
+    precisions=TORCH_PRECISIONS,
+    artifacts="model",
+    opener=lambda model, **options: load_model_engines(model, **options),
+    options=("checkpoint", "channels_last", "kernels"),
+    device_arrays=True,
+    identity=_identity,
+)
+
+
+__all__ = ["BACKEND", "StageLoader", "TORCH_PRECISIONS", "TorchEngine", "load_model_engines", "model_engines"]

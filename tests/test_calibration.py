@@ -325,7 +325,7 @@ def test_precision_cli_adds_fp16_and_refuses_to_replace_without_force(fp32_copy,
     assert entry["files"]["fp16"] == "detail.fp16.onnx" and "int8" not in entry["files"]
     assert entry["parity"]["fp16"]["calibration_data"] == str(images)
     # the manifest embedded in the graphs follows the new manifest
-    from mattrt.export.manifest import Manifest
+    from mattrt.manifest import Manifest
 
     assert Manifest.from_onnx(fp32_copy / "detail.onnx").stage("detail").files == entry["files"]
     assert main(["precision", str(fp32_copy), "--precision", "fp16", "--calibration", str(images)]) == 1

@@ -15,10 +15,10 @@ from torch import nn
 
 from mattrt.cli import main
 from mattrt.errors import CheckpointError, InputError, MattrtError
-from mattrt.export.cli import parse_checkpoint
+from mattrt.models.checkpoints import parse_checkpoint
 from mattrt.export.exporter import export_model
 from mattrt.export.lint import lint_directory
-from mattrt.export.manifest import MANIFEST_FILE, MANIFEST_KEY, Manifest
+from mattrt.manifest import MANIFEST_FILE, MANIFEST_KEY, Manifest
 from mattrt.export.parity import ParityError, ort_session
 from mattrt.models import MattingModel, ModelSettings, Stage, TensorSpec, register_model
 from mattrt.models import registry

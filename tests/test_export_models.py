@@ -5,7 +5,7 @@ import pytest
 
 from mattrt.export.exporter import export_model
 from mattrt.export.lint import lint_directory
-from mattrt.export.manifest import Manifest
+from mattrt.manifest import Manifest
 from mattrt.models import get_settings, list_models
 
 TINY_MODELS = [name for name in list_models() if name.endswith("_tiny")]

@@ -146,7 +146,7 @@ def test_routed_cuda_engine_equals_eager_cuda(name):
 @pytest.mark.parametrize("name", ["aim_tiny", "shm_tiny", "alphanet_tiny", "salient_tiny"])
 def test_device_pipeline_equals_host_pipeline_on_cuda_engines(name, rng):
     from mattrt.models import create_model
-    from mattrt.runtime.artifacts import load_model_engines
+    from mattrt.runtime.torch_engine import load_model_engines
     from mattrt.runtime.diagnostics import calibrated_random_weights
     from mattrt.runtime.pipeline import Pipeline
 

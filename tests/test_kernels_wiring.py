@@ -28,7 +28,7 @@ from mattrt.kernels.emulate import HostEmulationBackend
 from mattrt.kernels.launch import get_backend
 from mattrt.models import alphanet, create_model
 from mattrt.runtime import ops
-from mattrt.runtime.artifacts import load_model_engines
+from mattrt.runtime.torch_engine import load_model_engines
 from mattrt.runtime.diagnostics import calibrated_random_weights
 from mattrt.runtime.engine import Engine
 from mattrt.runtime.kernel_routing import KernelRouting, unpool_output_size
@@ -264,7 +264,7 @@ def test_kernels_on_cuda_need_cupy_and_a_device(tiny_models):
 
 # -- 3. whole pipelines with the per-pixel work on the kernels (emulated) -----------------------------------
 class _HostOnlyEngine(Engine):
-    """Wraps an engine behind the plain NumPy run() (no run_dlpack), as onnxruntime engines are."""
+    """Wraps an engine behind the plain NumPy run() (device_arrays False), as onnxruntime engines are."""
 
     backend = "host-only"
 
@@ -330,13 +330,13 @@ def test_pipeline_on_emulated_kernels_equals_the_host_pipeline(tiny_models, monk
     _, engines = load_model_engines(model, kernels=kernels)
     launched = _launch_counter(monkeypatch)
     dlpack_calls = Counter()
-    run_dlpack = TorchEngine.run_dlpack
+    run_device = TorchEngine.run_device
 
     def counting_dlpack(self, feeds):
         dlpack_calls[self.name] += 1
-        return run_dlpack(self, feeds)
+        return run_device(self, feeds)
 
-    monkeypatch.setattr(TorchEngine, "run_dlpack", counting_dlpack)
+    monkeypatch.setattr(TorchEngine, "run_device", counting_dlpack)
     with Pipeline(spec, engines, pixel_ops="emulate", **options) as pipeline:
         got = pipeline.run(image, keep_detail=True)
         described = pipeline.describe()

@@ -10,7 +10,8 @@ import torch
 from mattrt.availability import available
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.models import create_model
-from mattrt.runtime.artifacts import ModelSpec, load_model_engines, parse_checkpoint
+from mattrt.runtime.artifacts import ModelSpec
+from mattrt.runtime.torch_engine import load_model_engines
 from mattrt.runtime.engine import EngineError, run_in_chunks
 from mattrt.runtime.diagnostics import calibrated_random_weights
 from mattrt.runtime.torch_engine import StageLoader, TorchEngine
@@ -129,13 +130,3 @@ def test_run_in_chunks_splits_batches_over_the_maximum(model):
         engine.max_batch = None
         whole = engine.run(feeds)["detail"]
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-4)
-
-
-def test_checkpoint_arguments():
-    assert parse_checkpoint(None) is None
-    assert parse_checkpoint(["weights.pth"]) == "weights.pth"
-    assert parse_checkpoint(["trimap=a.pth", "matting=b.pth"]) == {"trimap": "a.pth", "matting": "b.pth"}
-    with pytest.raises(InputError, match="PART=FILE"):
-        parse_checkpoint(["a.pth", "b.pth"])
-    with pytest.raises(InputError, match="given twice"):
-        parse_checkpoint(["trimap=a.pth", "trimap=b.pth"])

@@ -16,7 +16,8 @@ from mattrt.errors import InputError, MissingDependencyError
 from mattrt.export.exporter import export_model
 from mattrt.export.parity import TOLERANCE, generated_image
 from mattrt.models import create_model
-from mattrt.runtime.artifacts import ModelSpec, open_artifacts
+from mattrt.runtime.artifacts import ModelSpec
+from mattrt.runtime.onnx_engine import open_artifacts
 from mattrt.runtime.diagnostics import calibrated_random_weights
 from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
 from mattrt.runtime.pipeline import Pipeline

@@ -1,4 +1,7 @@
-"""The manifest of an export directory: everything downstream needs without the model class.
+"""Core metadata shared by export, calibration and runtime: the export manifest and the
+tensor metadata of engine inputs and outputs.
+
+The manifest of an export directory is everything downstream needs without the model class.
 
 `DIR/manifest.json` holds it, and every graph of the directory carries the same JSON in its
 metadata_props under `MANIFEST_KEY`, so a lone .onnx file still describes itself.
@@ -15,16 +18,36 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mattrt.errors import InputError
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_KEY = "mattrt.manifest"
 FORMAT_VERSION = 1
 BATCH_DIM = "batch"
+# Every precision a graph file can have; fp32 is what `mattrt export` writes, the others are
+# added by calibration (FP16 graph, INT8 Q/DQ graph).
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Name, shape (None for the dynamic batch) and dtype of one engine input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def describe(self) -> str:
+        dims = " x ".join("batch" if d is None else str(d) for d in self.shape)
+        return f"{self.name} [{dims}] {np.dtype(self.dtype).name}"
 
 
 @dataclass
 class TensorInfo:
+    """One graph input or output as the manifest's JSON stores it."""
+
     name: str
     shape: list[int | str]  # first dimension BATCH_DIM (1 when the export has max_batch 1)
     dtype: str  # numpy name, e.g. "float32"
@@ -35,6 +58,10 @@ class TensorInfo:
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == BATCH_DIM else int(d) for d in self.shape)
+
+    def meta(self) -> TensorMeta:
+        """The engine-side description (dynamic batch as None)."""
+        return TensorMeta(self.name, tuple(None if isinstance(d, str) else int(d) for d in self.shape), np.dtype(self.dtype))
 
 
 @dataclass
@@ -190,6 +217,8 @@ __all__ = [
     "MANIFEST_FILE",
     "MANIFEST_KEY",
     "Manifest",
+    "PRECISIONS",
     "TensorInfo",
+    "TensorMeta",
     "embed_manifest",
 ]
