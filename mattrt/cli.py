@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "mattrt.commands",
     "mattrt.calibration.cli",
     "mattrt.export.cli",
-    "mattrt.runtime.cli",
+    "mattrt.infer_cli",
 ]
 
 

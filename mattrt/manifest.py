@@ -82,6 +82,14 @@ class GraphEntry:
     parity: dict[str, Any] = field(default_factory=dict)
     # precision -> files that rebuild its graph without the data (int8: ranges, calibration inputs)
     side_files: dict[str, list[str]] = field(default_factory=dict)
+    # backend -> precision -> file, where a backend runs another graph than `files` names for that
+    # precision (onnxruntime on the CPU: an asymmetric U8S8 INT8 graph instead of TensorRT's
+    # symmetric Q/DQ graph). Backends not listed run `files`.
+    backend_files: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def file_for(self, precision: str, backend: str) -> str | None:
+        """The graph file `backend` runs at `precision` (None when there is none)."""
+        return self.backend_files.get(backend, {}).get(precision) or self.files.get(precision)
 
     @property
     def input_names(self) -> list[str]:

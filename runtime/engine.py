@@ -73,10 +73,11 @@ class Backend:
     `source` is what `artifacts` says: a registered model name or MattingModel ("model"), an
     export directory ("onnx"; "plans": the directory the backend's `prepare` step filled), or a
     server URL ("url"). `options` lists the keyword options `open` accepts beyond device and
-    precision; `prepare(export_dir, device=..., precision=..., **options) -> dict` is the build
-    step an artifact cache runs once (None: the export is run as it is), and `identity(device)`
-    is what makes a prepared artifact valid only here (library version; GPU name and compute
-    capability), part of the cache key.
+    precision. `prepare(export_dir, out_dir, device=..., precision=..., **options) -> dict` is
+    the build step an artifact cache runs once (None: the export is run as it is): it writes into
+    out_dir everything `open(out_dir, ...)` needs (a copy of the manifest included) and returns
+    metadata to record. `identity(device)` is what makes a prepared artifact valid only here
+    (library version; GPU name and compute capability), part of the cache key.
     """
 
     name: str

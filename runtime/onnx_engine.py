@@ -137,13 +137,14 @@ def open_artifacts(
     spec = ModelSpec.from_manifest(manifest, source=str(directory))
     engines: dict[str, Engine] = {}
     for entry in manifest.stages:
-        if precision not in entry.files:
+        graph = entry.file_for(precision, "onnxruntime")
+        if graph is None:
             raise InputError(
                 f"export {directory} has no {precision} graph for stage {entry.name!r} "
                 f"(it has: {', '.join(entry.files)}); add it with `mattrt precision {directory} --precision {precision}` "
                 "or pick another precision"
             )
-        loader = SessionLoader(directory / entry.files[precision], device=device, threads=threads)
+        loader = SessionLoader(directory / graph, device=device, threads=threads)
         engines[entry.name] = OnnxRuntimeEngine(
             loader,
             name=entry.name,
