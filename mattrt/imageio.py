@@ -108,6 +108,11 @@ class LoadedImage:
         return None if self.alpha is None else to_float32(self.alpha)
 
 
+def pixel_count(pixels: int) -> str:
+    """A pixel count for messages: megapixels from 0.1 MP up, else the exact count."""
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels:,} pixels"
+
+
 def to_float32(array: np.ndarray) -> np.ndarray:
     """uint8 (/255) or uint16 (/65535) pixels as float32 in [0, 1].
 
@@ -287,9 +292,9 @@ def _open(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
         raise InputError(f"{name}: the image has zero size ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
         raise InputError(
-            f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the limit of "
-            f"{max_pixels / 1e6:.1f} megapixels (a guard against decompression bombs); "
-            "pass a larger max_pixels if the image is genuine")
+            f"{name}: {width}x{height} = {pixel_count(width * height)} exceeds the limit of "
+            f"{pixel_count(max_pixels)} (a guard against decompression bombs); if the image is genuine, "
+            "raise the limit (--max-pixels on the command line, max_pixels in Python)")
     return image
 
 
@@ -333,6 +338,7 @@ def _low_byte_rawmode(rawmode: str) -> str | None:
 def _decode_planes(data: bytes, name: str, max_pixels: int | None) -> _Planes:
     image = _open(data, name, max_pixels)
     fmt = image.format or "?"
+    _check_data_size(data, name, image)
     mode = image.mode
     tiles = list(image.tile)
     rawmodes = {_rawmode(t) for t in tiles}
@@ -370,6 +376,98 @@ def _decode_planes(data: bytes, name: str, max_pixels: int | None) -> _Planes:
     if array.ndim == 2:
         array = array[..., None]
     return _Planes(np.ascontiguousarray(array), bands, bit_depth, fmt, mode, orientation)
+
+
+# Deflate codes at best a 258-byte match in one bit for its length and one for its distance, so
+# no zlib stream inflates more than 1032-fold; JPEG's Huffman coding spends at least one bit on
+# the DC coefficient of every 8x8 block of the full-resolution component.
+_JPEG_HUFFMAN_SOF = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7)
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_STEP = 1 << 24
+
+
+def _check_data_size(data: bytes, name: str, image: Image.Image) -> None:
+    """Refuse, before decoding, files whose data cannot fill the pixels their header promises.
+
+    Pillow's PNG decoder stops quietly where a well-formed zlib stream ends and leaves the
+    missing rows black; a few kilobytes claiming a 14000 x 14000 image would also cost a
+    196-megapixel decode and a matte of nothing. So:
+
+    - PNG: the image data (IDAT) is inflated once without keeping it (16 MB at a time) and must
+      give exactly the bytes the header needs (rows x (filter byte + row bytes), per Adam7 pass
+      when interlaced). Exact, so a flat image compressed near deflate's 1032:1 ceiling (a
+      3000 x 3000 grey PNG is 1026:1) still reads. A small file stops after its few bytes.
+    - JPEG (Huffman-coded): every 8x8 block codes its DC coefficient in at least one bit, so a
+      file under ceil(W/8) x ceil(H/8) bits cannot be complete (the flattest JPEGs Pillow
+      writes use 2 bits per block). Arithmetic-coded JPEGs have no such bound and are not checked.
+    - WebP (libwebp) and TIFF (Pillow, libtiff) report missing data themselves; lossless WebP
+      codes a flat image in a few hundred bytes at any size, so no ratio bound would be sound.
+    """
+    if image.format == "PNG":
+        _check_png_data(data, name, image)
+    elif image.format in ("JPEG", "MPO"):
+        _check_jpeg_size(data, name, image)
+
+
+def _check_png_data(data: bytes, name: str, image: Image.Image) -> None:
+    width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    channels = _PNG_CHANNELS.get(colour_type)
+    if channels is None or (width, height) != image.size:
+        return  # Pillow parsed a header this reader does not know; it checks its own
+    bits = depth * channels
+    if interlace:
+        passes = []
+        for x0, y0, dx, dy in _ADAM7:
+            pass_w, pass_h = max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy)
+            passes.append((pass_h, 0 if pass_w == 0 else 1 + (pass_w * bits + 7) // 8))
+    else:
+        passes = [(height, 1 + (width * bits + 7) // 8)]
+    expected = sum(rows * row_bytes for rows, row_bytes in passes if row_bytes)
+    inflater = zlib.decompressobj()
+    produced = 0
+    position = 8
+    try:
+        while position + 8 <= len(data) and produced < expected:
+            length, kind = struct.unpack(">I4s", data[position:position + 8])
+            if kind == b"IDAT":
+                pending = data[position + 8:position + 8 + length]
+                while pending and produced < expected:
+                    produced += len(inflater.decompress(pending, _INFLATE_STEP))
+                    pending = inflater.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            position += 12 + length
+    except zlib.error as exc:
+        raise InputError(f"{name}: corrupt PNG image data ({exc})") from exc
+    if produced >= expected:
+        return
+    if interlace:
+        raise InputError(f"{name}: the PNG's pixel data ends early ({produced} of {expected} bytes of an "
+                         f"interlaced {width}x{height} image); the file is truncated or its header is wrong")
+    raise InputError(f"{name}: the PNG's pixel data ends after {produced // passes[0][1]} of {height} rows "
+                     f"({width}x{height} promised); the file is truncated or its header is wrong")
+
+
+def _check_jpeg_size(data: bytes, name: str, image: Image.Image) -> None:
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker not in _JPEG_HUFFMAN_SOF:
+                return
+            break
+        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+    else:
+        return
+    width, height = image.size
+    blocks = -(-width // 8) * -(-height // 8)
+    if len(data) * 8 < blocks:
+        raise InputError(f"{name}: {len(data)} bytes cannot hold a {width}x{height} JPEG (it needs at least "
+                         f"{-(-blocks // 8)} bytes: one bit per 8x8 block); the file is truncated or its "
+                         "header is wrong")
 
 
 def _decode_low_bytes(data: bytes, name: str, max_pixels: int | None, rawmode: str) -> np.ndarray | None:
@@ -659,6 +757,7 @@ __all__ = [
     "decode_image",
     "encode_png16",
     "list_images",
+    "pixel_count",
     "quantise",
     "read_alpha",
     "read_image",

@@ -53,6 +53,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.imageio import pixel_count
 from mattrt.runtime import ops
 from mattrt.runtime import backends
 from mattrt.runtime.artifacts import ModelSpec, check_engines
@@ -235,8 +236,8 @@ class Pipeline:
             raise InputError(f"the image has zero size ({width}x{height})")
         if self.max_pixels is not None and height * width > self.max_pixels:
             raise InputError(
-                f"image {width}x{height} = {height * width / 1e6:.1f} megapixels exceeds the maximum of "
-                f"{self.max_pixels / 1e6:.1f} megapixels; raise the limit (--max-pixels) to process it "
+                f"image {width}x{height} = {pixel_count(height * width)} exceeds the maximum of "
+                f"{pixel_count(self.max_pixels)}; raise the limit (--max-pixels) to process it "
                 "(mattrt never downscales silently)"
             )
 

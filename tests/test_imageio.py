@@ -293,7 +293,7 @@ def test_gigantic_declared_size_is_refused_before_decoding(tmp_path):
 
 def test_pixel_limit_can_be_lowered_and_raised(tmp_path):
     path = _save(tmp_path / "a.png", Image.fromarray(_pattern()))  # 768 pixels
-    with pytest.raises(InputError, match="max_pixels"):
+    with pytest.raises(InputError, match="768 pixels exceeds the limit of 700 pixels.*--max-pixels"):
         imageio.read_image(path, max_pixels=700)
     assert imageio.read_image(path, max_pixels=768).size == (32, 24)
     assert imageio.read_alpha(path, max_pixels=None).shape == (24, 32)
@@ -445,3 +445,84 @@ def test_list_images_filters_by_suffix(tmp_path):
     assert [p.name for p in imageio.list_images(tmp_path)] == ["a.JPG", "b.png", "c.tiff"]
     with pytest.raises(InputError, match="does not exist"):
         imageio.list_images(tmp_path / "missing")
+
+
+# ------------------------------------------------------------- inconsistent and implausible files
+
+
+def test_png_whose_stream_ends_before_the_last_row_is_refused(tmp_path):
+    # A well-formed zlib stream holding 10 of the 64 rows the header promises: Pillow's PNG decoder
+    # stops at the stream's end and leaves the missing rows black.
+    rows = b"".join(b"\x00" + bytes([200]) * 64 for _ in range(10))
+    path = tmp_path / "short.png"
+    path.write_bytes(_png_by_hand(64, 64, 8, 0, rows))
+    with pytest.raises(InputError, match=r"short\.png.*10 of 64 rows"):
+        imageio.read_image(path)
+
+
+def _interlaced_png(width: int, height: int, pixels: np.ndarray, keep: int | None = None) -> bytes:
+    """An Adam7-interlaced RGB PNG by hand (Pillow writes none); `keep` cuts the raw data."""
+    rows = []
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)):
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size:
+            rows += [b"\x00" + row.tobytes() for row in sub]
+    raw = b"".join(rows)[:keep]
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw))
+            + _png_chunk(b"IEND", b""))
+
+
+def test_interlaced_png_with_missing_data_is_refused(tmp_path):
+    pixels = _rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.png"
+    whole.write_bytes(_interlaced_png(30, 40, pixels))
+    np.testing.assert_array_equal(imageio.read_image(whole).rgb, pixels)
+    path = tmp_path / "interlaced.png"
+    path.write_bytes(_interlaced_png(30, 40, pixels, keep=-100))
+    with pytest.raises(InputError, match=r"interlaced\.png.*pixel data"):
+        imageio.read_image(path)
+
+
+def test_tiny_png_claiming_a_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    # 14000 x 14000 (196 MP, under the 200 MP guard) from a 2 KB file: refused without decoding.
+    rows = b"".join(b"\x00" + bytes(14000) for _ in range(100))
+    path = tmp_path / "amplifier.png"
+    path.write_bytes(_png_by_hand(14000, 14000, 8, 0, rows))
+    assert path.stat().st_size < 4000
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(InputError, match=r"amplifier\.png.*100 of 14000 rows"):
+        imageio.read_image(path)
+
+
+def test_large_flat_png_is_legitimate(tmp_path):
+    # Compresses about 1026:1, close to deflate's 1032:1 ceiling: still a genuine image.
+    path = tmp_path / "flat.png"
+    Image.new("L", (3000, 3000), 0).save(path, optimize=True)
+    assert 3000 * 3000 / path.stat().st_size > 1000
+    loaded = imageio.read_image(path)
+    assert loaded.size == (3000, 3000) and not loaded.rgb.any()
+
+
+def test_tiny_jpeg_claiming_a_huge_image_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(_pattern()).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 14000, 14000)  # height, width
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"huge\.jpg.*cannot hold a 14000x14000 JPEG"):
+        imageio.read_image(path)
+
+
+@pytest.mark.parametrize("options", [{"quality": 1}, {"quality": 1, "progressive": True, "optimize": True}])
+def test_large_flat_jpeg_is_legitimate(tmp_path, options):
+    path = tmp_path / "flat.jpg"
+    Image.new("L", (2400, 2400), 0).save(path, **options)
+    assert imageio.read_image(path).size == (2400, 2400)

@@ -222,7 +222,7 @@ def test_a_model_with_real_tiles_runs_any_size():
 
 def test_images_over_the_maximum_size_are_refused_not_downscaled():
     with Pipeline(_spec(), _local_engines(), max_pixels=1000) as pipeline:
-        with pytest.raises(InputError, match="exceeds the maximum of 0.0 megapixels.*never downscales"):
+        with pytest.raises(InputError, match="exceeds the maximum of 1,000 pixels.*never downscales"):
             pipeline.run(np.zeros((40, 30, 3), np.uint8))
         assert pipeline.run(np.zeros((40, 25, 3), np.uint8)).alpha.shape == (40, 25)
 
