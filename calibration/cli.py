@@ -21,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted mattes (PNG/JPEG/WebP/TIFF, 8 or 16 bit)")
     p.add_argument("--gt", type=Path, required=True, help="folder of ground-truth mattes")
     p.add_argument("--trimap", type=Path, default=None, help="folder of trimaps (0/128/255) for unknown-band metrics")
-    p.add_argument("--pred-channel", default="0",
-                   help="channel of colour predictions to score: an index (default 0) or 'alpha' for RGBA cutouts")
+    p.add_argument("--pred-channel", default="auto",
+                   help="plane of the predictions to score: 'auto' (default: the alpha channel of files that have "
+                        "one, such as `infer --output rgba` cutouts; the grey plane otherwise; colour files without "
+                        "alpha are refused), 'alpha', or a channel index")
     p.add_argument("--json", type=Path, default=None, help="also write per-image results and means to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=run_eval)
@@ -153,14 +155,22 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from mattrt.calibration.metrics import evaluate, mean_metrics
     from mattrt.errors import InputError
-    from mattrt.imageio import list_images, read_alpha, write_bytes
+    from mattrt.imageio import list_images, read_alpha, read_matte, write_bytes
 
-    channel = args.pred_channel if args.pred_channel == "alpha" else _channel_index(args.pred_channel)
+    channel = args.pred_channel if args.pred_channel in ("alpha", "auto") else _channel_index(args.pred_channel)
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise InputError(f"--json {args.json} already exists; pass --overwrite to replace it")
     gt_files = _by_stem(list_images(args.gt), args.gt)
     pred_files = _by_stem(list_images(args.pred), args.pred, known=gt_files)
     trimap_files = _by_stem(list_images(args.trimap), args.trimap) if args.trimap is not None else None
     if not pred_files and not gt_files:
         raise InputError(f"no images found in {args.pred} or {args.gt}")
+    if args.json is not None:
+        inputs = [*pred_files.values(), *gt_files.values(), *(trimap_files or {}).values()]
+        clash = next((p for p in inputs if p.resolve() == args.json.resolve()), None)
+        if clash is not None:
+            raise InputError(f"--json {args.json} is the input {clash}; inputs are never overwritten, "
+                             "choose another --json")
 
     stems = sorted(set(pred_files) & set(gt_files))
     missing = {
@@ -174,8 +184,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for stem in stems:
         row: dict = {"name": stem}
         try:
-            pred = read_alpha(pred_files[stem], channel=channel)
-            gt = read_alpha(gt_files[stem])
+            pred, row["pred_channel"] = read_matte(pred_files[stem], channel=channel)
+            gt, row["gt_channel"] = read_matte(gt_files[stem])
             if pred.shape != gt.shape:
                 raise InputError(f"size mismatch: pred is {pred.shape[1]}x{pred.shape[0]}, "
                                  f"gt is {gt.shape[1]}x{gt.shape[0]}")
@@ -190,7 +200,8 @@ def run_eval(args: argparse.Namespace) -> int:
             row["error"] = str(exc)
         rows.append(row)
 
-    scored = [{k: v for k, v in r.items() if k not in ("name", "error")} for r in rows if "error" not in r]
+    labels = ("name", "error", "pred_channel", "gt_channel")
+    scored = [{k: v for k, v in r.items() if k not in labels} for r in rows if "error" not in r]
     means = mean_metrics(scored)
     columns = ["sad", "mse", "mad", "grad", "conn", "psnr"]
     if trimap_files is not None:
@@ -198,6 +209,12 @@ def run_eval(args: argparse.Namespace) -> int:
     _print_results(rows, means, columns)
 
     failures = [r for r in rows if "error" in r]
+    for side in ("pred", "gt"):
+        with_alpha = sum(r.get(f"{side}_channel") == "alpha" for r in rows)
+        if with_alpha and not (side == "pred" and args.pred_channel == "alpha"):
+            hint = " (--pred-channel 0 scores the first colour channel instead)" if side == "pred" else ""
+            print(f"scored the alpha channel of {with_alpha} {'prediction' if side == 'pred' else 'ground-truth'} "
+                  f"file(s){hint}")
     for kind, names in missing.items():
         if names:
             print(f"missing {kind} for {len(names)} image(s): {', '.join(names)}")

@@ -197,23 +197,45 @@ def read_alpha(path: str | os.PathLike, *, channel: int | str = 0,
 
     8-bit files are divided by 255, 16-bit ones by 65535; 32-bit float TIFFs are taken as they
     are and must lie in [0, 1]. Greyscale files give their one channel; from colour files
-    `channel` picks one: an index (default 0, the first) or "alpha" for the alpha channel.
-    The EXIF orientation is applied, as in `read_image`.
+    `channel` picks one: an index (default 0, the first), "alpha" for the alpha channel, or
+    "auto" (see `read_matte`). The EXIF orientation is applied, as in `read_image`.
+    """
+    return read_matte(path, channel=channel, max_pixels=max_pixels)[0]
+
+
+def read_matte(path: str | os.PathLike, *, channel: int | str = "auto",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Like `read_alpha`, also saying which plane was read: "grey", "alpha" or "channel N".
+
+    channel "auto" reads the alpha channel of a file that has one (an RGBA cutout's matte is
+    its alpha, not its red channel), the grey plane of a greyscale file, and the common plane
+    of a colour file whose channels are equal; it refuses other colour files rather than
+    guess a channel.
     """
     data, name = _read_file(path)
     planes = _decode_planes(data, name, max_pixels)
     array = planes.array
+    channels = array.shape[2]
+    if channel == "auto":
+        if planes.bands in ("LA", "RGBA"):
+            channel = "alpha"
+        elif channels > 1 and not all(np.array_equal(array[..., 0], array[..., i]) for i in range(1, channels)):
+            raise InputError(f"{name}: a colour image without an alpha channel is not a matte; "
+                             "choose the channel to read (--pred-channel N)")
+        else:
+            channel = 0
     if channel == "alpha":
         if planes.bands not in ("LA", "RGBA"):
             raise InputError(f"{name}: has no alpha channel (mode {planes.mode}); read channel 0 instead")
-        index = array.shape[2] - 1
+        index, used = channels - 1, "alpha"
     elif isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
-        if not 0 <= int(channel) < array.shape[2]:
-            raise InputError(f"{name}: channel {channel} does not exist; the image has {array.shape[2]} "
+        if not 0 <= int(channel) < channels:
+            raise InputError(f"{name}: channel {channel} does not exist; the image has {channels} "
                              f"channel(s) ({planes.bands})")
         index = int(channel)
+        used = "grey" if planes.bands in ("L", "F") else f"channel {index}"
     else:
-        raise InputError(f"channel must be a channel index or 'alpha', got {channel!r}")
+        raise InputError(f"channel must be a channel index, 'alpha' or 'auto', got {channel!r}")
     plane = array[..., index]
     if plane.dtype == np.float32:
         if not np.isfinite(plane).all():
@@ -221,8 +243,8 @@ def read_alpha(path: str | os.PathLike, *, channel: int | str = 0,
         low, high = float(plane.min()), float(plane.max())
         if low < 0 or high > 1:
             raise InputError(f"{name}: a float matte must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
-        return np.ascontiguousarray(plane)
-    return to_float32(np.ascontiguousarray(plane))
+        return np.ascontiguousarray(plane), used
+    return to_float32(np.ascontiguousarray(plane)), used
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -714,7 +736,7 @@ def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWrite
     if not folder.is_dir():
         raise InputError(f"{path}: the folder {folder} does not exist")
     if not overwrite and (path.exists() or path.is_symlink()):
-        raise InputError(f"{path}: already exists; pass overwrite=True to replace it")
+        raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)")
     try:
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
     except OSError as exc:
@@ -729,9 +751,12 @@ def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWrite
             os.replace(temporary, path)
         else:
             _rename_no_clobber(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(exc, OSError):  # a full disk, a quota, an I/O error: name the file
+            raise InputError(f"{path}: could not be written ({exc.strerror or exc}); it was left "
+                             "as it was") from exc
         raise
 
 
@@ -740,10 +765,10 @@ def _rename_no_clobber(temporary: str, path: Path) -> None:
     try:
         os.link(temporary, path)
     except FileExistsError:
-        raise InputError(f"{path}: already exists; pass overwrite=True to replace it") from None
+        raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
     except OSError:
         if path.exists():
-            raise InputError(f"{path}: already exists; pass overwrite=True to replace it") from None
+            raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
         os.replace(temporary, path)  # a filesystem without hard links
         return
     os.unlink(temporary)
@@ -761,6 +786,7 @@ __all__ = [
     "quantise",
     "read_alpha",
     "read_image",
+    "read_matte",
     "to_float32",
     "write_alpha",
     "write_bytes",

@@ -340,8 +340,50 @@ def test_eval_cli_scores_the_alpha_of_rgba_cutouts(tmp_path, capsys):
     args = ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--json", str(tmp_path / "r.json")]
     assert main([*args, "--pred-channel", "alpha"]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["images"][0]["sad"] == 0.0
-    assert main([*args, "--overwrite"]) == 0  # channel 0 is the black colour: every alpha counts as error
+    # By default a file with an alpha channel is scored by its alpha, and the run says so.
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 0
+    assert "scored the alpha channel of 1 prediction file(s)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"][0]["sad"] == 0.0 and report["images"][0]["pred_channel"] == "alpha"
+    assert main([*args, "--overwrite", "--pred-channel", "0"]) == 0  # the black colour: every alpha is an error
     assert json.loads((tmp_path / "r.json").read_text())["images"][0]["sad"] > 0.01
+
+
+def test_eval_cli_refuses_colour_predictions_without_alpha(tmp_path, capsys):
+    from mattrt.imageio import write_rgb
+
+    matte = np.random.default_rng(5).random((10, 12))
+    _write_set(tmp_path / "gt", {"shot": matte})
+    (tmp_path / "pred").mkdir()
+    write_rgb(tmp_path / "pred" / "shot.png", np.stack([matte, 1 - matte, matte], axis=-1))
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 1
+    assert "colour image without an alpha channel is not a matte" in capsys.readouterr().out
+    # Grey stored as RGB (equal channels) is a matte.
+    write_rgb(tmp_path / "pred" / "shot.png", np.repeat(matte[..., None], 3, axis=-1), overwrite=True)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+
+
+@pytest.mark.parametrize("target", ["gt/a.png", "pred/a.png", "tri/a.png"])
+def test_eval_cli_never_writes_its_json_over_an_input(tmp_path, capsys, target):
+    _write_set(tmp_path / "gt", {"a": np.zeros((8, 8))})
+    _write_set(tmp_path / "pred", {"a": np.zeros((8, 8))})
+    _write_set(tmp_path / "tri", {"a": np.zeros((8, 8))})
+    before = (tmp_path / target).read_bytes()
+    code = main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--trimap",
+                 str(tmp_path / "tri"), "--json", str(tmp_path / target), "--overwrite"])
+    assert code == 1
+    assert "--json" in capsys.readouterr().err and (tmp_path / target).read_bytes() == before
+
+
+def test_eval_cli_existing_json_is_refused_before_scoring(tmp_path, capsys):
+    _write_set(tmp_path / "gt", {"a": np.zeros((8, 8))})
+    _write_set(tmp_path / "pred", {"a": np.zeros((8, 8))})
+    (tmp_path / "r.json").write_text("{}")
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--json",
+                 str(tmp_path / "r.json")]) == 1
+    captured = capsys.readouterr()
+    assert "already exists; pass --overwrite" in captured.err and "mean" not in captured.out
 
 
 def test_eval_cli_pairs_infer_outputs_with_their_ground_truth(tmp_path, capsys):

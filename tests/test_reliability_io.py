@@ -10,7 +10,9 @@ pixels of the whole file.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import subprocess
 import struct
 import zlib
 import warnings
@@ -157,3 +159,44 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
        keep=st.floats(0.0, 1.0, exclude_max=True))
 def test_png_with_short_well_formed_stream_fails_named(kind, keep):
     _check(_restreamed_png(SAMPLES[kind], keep), f"short-{kind}.png", whole=WHOLE[kind])
+
+
+# ------------------------------------------------------------------------------------ full disks
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root; skipped otherwise), filled but for a few hundred bytes."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        filler = mount / "filler"
+        with open(filler, "wb") as stream:
+            with contextlib.suppress(OSError):
+                stream.write(bytes(64 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_write_on_a_full_disk_names_the_file_and_leaves_nothing(full_disk):
+    target = full_disk / "matte.png"
+    with pytest.raises(InputError, match=r"matte\.png: could not be written \(No space left on device\)"):
+        imageio.write_alpha(target, np.random.default_rng(0).random((64, 64)))
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_eval_json_on_a_full_disk_is_a_clear_error(tmp_path, full_disk, capsys):
+    from mattrt.cli import main
+
+    for side in ("gt", "pred"):
+        (tmp_path / side).mkdir()
+        imageio.write_alpha(tmp_path / side / "a.png", np.zeros((8, 8)))
+    code = main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--json", str(full_disk / "report.json")])
+    assert code == 1
+    assert "report.json: could not be written (No space left on device)" in capsys.readouterr().err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
