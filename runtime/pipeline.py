@@ -54,6 +54,7 @@ import numpy as np
 
 from mattrt.errors import InputError
 from mattrt.imageio import pixel_count
+from mattrt.resources import require_memory
 from mattrt.runtime import ops
 from mattrt.runtime import backends
 from mattrt.runtime.artifacts import ModelSpec, check_engines
@@ -64,6 +65,14 @@ from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
 # Same limit as the image reader's decompression-bomb guard: 200 megapixels.
 DEFAULT_MAX_PIXELS = 200_000_000
 GUIDANCE_KINDS = ("none", "trimap", "sim")
+# Host memory estimates checked before an image is processed (mattrt.resources.require_memory):
+# the detail image and its guidance planes (float32 RGB + up to 3 planes) plus stitching rows;
+# the fused alpha and the input at full size; per pixel of a tile batch, the inputs and the
+# detail network's activations (its widest stages hold on the order of 64 float32 channels).
+# Rough upper figures meant to refuse absurd options, not to budget tight ones.
+DETAIL_BYTES_PER_PIXEL = 32
+IMAGE_BYTES_PER_PIXEL = 8
+TILE_BYTES_PER_PIXEL = 256
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -139,6 +148,8 @@ class Pipeline:
                 f"use --batch {detail.max_batch} or less, or re-export with a larger max batch"
             )
         self.batch = batch
+        require_memory(self._tile_bytes(), f"tile {self.tile_size} x {self.tile_size} in batches of {batch}",
+                       "use a smaller --tile or --batch")
         if semantic_scale is not None and not (isinstance(semantic_scale, (int, float)) and semantic_scale > 0):
             raise InputError(f"semantic scale must be a positive number (or None to fit the canvas), got {semantic_scale!r}")
         if not (isinstance(detail_scale, (int, float)) and detail_scale > 0 and math.isfinite(detail_scale)):
@@ -240,6 +251,14 @@ class Pipeline:
                 f"{pixel_count(self.max_pixels)}; raise the limit (--max-pixels) to process it "
                 "(mattrt never downscales silently)"
             )
+
+        detail_h, detail_w = self.detail_size(height, width)
+        needed = detail_h * detail_w * DETAIL_BYTES_PER_PIXEL + height * width * IMAGE_BYTES_PER_PIXEL + self._tile_bytes()
+        require_memory(needed, f"image {width}x{height} at detail scale {self.detail_scale:g} ({detail_w}x{detail_h} "
+                       "detail pixels)", "use a smaller --detail-scale, --tile or --batch")
+
+    def _tile_bytes(self) -> int:
+        return self.batch * self.tile_size * self.tile_size * TILE_BYTES_PER_PIXEL
 
     def content_size(self, height: int, width: int) -> tuple[int, int]:
         """Height and width of the image on the semantic canvas."""

@@ -264,3 +264,19 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert _infer(tmp_path / "p.png", "--out", tmp_path / "file") == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+# -- reliability (issue 10) ----------------------------------------------------------------------
+def test_absurd_tile_and_detail_scale_are_refused_with_the_estimate(tmp_path, capsys):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "p.png")
+    Image.fromarray(_image((20, 30), seed=1)).save(tmp_path / "q.png")
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--tile", "100000") == 1
+    err = capsys.readouterr().err
+    assert "tile 100000 x 100000 in batches of 4 needs about" in err and "GiB available; use a smaller --tile" in err
+    assert not (tmp_path / "o").exists()
+    # The detail scale depends on each image's size: those images fail, named; the run goes on.
+    out = tmp_path / "o2"
+    assert _infer(tmp_path / "p.png", tmp_path / "q.png", "--out", out, "--detail-scale", "5000") == 1
+    summary = _summary(out)
+    assert summary["processed"] == 0 and len(summary["failures"]) == 2
+    assert "image 30x20 at detail scale 5000 (150000x100000 detail pixels) needs about" in summary["failures"][0]["error"]

@@ -200,3 +200,52 @@ def test_eval_json_on_a_full_disk_is_a_clear_error(tmp_path, full_disk, capsys):
     assert code == 1
     assert "report.json: could not be written (No space left on device)" in capsys.readouterr().err
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+# ------------------------------------------------------------------------------- memory bounds
+
+
+def test_require_memory_states_the_estimate_and_the_limit():
+    from mattrt.resources import available_memory, require_memory
+
+    available = available_memory()
+    assert available is not None and available > 0
+    require_memory(available // 2, "half", "unused")
+    with pytest.raises(InputError, match=r"thing needs about .* GiB of memory \(estimate\), more than the .* "
+                                         r"GiB available; do less"):
+        require_memory(available * 2, "thing", "do less")
+
+
+def test_synth_refuses_a_size_beyond_memory_and_creates_nothing(tmp_path, capsys):
+    from mattrt.cli import main
+
+    out = tmp_path / "set"
+    assert main(["synth", "--out", str(out), "--count", "1", "--size", "100000x100000", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "a 100000x100000 sample needs about 1788.1 GiB of memory (estimate)" in err and "--size" in err
+    assert not out.exists()
+
+
+def test_synth_failing_midway_leaves_nothing_it_wrote(tmp_path, monkeypatch):
+    from mattrt.calibration import synthetic
+
+    keep = tmp_path / "existing"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    drawn = []
+    real = synthetic.generate_sample
+
+    def fail_on_the_third(*args, **kwargs):
+        drawn.append(1)
+        if len(drawn) == 3:
+            raise MemoryError
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate_sample", fail_on_the_third)
+    with pytest.raises(MemoryError):
+        synthetic.write_dataset(keep / "set", 4, (16, 16), 0, progress=False)
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
+    with pytest.raises(MemoryError):
+        drawn.clear()
+        synthetic.write_dataset(keep, 4, (16, 16), 0, progress=False)
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
