@@ -248,14 +248,19 @@ def read_matte(path: str | os.PathLike, *, channel: int | str = "auto",
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files (by suffix, see IMAGE_SUFFIXES) directly inside `folder`, sorted."""
+    """The image files (by suffix, see IMAGE_SUFFIXES) directly inside `folder`, sorted.
+
+    Links named like images are listed even when they lead nowhere (a missing target, a loop),
+    so that reading them reports the problem instead of the file vanishing from the count.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"folder {folder} does not exist")
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+                  if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,9 @@ def _read_file(path: str | os.PathLike) -> tuple[bytes, str]:
         raise InputError(f"expected a file path, got {type(path).__name__}") from None
     name = str(path)
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(f"{name}: a symbolic link that leads to no file (its target is missing, or the "
+                             "links form a loop)")
         raise InputError(f"{name}: no such file")
     if path.is_dir():
         raise InputError(f"{name}: is a folder, expected an image file")

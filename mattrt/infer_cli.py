@@ -88,6 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="an input's own alpha channel: ignore it (default), flatten the image over white before "
                         "matting, multiply it into the predicted alpha, or treat such inputs as errors")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs and summary")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume: keep outputs that the earlier summary records from the same settings (listed as "
+                        "skipped) and process the rest")
     p.add_argument("--summary", type=Path, metavar="FILE", help="JSON summary path (default: OUT/summary.json)")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="always show progress bars")
@@ -151,6 +154,7 @@ def run_infer(args: argparse.Namespace) -> int:
         output=args.output,
         background=args.background,
         overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
         bit_depth=args.bit_depth,
         input_alpha=args.input_alpha,
         max_pixels=args.max_pixels,
@@ -167,9 +171,13 @@ def run_infer(args: argparse.Namespace) -> int:
             totals[key] = totals.get(key, 0.0) + seconds
     print(json.dumps({
         "processed": summary["processed"],
+        "skipped": len(summary["skipped"]),
         "failed": summary["failed"],
         "seconds": summary["seconds"],
         "seconds_by_step": {k: round(v, 3) for k, v in totals.items()},
         "summary": summary["summary_file"],
     }))
-    return 1 if summary["failed"] or not summary["processed"] else 0
+    if summary.get("summary_error"):
+        print(f"mattrt infer: error: the summary was not written: {summary['summary_error']}", file=sys.stderr)
+        return 1
+    return 1 if summary["failed"] or not (summary["processed"] or summary["skipped"]) else 0

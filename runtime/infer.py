@@ -16,11 +16,13 @@ go on. The summary (also written as JSON) lists per-image timings and every fail
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ class InferOptions:
     output: str = "alpha"
     background: str | None = None  # colour or image path (composite)
     overwrite: bool = False
+    skip_existing: bool = False  # outputs a previous run recorded with the same settings count as done
     bit_depth: int | None = None  # None: the input's bit depth
     input_alpha: str = "ignore"
     max_pixels: int | None = None  # None: imageio's default guard
@@ -72,7 +75,7 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[Failure]]:
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
-        key = path.resolve()
+        key = real_path(path)
         if key not in seen:
             seen.add(key)
             found.append(path)
@@ -89,7 +92,8 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[Failure]]:
             add(path)
         elif _GLOB_CHARACTERS & set(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
-            images = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            # Links that lead nowhere (a missing target, a loop) are kept: reading them reports why.
+            images = [m for m in matches if (m.is_file() or m.is_symlink()) and m.suffix.lower() in IMAGE_SUFFIXES]
             if not images:
                 failures.append(Failure(spec, f"pattern {spec!r} matches no image files"))
             for image in images:
@@ -99,18 +103,23 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[Failure]]:
     return found, failures
 
 
+def real_path(path: Path) -> Path:
+    """The path with links followed as far as they lead (a link loop gives a path, not an error)."""
+    return Path(os.path.realpath(path))
+
+
 def output_path(out_dir: Path, source: Path, kind: str) -> Path:
     return out_dir / f"{source.stem}_{kind}.png"
 
 
 def plan_outputs(inputs: Sequence[Path], out_dir: Path, kind: str) -> dict[Path, Path]:
     """input -> output path; refuses outputs that land on an input or on each other."""
-    resolved_inputs = {p.resolve(): p for p in inputs}
+    resolved_inputs = {real_path(p): p for p in inputs}
     outputs: dict[Path, Path] = {}
     claimed: dict[Path, Path] = {}
     for source in inputs:
         target = output_path(out_dir, source, kind)
-        key = target.resolve()
+        key = real_path(target)
         if key in resolved_inputs:
             raise InputError(
                 f"--out {out_dir} would write {target.name} over the input {resolved_inputs[key]}; "
@@ -258,7 +267,15 @@ def run_inference(
     summary_path: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Process every input; returns the summary (also written to summary_path as JSON)."""
+    """Process every input; returns the summary (also written to summary_path as JSON).
+
+    Everything that can be checked before the first image is: the options, the inputs, that
+    OUT and the summary's folder can be written (a file is created there and removed) and that
+    an earlier summary may be replaced. An interrupt (Ctrl-C, SIGTERM through the CLI) stops
+    after the current image, writes the summary of what finished (marked "interrupted") and
+    re-raises. When the summary itself cannot be written (a full disk), the returned summary
+    carries "summary_error" and "summary_file" is None; the per-image results are still in it.
+    """
     from mattrt.imageio import write_bytes
 
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -270,6 +287,8 @@ def run_inference(
         raise InputError(f"bit depth must be 8 or 16, got {options.bit_depth!r}")
     if options.background is not None and options.output != "composite":
         raise InputError("--background applies to --output composite only")
+    if options.overwrite and options.skip_existing:
+        raise InputError("--overwrite redoes every image and --skip-existing keeps finished ones; choose one")
     background = parse_background(options.background) if options.output == "composite" else None
 
     out_dir = Path(out_dir)
@@ -278,15 +297,21 @@ def run_inference(
     inputs, failures = collect_inputs(input_specs)
     targets = plan_outputs(inputs, out_dir, options.output)
     summary_file = Path(summary_path) if summary_path is not None else out_dir / "summary.json"
-    if summary_file.resolve() in {p.resolve() for p in inputs}:
+    if summary_file.is_dir():
+        raise InputError(f"--summary {summary_file} is a folder; give a file name")
+    if real_path(summary_file) in {real_path(p) for p in inputs}:
         raise InputError(f"the summary {summary_file} would overwrite an input; choose another --summary")
-    if summary_file.exists() and not options.overwrite:
-        raise InputError(f"{summary_file} already exists; pass --overwrite to replace it or choose another --summary")
+    settings = run_settings(pipeline, options)
+    done = _finished_outputs(summary_file, settings, options)
+    created: list[Path] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
-    summary_file.parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(out_dir, "--out", created)
+        _check_writable(summary_file.parent, "--summary", created)
+    except InputError:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
     if not pipeline.spec.trained:
         log(f"warning: model {pipeline.spec.name!r} runs with untrained weights (no checkpoint): the mattes are not meaningful")
@@ -294,24 +319,40 @@ def run_inference(
     from tqdm import tqdm
 
     disable = None if options.progress is None else not options.progress
-    records = []
+    records: list[dict] = []
+    skipped: list[dict] = []
+    interrupted = False
     started = time.perf_counter()
     with pipeline, tqdm(total=len(inputs), desc="images", unit="img", disable=disable, file=sys.stderr) as bar:
-        for source in inputs:
-            bar.set_postfix_str(source.name, refresh=False)
-            tiles_bar = tqdm(desc="tiles", unit="tile", leave=False, disable=disable, file=sys.stderr)
+        try:
+            for source in inputs:
+                target = targets[source]
+                bar.set_postfix_str(source.name, refresh=False)
+                if options.skip_existing and (target.exists() or target.is_symlink()):
+                    record = done.get(str(target))
+                    if record is not None and record.get("input") == str(source):
+                        skipped.append(record)
+                    else:
+                        failures.append(Failure(str(source), f"{target} already exists and the earlier summary "
+                                                "does not record it from these settings; pass --overwrite to "
+                                                "replace it"))
+                    bar.update(1)
+                    continue
+                tiles_bar = tqdm(desc="tiles", unit="tile", leave=False, disable=disable, file=sys.stderr)
 
-            def on_tiles(done: int, total: int, tiles_bar=tiles_bar) -> None:
-                tiles_bar.total = total
-                tiles_bar.update(done - tiles_bar.n)
+                def on_tiles(done_tiles: int, total: int, tiles_bar=tiles_bar) -> None:
+                    tiles_bar.total = total
+                    tiles_bar.update(done_tiles - tiles_bar.n)
 
-            try:
-                records.append(process_image(pipeline, source, targets[source], options, background, on_tiles))
-            except (MattrtError, OSError, ValueError, MemoryError) as exc:
-                failures.append(Failure(str(source), _message(exc)))
-            finally:
-                tiles_bar.close()
-            bar.update(1)
+                try:
+                    records.append(process_image(pipeline, source, target, options, background, on_tiles))
+                except (MattrtError, OSError, ValueError, MemoryError) as exc:
+                    failures.append(Failure(str(source), _message(exc)))
+                finally:
+                    tiles_bar.close()
+                bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
     elapsed = time.perf_counter() - started
 
     summary = {
@@ -322,18 +363,90 @@ def run_inference(
             "bit_depth": options.bit_depth,
             "input_alpha": options.input_alpha,
             "overwrite": options.overwrite,
+            "skip_existing": options.skip_existing,
             "max_pixels": options.max_pixels,
         },
+        "settings": settings,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "images": records,
+        "skipped": skipped,
         "failures": [{"input": f.input, "error": f.error} for f in failures],
         "processed": len(records),
         "failed": len(failures),
+        "interrupted": interrupted,
         "seconds": round(elapsed, 3),
         "summary_file": str(summary_file),
     }
-    write_bytes(summary_file, (json.dumps(summary, indent=2) + "\n").encode(), overwrite=options.overwrite)
+    try:
+        # Replacing the earlier summary was settled above (--overwrite, --skip-existing, or an empty one).
+        write_bytes(summary_file, (json.dumps(summary, indent=2) + "\n").encode(), overwrite=True)
+    except InputError as exc:
+        summary["summary_file"] = None
+        summary["summary_error"] = str(exc)
+    if interrupted:
+        log(f"interrupted: {len(records)} image(s) finished"
+            + (f", recorded in {summary_file}" if summary["summary_file"] else ""))
+        raise KeyboardInterrupt
     return summary
+
+
+def run_settings(pipeline, options: InferOptions) -> dict:
+    """What decides an output's pixels: a rerun with equal settings may keep earlier outputs."""
+    described = {k: v for k, v in pipeline.describe().items() if k != "pixel_ops_reason"}
+    chosen = {k: getattr(options, k) for k in ("output", "background", "bit_depth", "input_alpha")}
+    return json.loads(json.dumps({"pipeline": described, "options": chosen}))
+
+
+def _finished_outputs(summary_file: Path, settings: dict, options: InferOptions) -> dict[str, dict]:
+    """Output path -> record of the earlier summary that --skip-existing may keep; also refuses to
+    replace an earlier summary without --overwrite or --skip-existing, unless it recorded nothing."""
+    if not (summary_file.exists() or summary_file.is_symlink()) or options.overwrite:
+        return {}
+    try:
+        previous = json.loads(summary_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        previous = None
+    if not isinstance(previous, dict) or not isinstance(previous.get("images"), list):
+        raise InputError(f"{summary_file} already exists and is not a summary of `mattrt infer`; "
+                         "choose another --summary (or --overwrite to replace it)")
+    kept = [r for r in [*previous["images"], *previous.get("skipped", [])] if isinstance(r, dict) and "output" in r]
+    if not kept:
+        return {}  # an earlier run that finished nothing blocks nothing
+    if not options.skip_existing:
+        raise InputError(f"{summary_file} already exists; pass --skip-existing to keep the images it finished "
+                         "(same settings), --overwrite to redo everything, or choose another --summary")
+    earlier = previous.get("settings")
+    if earlier != settings:
+        changed = _differences(earlier if isinstance(earlier, dict) else {}, settings)
+        raise InputError(f"--skip-existing: {summary_file} was written with other settings ({changed}); "
+                         "pass --overwrite to redo everything, or choose another --out")
+    return {str(r["output"]): r for r in kept}
+
+
+def _differences(earlier: dict, now: dict) -> str:
+    changes = []
+    for group in ("pipeline", "options"):
+        old, new = earlier.get(group) or {}, now.get(group) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                changes.append(f"{key} {old.get(key, 'unrecorded')} -> {new.get(key)}")
+    return ", ".join(changes) or "unrecorded settings"
+
+
+def _check_writable(folder: Path, flag: str, created: list[Path]) -> None:
+    """Create `folder` if needed (listing what was created) and prove a file can be made in it."""
+    missing = [f for f in [folder, *folder.parents] if not f.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {flag} {folder}: {exc.strerror or exc}") from None
+    created.extend(reversed(missing))
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".mattrt-probe-")
+    except OSError as exc:
+        raise InputError(f"{flag} {folder} is not writable ({exc.strerror or exc}); nothing was processed") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def _message(exc: BaseException) -> str:
@@ -353,5 +466,7 @@ __all__ = [
     "parse_background",
     "plan_outputs",
     "process_image",
+    "real_path",
     "run_inference",
+    "run_settings",
 ]

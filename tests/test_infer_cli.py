@@ -280,3 +280,95 @@ def test_absurd_tile_and_detail_scale_are_refused_with_the_estimate(tmp_path, ca
     summary = _summary(out)
     assert summary["processed"] == 0 and len(summary["failures"]) == 2
     assert "image 30x20 at detail scale 5000 (150000x100000 detail pixels) needs about" in summary["failures"][0]["error"]
+
+
+def test_symlink_loops_are_per_input_failures(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image((20, 30))).save(folder / "good.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (tmp_path / "direct.png").symlink_to(tmp_path / "direct.png")
+    (tmp_path / "globbed").mkdir()
+    (tmp_path / "globbed" / "ring.jpg").symlink_to(tmp_path / "globbed" / "ring.jpg")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "direct.png", folder, tmp_path / "globbed" / "*.jpg", "--out", out) == 1
+    summary = _summary(out)
+    assert [Path(r["input"]).name for r in summary["images"]] == ["good.png"]
+    errors = {Path(f["input"]).name: f["error"] for f in summary["failures"]}
+    assert set(errors) == {"direct.png", "loop.png", "ring.jpg"}
+    assert all("symbolic link that leads to no file" in e for e in errors.values())
+
+
+def test_unwritable_out_and_a_folder_summary_are_refused_before_any_work(tmp_path, capsys, read_only_folder):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "p.png")
+    for out in ("/proc", read_only_folder):
+        assert _infer(tmp_path / "p.png", "--out", out) == 1
+        err = capsys.readouterr().err
+        assert f"--out {out} is not writable" in err and "nothing was processed" in err
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--summary", tmp_path) == 1
+    assert f"--summary {tmp_path} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--summary", read_only_folder / "s.json") == 1
+    assert "--summary" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_names_each_output_and_the_summary(tmp_path, capsys, full_disk):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_image((40, 50))).save(tmp_path / name)
+    assert _infer(tmp_path / "a.png", tmp_path / "b.png", "--out", full_disk) == 1
+    err = capsys.readouterr().err
+    for name in ("a_alpha.png", "b_alpha.png"):
+        assert f"{full_disk / name}: could not be written (No space left on device)" in err
+    assert f"the summary was not written: {full_disk / 'summary.json'}: could not be written" in err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_pixel_limit_messages_give_a_figure_and_the_flag(tmp_path):
+    Image.fromarray(_image((30, 40))).save(tmp_path / "small.png")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "small.png", "--out", out, "--max-pixels", "1000") == 1
+    error = _summary(out)["failures"][0]["error"]
+    assert "1,200 pixels exceeds the limit of 1,000 pixels" in error and "--max-pixels" in error
+    assert "max_pixels" not in error.replace("max_pixels in Python", "")
+
+
+def test_skip_existing_resumes_with_the_same_settings_only(tmp_path, capsys):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_image((20, 30))).save(tmp_path / name)
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "a.png", "--out", out) == 0
+    first = (out / "a_alpha.png").read_bytes()
+    assert _infer(tmp_path / "a.png", tmp_path / "b.png", "--out", out) == 1
+    assert "pass --skip-existing" in capsys.readouterr().err
+    assert _infer(tmp_path / "a.png", tmp_path / "b.png", "--out", out, "--skip-existing") == 0
+    summary = _summary(out)
+    assert [Path(r["input"]).name for r in summary["skipped"]] == ["a.png"]
+    assert [Path(r["input"]).name for r in summary["images"]] == ["b.png"]
+    assert (out / "a_alpha.png").read_bytes() == first
+    # Again: everything is done; both are listed as skipped.
+    assert _infer(tmp_path / "a.png", tmp_path / "b.png", "--out", out, "--skip-existing") == 0
+    assert len(_summary(out)["skipped"]) == 2 and _summary(out)["processed"] == 0
+    # Other settings: refused, naming what changed.
+    assert _infer(tmp_path / "a.png", "--out", out, "--skip-existing", "--detail-scale", "0.5") == 1
+    assert "written with other settings (detail_scale 1.0 -> 0.5)" in capsys.readouterr().err
+    assert _infer(tmp_path / "a.png", "--out", out, "--skip-existing", "--overwrite") == 1
+    assert "choose one" in capsys.readouterr().err
+
+
+def test_an_output_without_a_matching_record_is_not_skipped(tmp_path):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_alpha.png").write_bytes(b"someone else's file")
+    assert _infer(tmp_path / "a.png", "--out", out, "--skip-existing") == 1
+    assert "does not record it from these settings" in _summary(out)["failures"][0]["error"]
+    assert (out / "a_alpha.png").read_bytes() == b"someone else's file"
+
+
+def test_a_run_that_finished_nothing_does_not_block_the_next(tmp_path):
+    Image.fromarray(_image((20, 30))).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert _infer(tmp_path / "missing.png", "--out", out) == 1
+    assert _summary(out)["processed"] == 0
+    assert _infer(tmp_path / "a.png", "--out", out) == 0
+    assert _summary(out)["processed"] == 1

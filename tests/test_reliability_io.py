@@ -10,12 +10,10 @@ pixels of the whole file.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import subprocess
 import struct
-import zlib
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -162,24 +160,6 @@ def test_png_with_short_well_formed_stream_fails_named(kind, keep):
 
 
 # ------------------------------------------------------------------------------------ full disks
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs (needs root; skipped otherwise), filled but for a few hundred bytes."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        filler = mount / "filler"
-        with open(filler, "wb") as stream:
-            with contextlib.suppress(OSError):
-                stream.write(bytes(64 * 1024))
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_write_on_a_full_disk_names_the_file_and_leaves_nothing(full_disk):
