@@ -8,8 +8,12 @@ must stay cheap (no torch import) so that `mattrt --help` is instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from typing import Iterator
 
 from mattrt import __version__
 from mattrt.errors import MattrtError
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args.run(args)
+        with _sigterm_as_interrupt():
+            result = args.run(args)
     except MattrtError as exc:
         print(f"mattrt {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -46,6 +51,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mattrt {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (how service managers and CI stop a program) takes the Ctrl-C path while a command
+    runs, so the same cleanup happens: partial files removed, the summary of what finished written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -372,3 +372,37 @@ def test_a_run_that_finished_nothing_does_not_block_the_next(tmp_path):
     assert _summary(out)["processed"] == 0
     assert _infer(tmp_path / "a.png", "--out", out) == 0
     assert _summary(out)["processed"] == 1
+
+
+def test_sigterm_cleans_up_and_records_what_finished(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(12):
+        Image.fromarray(_image((48, 64), seed=index)).save(folder / f"img{index:02d}.png")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mattrt.cli", "infer", str(folder), "--out", str(out), *MODEL],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(out.glob("*_alpha.png"))) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()
+    assert "interrupted" in err.decode()
+    summary = _summary(out)
+    assert summary["interrupted"] and 1 <= summary["processed"] < 12
+    written = sorted(p.name for p in out.iterdir())
+    assert not [name for name in written if name.startswith(".")], written  # no .part or probe files
+    assert written == sorted([Path(r["output"]).name for r in summary["images"]] + ["summary.json"])
+    # The interrupted run resumes.
+    assert _infer(folder, "--out", out, "--skip-existing") == 0
+    assert _summary(out)["processed"] + len(_summary(out)["skipped"]) == 12
