@@ -169,7 +169,7 @@ def run_eval(args: argparse.Namespace) -> int:
         inputs = [*pred_files.values(), *gt_files.values(), *(trimap_files or {}).values()]
         clash = next((p for p in inputs if p.resolve() == args.json.resolve()), None)
         if clash is not None:
-            raise InputError(f"--json {args.json} is the input {clash}; inputs are never overwritten, "
+            raise InputError(f"--json {args.json} is the input {clash}; inputs are never overwritten: "
                              "choose another --json")
 
     stems = sorted(set(pred_files) & set(gt_files))

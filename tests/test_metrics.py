@@ -373,7 +373,7 @@ def test_eval_cli_never_writes_its_json_over_an_input(tmp_path, capsys, target):
     code = main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--trimap",
                  str(tmp_path / "tri"), "--json", str(tmp_path / target), "--overwrite"])
     assert code == 1
-    assert "--json" in capsys.readouterr().err and (tmp_path / target).read_bytes() == before
+    assert "is the input" in capsys.readouterr().err and (tmp_path / target).read_bytes() == before
 
 
 def test_eval_cli_existing_json_is_refused_before_scoring(tmp_path, capsys):

@@ -10,10 +10,12 @@ pixels of the whole file.
 
 from __future__ import annotations
 
+import ast
 import io
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +231,93 @@ def test_synth_failing_midway_leaves_nothing_it_wrote(tmp_path, monkeypatch):
         drawn.clear()
         synthetic.write_dataset(keep, 4, (16, 16), 0, progress=False)
     assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------ the README table of bad input
+
+# (bad input, message fragment, exit status, what is kept, the test that checks the fragment).
+# `render_bad_input_table()` gives the Markdown table for the README; the tests below keep every
+# row true: its fragment is asserted by the named test, and the README's table (once there) is
+# exactly this one.
+BAD_INPUTS = [
+    ("A corrupt, truncated or empty image file (PNG, JPEG, WebP, TIFF)", "not a readable PNG, JPEG, WebP or TIFF",
+     "1 (`infer`: the other images go on)", "other images' outputs; nothing is written for the file",
+     "test_infer_cli.py::test_a_folder_of_mixed_inputs_with_bad_files"),
+    ("A PNG whose pixel data ends early (well-formed stream, fewer rows)", "10 of 64 rows",
+     "1", "nothing for that file (missing rows are never filled with black)",
+     "test_imageio.py::test_png_whose_stream_ends_before_the_last_row_is_refused"),
+    ("A few KB claiming a huge image", "cannot hold a 14000x14000 JPEG",
+     "1", "refused before decoding (PNG: the data is counted, JPEG: one bit per 8x8 block at least)",
+     "test_imageio.py::test_tiny_jpeg_claiming_a_huge_image_is_refused"),
+    ("An image over the pixel limit (`--max-pixels`, default 200 MP)",
+     "1,200 pixels exceeds the limit of 1,000 pixels", "1", "refused before decoding; the other images go on",
+     "test_infer_cli.py::test_pixel_limit_messages_give_a_figure_and_the_flag"),
+    ("A symbolic-link loop or dangling link (given, in a folder or a glob)",
+     "symbolic link that leads to no file", "1", "the other inputs are processed; the link is counted as failed",
+     "test_infer_cli.py::test_symlink_loops_are_per_input_failures"),
+    ("An unwritable `--out` (read-only, /proc)", "nothing was processed", "1",
+     "nothing processed, nothing written", "test_infer_cli.py::test_unwritable_out_and_a_folder_summary_are_refused_before_any_work"),
+    ("A `--summary` that is a folder", "is a folder", "1", "nothing processed, nothing written",
+     "test_infer_cli.py::test_unwritable_out_and_a_folder_summary_are_refused_before_any_work"),
+    ("A full disk while writing an output", "could not be written (No space left on device)", "1",
+     "outputs that fit; no partial or temporary file; the old file if one was being replaced",
+     "test_infer_cli.py::test_a_full_disk_names_each_output_and_the_summary"),
+    ("A full disk while writing the `infer` summary", "the summary was not written", "1",
+     "every output written; per-image results and failures printed",
+     "test_infer_cli.py::test_a_full_disk_names_each_output_and_the_summary"),
+    ("A full disk while writing `eval --json`", "report.json: could not be written", "1",
+     "scores printed; no partial JSON", "test_reliability_io.py::test_eval_json_on_a_full_disk_is_a_clear_error"),
+    ("`--tile`/`--batch` beyond memory", "in batches of 4 needs about", "1",
+     "nothing (refused before any image is read)",
+     "test_infer_cli.py::test_absurd_tile_and_detail_scale_are_refused_with_the_estimate"),
+    ("`--detail-scale` beyond memory for an image", "at detail scale 5000 (150000x100000 detail pixels) needs about",
+     "1", "the other images go on", "test_infer_cli.py::test_absurd_tile_and_detail_scale_are_refused_with_the_estimate"),
+    ("`synth --size` beyond memory", "sample needs about 1788.1 GiB of memory (estimate)", "1",
+     "nothing is created; a synth that fails or is interrupted removes what it wrote",
+     "test_reliability_io.py::test_synth_refuses_a_size_beyond_memory_and_creates_nothing"),
+    ("`eval --json` naming one of its inputs", "is the input", "1", "every input untouched (even with --overwrite)",
+     "test_metrics.py::test_eval_cli_never_writes_its_json_over_an_input"),
+    ("`eval` of RGBA files (`infer --output rgba`)", "scored the alpha channel of 1 prediction file(s)", "0",
+     "the alpha channel is scored, and the run says so", "test_metrics.py::test_eval_cli_scores_the_alpha_of_rgba_cutouts"),
+    ("`eval` of a colour prediction without alpha", "colour image without an alpha channel is not a matte", "1",
+     "that image is not scored (`--pred-channel N` picks a channel)",
+     "test_metrics.py::test_eval_cli_refuses_colour_predictions_without_alpha"),
+    ("An earlier `summary.json` in `--out`", "pass --skip-existing", "1",
+     "everything; `--skip-existing` resumes, `--overwrite` redoes; a summary that recorded nothing is replaced",
+     "test_infer_cli.py::test_skip_existing_resumes_with_the_same_settings_only"),
+    ("`--skip-existing` with other settings", "written with other settings (detail_scale 1.0 -> 0.5)", "1",
+     "everything", "test_infer_cli.py::test_skip_existing_resumes_with_the_same_settings_only"),
+    ("SIGTERM or Ctrl-C during `infer`", "interrupted", "130",
+     "finished outputs and a summary of them (`\"interrupted\": true`); no hidden partial files",
+     "test_infer_cli.py::test_sigterm_cleans_up_and_records_what_finished"),
+]
+TABLE_HEADING = "What bad input gets"
+
+
+def render_bad_input_table() -> str:
+    lines = ["| Bad input | Message (contains) | Exit status | What is kept |", "|---|---|---|---|"]
+    lines += [f"| {what} | `{fragment}` | {status} | {kept} |" for what, fragment, status, kept, _ in BAD_INPUTS]
+    return "\n".join(lines) + "\n"
+
+
+def _test_source(reference: str) -> str:
+    file_name, function = reference.split("::")
+    text = (Path(__file__).parent / file_name).read_text()
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return ast.get_source_segment(text, node)
+    raise AssertionError(f"{reference} does not exist")
+
+
+@pytest.mark.parametrize("row", BAD_INPUTS, ids=[row[0][:40] for row in BAD_INPUTS])
+def test_each_table_row_is_asserted_by_its_test(row):
+    fragment, reference = row[1], row[4]
+    assert fragment in _test_source(reference), f"{reference} does not check {fragment!r}"
+
+
+def test_the_readme_table_is_this_one():
+    readme = Path(__file__).parents[1] / "README.md"
+    text = readme.read_text()
+    if TABLE_HEADING not in text:
+        pytest.skip(f"README.md has no '{TABLE_HEADING}' section yet")
+    assert render_bad_input_table() in text
