@@ -147,7 +147,7 @@ def build_pipeline(args: argparse.Namespace):
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from mattrt.runtime.infer import InferOptions, run_inference
+    from mattrt.runtime.infer import InferOptions, SummaryNotWritten, run_inference
 
     pipeline = build_pipeline(args)
     options = InferOptions(
@@ -160,7 +160,12 @@ def run_infer(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=args.progress,
     )
-    summary = run_inference(pipeline, args.inputs, args.out, options, summary_path=args.summary)
+    try:
+        summary = run_inference(pipeline, args.inputs, args.out, options, summary_path=args.summary)
+    except SummaryNotWritten as exc:
+        summary, summary_error = exc.summary, str(exc)
+    else:
+        summary_error = None
     for failure in summary["failures"]:
         error = failure["error"]
         where = "" if error.startswith(failure["input"]) else f"{failure['input']}: "
@@ -177,7 +182,7 @@ def run_infer(args: argparse.Namespace) -> int:
         "seconds_by_step": {k: round(v, 3) for k, v in totals.items()},
         "summary": summary["summary_file"],
     }))
-    if summary.get("summary_error"):
-        print(f"mattrt infer: error: the summary was not written: {summary['summary_error']}", file=sys.stderr)
+    if summary_error is not None:
+        print(f"mattrt infer: error: {summary_error}", file=sys.stderr)
         return 1
     return 1 if summary["failed"] or not (summary["processed"] or summary["skipped"]) else 0

@@ -274,7 +274,7 @@ def run_inference(
     an earlier summary may be replaced. An interrupt (Ctrl-C, SIGTERM through the CLI) stops
     after the current image, writes the summary of what finished (marked "interrupted") and
     re-raises. When the summary itself cannot be written (a full disk), the returned summary
-    carries "summary_error" and "summary_file" is None; the per-image results are still in it.
+    raises SummaryNotWritten, which carries the summary with the per-image results.
     """
     from mattrt.imageio import write_bytes
 
@@ -382,12 +382,23 @@ def run_inference(
         write_bytes(summary_file, (json.dumps(summary, indent=2) + "\n").encode(), overwrite=True)
     except InputError as exc:
         summary["summary_file"] = None
-        summary["summary_error"] = str(exc)
+        if not interrupted:
+            raise SummaryNotWritten(f"the summary was not written: {exc}", summary) from exc
+        log(f"the summary was not written: {exc}")
     if interrupted:
         log(f"interrupted: {len(records)} image(s) finished"
             + (f", recorded in {summary_file}" if summary["summary_file"] else ""))
         raise KeyboardInterrupt
     return summary
+
+
+class SummaryNotWritten(InputError):
+    """The images were processed but the summary could not be written (a full disk); `summary`
+    holds what it would have said, so the per-image results are not lost."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
 
 
 def run_settings(pipeline, options: InferOptions) -> dict:
@@ -461,6 +472,7 @@ __all__ = [
     "INPUT_ALPHA_MODES",
     "InferOptions",
     "OUTPUT_KINDS",
+    "SummaryNotWritten",
     "collect_inputs",
     "fit_background",
     "parse_background",
