@@ -221,7 +221,7 @@ def read_matte(path: str | os.PathLike, *, channel: int | str = "auto",
             channel = "alpha"
         elif channels > 1 and not all(np.array_equal(array[..., 0], array[..., i]) for i in range(1, channels)):
             raise InputError(f"{name}: a colour image without an alpha channel is not a matte; "
-                             "choose the channel to read (--pred-channel N)")
+                             "name the channel to read (eval: --pred-channel N)")
         else:
             channel = 0
     if channel == "alpha":
@@ -441,6 +441,8 @@ def _check_data_size(data: bytes, name: str, image: Image.Image) -> None:
 
 
 def _check_png_data(data: bytes, name: str, image: Image.Image) -> None:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return  # not the layout the PNG standard requires; Pillow's decoder judges it
     width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
     channels = _PNG_CHANNELS.get(colour_type)
     if channels is None or (width, height) != image.size:
