@@ -732,7 +732,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
     import onnx
 
     from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
-    from mattrt.export.lint import lint_models
+    from mattrt.runtime.lint import lint_models
     from mattrt.manifest import Manifest, embed_manifest
 
     log = log or (lambda message: None)

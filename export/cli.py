@@ -71,7 +71,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from mattrt.export.lint import lint_directory
+    from mattrt.runtime.lint import lint_directory
 
     failed = False
     for path in args.paths:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mattrt.errors import InputError, MattrtError
-from mattrt.export.lint import lint_models, operator_table
+from mattrt.runtime.lint import lint_models, operator_table
 from mattrt.manifest import BATCH_DIM, GraphEntry, Manifest, TensorInfo, embed_manifest
 from mattrt.export.parity import TOLERANCE, ParityError, image_feeds, judge, ort_session, reference_outputs, run_graph
 from mattrt.export.rewrites import translation_table

@@ -100,7 +100,7 @@ def _run(path: Path, feeds: list[dict]) -> list[np.ndarray]:
 
 
 def test_manifest_lists_precision_graphs_and_lint_passes(export_dir):
-    from mattrt.export.lint import lint_directory
+    from mattrt.runtime.lint import lint_directory
 
     for stage in ("semantic", "detail"):
         entry = _stage(export_dir, stage)

@@ -17,7 +17,7 @@ from mattrt.cli import main
 from mattrt.errors import CheckpointError, InputError, MattrtError
 from mattrt.models.checkpoints import parse_checkpoint
 from mattrt.export.exporter import export_model
-from mattrt.export.lint import lint_directory
+from mattrt.runtime.lint import lint_directory
 from mattrt.manifest import MANIFEST_FILE, MANIFEST_KEY, Manifest
 from mattrt.export.parity import ParityError, ort_session
 from mattrt.models import MattingModel, ModelSettings, Stage, TensorSpec, register_model

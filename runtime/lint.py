@@ -1,4 +1,6 @@
-"""TensorRT compatibility lint for ONNX graphs (no TensorRT needed).
+"""TensorRT compatibility lint for ONNX graphs (no TensorRT needed): what the TensorRT backend's
+ONNX parser accepts. `mattrt export`, `mattrt precision` and `mattrt lint` run it on every graph
+they publish.
 
 Checks every node (subgraphs and model-local functions included) against the operator table
 of TensorRT's ONNX parser kept in `tensorrt_onnx_ops.json` (onnx-tensorrt docs/operators.md;
