@@ -121,9 +121,10 @@ class Backend:
     def open(self, source: Any, *, device: str, precision: str, **options) -> tuple["ModelSpec", dict[str, "Engine"]]:
         unknown = sorted(k for k, v in options.items() if k not in self.options and v not in (None, False))
         if unknown:
+            flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
             raise InputError(
-                f"the {self.name} backend takes no option {', '.join(unknown)}"
-                + (f"; its options: {', '.join(self.options)}" if self.options else "")
+                f"the {self.name} backend takes no {flags(unknown)}"
+                + (f"; its options: {flags(self.options)}" if self.options else "")
             )
         self.check(device, precision)
         return self.opener(source, device=device, precision=precision,

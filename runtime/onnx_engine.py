@@ -21,6 +21,7 @@ from mattrt.lazy import lazy_import
 from mattrt.manifest import PRECISIONS, Manifest
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice
+from mattrt.runtime.threads import configure_onnxruntime
 
 onnx = lazy_import("onnx", probe="onnxruntime")
 ort = lazy_import("onnxruntime", probe="onnxruntime")
@@ -44,8 +45,7 @@ class SessionLoader:
     def __call__(self):
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = int(self.threads)
+        configure_onnxruntime(options, self.threads)
         session = ort.InferenceSession(str(self.path), options, providers=_PROVIDERS[self.device])
         wanted = _PROVIDERS[self.device][0]
         if session.get_providers()[0] != wanted:

@@ -55,6 +55,7 @@ import numpy as np
 from mattrt.errors import InputError
 from mattrt.runtime import ops
 from mattrt.runtime import backends
+from mattrt.runtime import threads as thread_settings
 from mattrt.runtime.artifacts import ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
 from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
@@ -152,6 +153,8 @@ class Pipeline:
         if spec.channel_order.upper() not in ("RGB", "BGR"):
             raise InputError(f"channel order {spec.channel_order!r} is not RGB or BGR")
         self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, detail)
+        # How this pipeline came to be (backend choice and why, artifact cache use), for summaries.
+        self.notes: dict = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -227,6 +230,8 @@ class Pipeline:
             "kernels": bool(getattr(detail, "kernels", False)),
             "pixel_ops": self.pixel_ops.name,
             "pixel_ops_reason": self.pixel_ops_reason,
+            "threads": thread_settings.describe(),
+            **({"selection": dict(self.notes)} if self.notes else {}),
         }
 
     # -- sizes ------------------------------------------------------------------------------------
