@@ -29,6 +29,7 @@ Why it is written this way:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import sys
 from pathlib import Path
@@ -94,10 +95,14 @@ def resolve(module, dotted: str):
 
 
 def create_runtime(module, logger):
-    """module.Runtime(logger), refused when TensorRT logged an error while creating it: without a
-    usable CUDA driver the object exists but using it crashes the process."""
+    """module.Runtime(logger), refused when TensorRT logged an error while creating it. Without a
+    usable CUDA driver TensorRT still returns a Runtime object, and using or even destroying it
+    crashes the process (seen with the 11.4 lean runtime): such an object is kept alive for the
+    rest of the process (one reference leaked on purpose) and a clear error raised instead."""
     runtime = module.Runtime(logger)
     if runtime is None or any(is_error for is_error, _ in logger.messages):
+        if runtime is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(runtime))
         raise MissingDependencyError(
             f"TensorRT could not create a runtime: {last_errors(logger)}. It needs a CUDA device and a driver at "
             "least as new as TensorRT's CUDA version (`nvidia-smi`; probes: `mattrt doctor`)"
