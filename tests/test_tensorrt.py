@@ -6,6 +6,8 @@ parser errors). Building and running plans needs TensorRT and a GPU: benchmarks/
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -330,3 +332,14 @@ def test_mattrt_build_rejects_bad_options(tmp_path, capsys):
     assert "expected a positive number of MiB" in capsys.readouterr().err
     assert main(["build", str(tmp_path / "missing")]) == 1
     assert "no export manifest" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(CAN_BUILD and available("onnxruntime"), reason="this machine can run the benchmark")
+def test_the_parity_benchmark_names_what_is_missing(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "benchmarks/trt_parity.py", str(tmp_path)], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("benchmarks/trt_parity.py: benchmarks/trt_parity.py needs ")
+    assert "nothing was measured" in result.stderr and "Traceback" not in result.stderr
+    assert not any((root / "benchmarks" / "results").glob("trt-parity-*.json"))
