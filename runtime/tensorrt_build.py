@@ -7,8 +7,9 @@ Why it is written this way:
   builder flags TensorRT 11 removed). Networks are strongly typed where the flag exists
   (10.x opts in; 11.x is always strongly typed and has no FP16/INT8 builder flags), so the
   precision is the graph's: `precision` picks the manifest's FP32 graph, its FP16 graph or its
-  INT8 Q/DQ graph, and TensorRT builds what that graph says. Features are detected with
-  `hasattr`, never from version strings.
+  INT8 Q/DQ graph, and TensorRT builds what that graph says. TF32 (on by default in TensorRT) is
+  turned off, so FP32 layers compute in FP32. Features are detected with `hasattr`, never from
+  version strings.
 - One optimization profile per plan: batch 1..manifest.max_batch at the stage's fixed spatial
   shape; the optimum is the batch the pipeline sends (1 for the semantic stage, the profile's
   tile batch for the others, never above max_batch).
@@ -59,13 +60,13 @@ BUILDER_API = (
     "Builder", "Builder.create_network", "Builder.create_builder_config", "Builder.create_optimization_profile",
     "Builder.build_serialized_network", "Builder.num_DLA_cores", "OnnxParser", "OnnxParser.parse_from_file",
     "OnnxParser.num_errors", "OnnxParser.get_error", "IBuilderConfig.set_memory_pool_limit",
-    "IBuilderConfig.builder_optimization_level", "IBuilderConfig.set_flag", "IBuilderConfig.hardware_compatibility_level",
+    "IBuilderConfig.builder_optimization_level", "IBuilderConfig.set_flag", "IBuilderConfig.clear_flag", "IBuilderConfig.hardware_compatibility_level",
     "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
     "IBuilderConfig.add_optimization_profile", "IBuilderConfig.default_device_type", "IBuilderConfig.DLA_core",
     "IOptimizationProfile.set_shape", "INetworkDefinition.num_inputs", "INetworkDefinition.get_input",
     "ITimingCache.serialize", "ILogger", "Logger.Severity.ERROR", "Logger.Severity.INTERNAL_ERROR",
     "Logger.Severity.WARNING", "MemoryPoolType.WORKSPACE", "BuilderFlag.VERSION_COMPATIBLE",
-    "BuilderFlag.GPU_FALLBACK", "HardwareCompatibilityLevel.AMPERE_PLUS", "DeviceType.DLA",
+    "BuilderFlag.GPU_FALLBACK", "BuilderFlag.TF32", "HardwareCompatibilityLevel.AMPERE_PLUS", "DeviceType.DLA",
 )
 FEATURE_DETECTED = ("NetworkDefinitionCreationFlag.STRONGLY_TYPED",)
 
@@ -489,6 +490,8 @@ def _build_stage(entry: GraphEntry, graph: Path, plan_path: Path, profile: TrtPr
     if options.workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace << 20)
     config.builder_optimization_level = profile.optimization_level
+    # TensorRT enables TF32 by default; the graph's FP32 layers stay FP32 (no quiet precision change).
+    config.clear_flag(trt.BuilderFlag.TF32)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatible:
@@ -526,7 +529,9 @@ def _build_stage(entry: GraphEntry, graph: Path, plan_path: Path, profile: TrtPr
         "plan": plan_path.name,
         "plan_sha256": hashlib.sha256(data).hexdigest(),
         "dla": use_dla,
-        "strongly_typed": bool(flags),
+        "strongly_typed": bool(flags) or not hasattr(trt.BuilderFlag, "FP16"),  # 11.x: always
+        "tf32": False,
+        "opt_batch": shapes[entry.inputs[0].name][1][0],
         "build_seconds": round(time.perf_counter() - started, 3),
         "notes": notes,
     }

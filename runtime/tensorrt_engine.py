@@ -151,9 +151,16 @@ def check_runnable(metadata: dict[str, Any], runtime_version: str, runtime_name:
 
 
 def rebuild_command(metadata: dict[str, Any], directory: Path) -> str:
-    export = metadata.get("export_dir", "EXPORT_DIR")
-    return (f"mattrt build {export} --out {directory} --precision {metadata.get('precision', 'fp32')} "
-            f"--profile {metadata.get('profile', {}).get('name', 'server')}")
+    """The `mattrt build` command that rebuilds these plans with the same choices."""
+    options = metadata.get("options", {})
+    command = (f"mattrt build {metadata.get('export_dir', 'EXPORT_DIR')} --out {directory} "
+               f"--precision {metadata.get('precision', 'fp32')} --profile {metadata.get('profile', {}).get('name', 'server')}")
+    if options.get("workspace_mb") and options.get("workspace_mb") != metadata.get("profile", {}).get("workspace_mb"):
+        command += f" --workspace {options['workspace_mb']}"
+    for flag in ("version_compatible", "hardware_compatible"):
+        if options.get(flag):
+            command += " --" + flag.replace("_", "-")
+    return command
 
 
 def runtime_identity() -> tuple[str, str]:
@@ -172,7 +179,8 @@ class TrtEngine(Engine):
 
     def __init__(self, plan: Path, *, name: str, precision: str, inputs: tuple[TensorMeta, ...],
                  outputs: tuple[TensorMeta, ...], max_batch: int, plan_sha256: str | None = None,
-                 version_compatible: bool = False, cuda_graphs: bool = False, rebuild: str = "mattrt build"):
+                 version_compatible: bool = False, cuda_graphs: bool = False, rebuild: str = "mattrt build",
+                 preferred_batch: int | None = None):
         super().__init__(name, "cuda", precision)
         self.plan = Path(plan)
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
@@ -181,13 +189,20 @@ class TrtEngine(Engine):
         self.version_compatible = version_compatible
         self.cuda_graphs = bool(cuda_graphs)
         self.rebuild = rebuild
+        self.preferred_batch = preferred_batch  # the batch the plan was tuned for (optimization-profile opt)
         self._reset()
 
     def _reset(self) -> None:
-        self._logger = self._runtime = self._engine = self._context = self._stream = None
-        self._buffers: dict[str, Any] = {}
+        """Release in dependency order: graphs and context before the engine, the engine before
+        the runtime."""
         self._graphs: dict[int, tuple[tuple, Any]] = {}  # batch -> (bound addresses, CUDA graph)
         self._bound: dict[str, int] = {}
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        self._logger = None
+        self._buffers: dict[str, Any] = {}
+        self._stream = None
 
     def describe(self) -> str:
         return f"{super().describe()} [plan {self.plan.name}; CUDA graphs: {'on' if self.cuda_graphs else 'off'}]"
@@ -384,6 +399,7 @@ def open_plans(directory: str | Path, device: str = "cuda", precision: str = "fp
             inputs=tuple(t.meta() for t in entry.inputs), outputs=tuple(t.meta() for t in entry.outputs),
             max_batch=int(manifest.max_batch), plan_sha256=record.get("plan_sha256"),
             version_compatible=bool(metadata["options"].get("version_compatible")), cuda_graphs=graphs, rebuild=rebuild,
+            preferred_batch=record.get("opt_batch"),
         )
     return ModelSpec.from_manifest(manifest, source=str(directory)), engines
 
