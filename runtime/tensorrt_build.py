@@ -429,31 +429,6 @@ def build_plans(
     if note:
         log(note)
     earlier = read_metadata(out_dir, precision) or {"stages": {}}
-    stages: dict[str, Any] = {}
-    notes: list[str] = []
-    timing = None
-    for entry in manifest.stages:
-        graph = export_dir / entry.file_for(precision, "tensorrt")
-        if not graph.is_file():
-            raise InputError(f"the manifest names {graph}, which does not exist; re-export the model")
-        shapes = profile_shapes(entry, manifest, chosen)
-        key = plan_key(file_sha256(graph), version, gpu, chosen, options, shapes)
-        plan_path = out_dir / plan_file_name(entry.name, precision)
-        recorded = earlier["stages"].get(entry.name, {})
-        reasons = stale_reasons(recorded.get("key"), key)
-        if not reasons and plan_path.is_file() and file_sha256(plan_path) == recorded.get("plan_sha256"):
-            stages[entry.name] = recorded
-            notes.extend(recorded.get("notes", []))
-            log(f"{entry.name}: plan up to date ({plan_path.name})")
-            continue
-        if recorded:
-            log(f"{entry.name}: rebuilding {plan_path.name}: {'; '.join(reasons) or 'the plan file changed'}")
-        record, timing = _build_stage(entry, graph, plan_path, chosen, options, shapes, version, seed, timing, log)
-        record["key"] = key
-        stages[entry.name] = record
-        notes.extend(record["notes"])
-    if timing is not None:
-        write_timing_cache(cache_path, timing, version, gpu)
     metadata = {
         "format": METADATA_FORMAT,
         "model": manifest.model,
@@ -465,10 +440,31 @@ def build_plans(
         "profile": asdict(chosen),
         "options": {**asdict(options), "workspace_mb": options.workspace},
         "timing_cache": str(cache_path),
-        "notes": sorted(set(notes)),
-        "stages": stages,
+        "notes": [],
+        "stages": {},  # filled stage by stage: after a failure, the finished plans are reused next time
     }
-    write_json(metadata_path(out_dir, precision), metadata)
+    timing = None
+    for entry in manifest.stages:
+        graph = export_dir / entry.file_for(precision, "tensorrt")
+        if not graph.is_file():
+            raise InputError(f"the manifest names {graph}, which does not exist; re-export the model")
+        shapes = profile_shapes(entry, manifest, chosen)
+        key = plan_key(file_sha256(graph), version, gpu, chosen, options, shapes)
+        plan_path = out_dir / plan_file_name(entry.name, precision)
+        recorded = earlier["stages"].get(entry.name, {})
+        reasons = stale_reasons(recorded.get("key"), key)
+        if not reasons and plan_path.is_file() and file_sha256(plan_path) == recorded.get("plan_sha256"):
+            record = recorded
+            log(f"{entry.name}: plan up to date ({plan_path.name})")
+        else:
+            if recorded:
+                log(f"{entry.name}: rebuilding {plan_path.name}: {'; '.join(reasons) or 'the plan file changed'}")
+            record, timing = _build_stage(entry, graph, plan_path, chosen, options, shapes, version, seed, timing, log)
+            record["key"] = key
+            write_timing_cache(cache_path, timing, version, gpu)
+        metadata["stages"][entry.name] = record
+        metadata["notes"] = sorted(set(metadata["notes"]) | set(record.get("notes", [])))
+        write_json(metadata_path(out_dir, precision), metadata)
     return metadata
 
 

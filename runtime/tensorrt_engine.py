@@ -218,17 +218,16 @@ class TrtEngine(Engine):
             raise PlanError(f"plan {self.plan} differs from the one its metadata records: rebuild with `{self.rebuild}`")
         self._logger = capturing_logger(module)
         self._runtime = create_runtime(module, self._logger)
-        if self.version_compatible:
-            # Version-compatible plans carry the lean runtime as host code; these are plans mattrt built.
-            self._runtime.engine_host_code_allowed = True
-        engine = self._runtime.deserialize_cuda_engine(data)
-        if engine is None:
-            raise PlanError(f"TensorRT could not load {self.plan}: {last_errors(self._logger, 1)}. "
-                            f"Rebuild it for this GPU and TensorRT version: `{self.rebuild}`")
-        self._engine = engine
         try:
+            if self.version_compatible:
+                # Version-compatible plans carry the lean runtime as host code; these are plans mattrt built.
+                self._runtime.engine_host_code_allowed = True
+            self._engine = self._runtime.deserialize_cuda_engine(data)
+            if self._engine is None:
+                raise PlanError(f"TensorRT could not load {self.plan}: {last_errors(self._logger, 1)}. "
+                                f"Rebuild it for this GPU and TensorRT version: `{self.rebuild}`")
             self._check_io(module)
-            self._context = engine.create_execution_context()
+            self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise EngineError(f"TensorRT could not create an execution context for {self.plan.name}: "
                                   f"{last_errors(self._logger)} (not enough device memory?)")
