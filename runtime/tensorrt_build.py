@@ -306,7 +306,10 @@ def read_timing_cache(path: Path, tensorrt_version: str, gpu: GpuIdentity) -> tu
     if not path.is_file():
         return b"", None
     sidecar = path.with_name(path.name + ".json")
-    written = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    try:
+        written = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        written = {"tensorrt": "an unknown version (unreadable " + sidecar.name + ")"}
     if written.get("tensorrt") not in (None, tensorrt_version):
         return b"", (f"timing cache {path} was written by TensorRT {written['tensorrt']}, this is {tensorrt_version}: "
                      "starting a new cache (saved to the same path after the build)")

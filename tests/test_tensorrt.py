@@ -198,6 +198,9 @@ def test_a_timing_cache_from_another_tensorrt_or_gpu_starts_afresh(tmp_path):
     assert seed == b"" and "written by TensorRT 11.4.1.5, this is 11.5.0.1" in note
     seed, note = read_timing_cache(path, "11.4.1.5", H100)
     assert seed == b"" and "written on NVIDIA H200" in note
+    path.with_name("timing.cache.json").write_text("{broken")
+    seed, note = read_timing_cache(path, "11.4.1.5", H200)
+    assert seed == b"" and "unreadable timing.cache.json" in note
     (tmp_path / "trtexec.cache").write_bytes(b"from trtexec")  # no sidecar: TensorRT itself judges it
     assert read_timing_cache(tmp_path / "trtexec.cache", "11.4.1.5", H200) == (b"from trtexec", None)
 
@@ -290,6 +293,8 @@ def test_the_backend_is_registered_for_cuda_plans():
     assert BACKEND.prepare is not None
     with pytest.raises(InputError, match="runs on cuda, not 'cpu'"):
         BACKEND.check("cpu", "fp32")
+    with pytest.raises(InputError, match="run on cuda, not 'cpu'"):
+        BACKEND.prepare("EXPORT", "OUT", device="cpu", precision="fp32")
 
 
 @pytest.mark.skipif(available("tensorrt_runtime") and available("cupy_device"), reason="this machine runs plans")
