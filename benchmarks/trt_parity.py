@@ -34,7 +34,6 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-
 from checkout import ROOT, ensure_mattrt_importable  # noqa: E402  (benchmarks/ is on sys.path)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -48,7 +47,8 @@ def fail(message: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path, help="export directory (mattrt export, mattrt precision)")
-    parser.add_argument("--precisions", default="fp32,fp16,int8", help="comma-separated; those the export lacks are skipped")
+    parser.add_argument("--precisions", default="fp32,fp16,int8",
+                        help="comma-separated; those the export lacks are skipped")
     parser.add_argument("--profile", default="server", help="TensorRT profile (server, jetson-orin)")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per stage and configuration")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls first")
@@ -98,7 +98,7 @@ def time_device(engine, device_feeds: dict, repeats: int, warmup: int) -> dict:
 def measure_precision(args, manifest, feeds_by_stage, precision: str, plans_dir: Path, references: dict) -> dict:
     import cupy
 
-    from mattrt.runtime.tensorrt_build import build_plans, optimum_batch, get_profile
+    from mattrt.runtime.tensorrt_build import build_plans, get_profile, optimum_batch
     from mattrt.runtime.tensorrt_engine import open_plans
 
     started = time.perf_counter()
@@ -119,9 +119,11 @@ def measure_precision(args, manifest, feeds_by_stage, precision: str, plans_dir:
                                                engine.output_names)
                         for name in engine.output_names:
                             trt_all = np.concatenate([o[name] for o in outputs])
+                            fp32 = np.concatenate([r[name] for r in references[entry.name]])
                             stage.setdefault("parity", {})[name] = {
-                                "vs_onnxruntime_fp32": compare(np.concatenate([r[name] for r in references[entry.name]]), trt_all),
-                                f"vs_onnxruntime_{precision}_graph": compare(np.concatenate([r[name] for r in same]), trt_all),
+                                "vs_onnxruntime_fp32": compare(fp32, trt_all),
+                                f"vs_onnxruntime_{precision}_graph": compare(
+                                    np.concatenate([r[name] for r in same]), trt_all),
                             }
                     batch = optimum_batch(entry, manifest, profile)
                     stacked = {k: np.concatenate([s[k] for s in samples])[:batch] for k in engine.input_names}

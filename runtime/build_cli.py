@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("export_dir", type=Path, metavar="DIR", help="export directory written by `mattrt export`")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="which graph to build (default: fp32)")
-    p.add_argument("--profile", choices=tuple(tensorrt_build.PROFILES), default="server", help="deployment target (default: server)")
+    p.add_argument("--profile", choices=tuple(tensorrt_build.PROFILES), default="server",
+                   help="deployment target (default: server)")
     p.add_argument("--workspace", type=_positive_int, metavar="MB",
                    help="builder workspace limit in MiB (default: the profile's; server: the whole device memory)")
     p.add_argument("--timing-cache", type=Path, metavar="PATH",

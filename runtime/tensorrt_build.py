@@ -60,7 +60,8 @@ BUILDER_API = (
     "Builder", "Builder.create_network", "Builder.create_builder_config", "Builder.create_optimization_profile",
     "Builder.build_serialized_network", "Builder.num_DLA_cores", "OnnxParser", "OnnxParser.parse_from_file",
     "OnnxParser.num_errors", "OnnxParser.get_error", "IBuilderConfig.set_memory_pool_limit",
-    "IBuilderConfig.builder_optimization_level", "IBuilderConfig.set_flag", "IBuilderConfig.clear_flag", "IBuilderConfig.hardware_compatibility_level",
+    "IBuilderConfig.builder_optimization_level", "IBuilderConfig.set_flag", "IBuilderConfig.clear_flag",
+    "IBuilderConfig.hardware_compatibility_level",
     "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
     "IBuilderConfig.add_optimization_profile", "IBuilderConfig.default_device_type", "IBuilderConfig.DLA_core",
     "IOptimizationProfile.set_shape", "INetworkDefinition.num_inputs", "INetworkDefinition.get_input",
@@ -123,8 +124,10 @@ class BuildOptions:
     precision: str = "fp32"
     profile: str = "server"
     workspace_mb: int | None = None  # None: the profile's
-    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: later TensorRT of the same major (and the lean runtime) run it
-    hardware_compatible: bool = False  # HardwareCompatibilityLevel.AMPERE_PLUS: any Ampere-or-newer GPU runs it (slower)
+    # BuilderFlag.VERSION_COMPATIBLE: later TensorRT of the same major (and the lean runtime) run it
+    version_compatible: bool = False
+    # HardwareCompatibilityLevel.AMPERE_PLUS: any Ampere-or-newer GPU runs it (slower)
+    hardware_compatible: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.precision, PRECISIONS, "precision")
@@ -173,14 +176,16 @@ def check_request(manifest: Manifest, options: BuildOptions, gpu: GpuIdentity) -
     if profile.compute_capability is not None and gpu.compute_capability != profile.compute_capability:
         raise InputError(
             f"the {profile.name} profile builds on the target itself (sm_%d%d); this GPU is {gpu.describe()}. "
-            "Run mattrt build on the device (plans are specific to the GPU they are built on)" % profile.compute_capability
+            "Run mattrt build on the device (plans are specific to the GPU they are built on)"
+            % profile.compute_capability
         )
     if options.hardware_compatible:
         if not profile.allows_hardware_compatible:
             raise InputError(f"--hardware-compatible is not supported on the {profile.name} target "
                              "(TensorRT offers it for Ampere-or-newer data-centre and desktop GPUs only)")
         if gpu.compute_capability < (8, 0):
-            raise InputError(f"--hardware-compatible needs an Ampere-or-newer GPU to build on; this is {gpu.describe()}")
+            raise InputError(
+                f"--hardware-compatible needs an Ampere-or-newer GPU to build on; this is {gpu.describe()}")
     missing = [entry.name for entry in manifest.stages if entry.file_for(options.precision, "tensorrt") is None]
     if missing:
         raise InputError(
@@ -372,7 +377,8 @@ def format_parser_errors(parser, graph: Path) -> str:
         code = getattr(error.code(), "name", str(error.code()))
         lines.append(f"  {where}: [{code}] {error.desc()}")
     return (f"TensorRT's ONNX parser rejected {graph.name} ({len(lines)} error(s)):\n" + "\n".join(lines)
-            + f"\nCheck the graph with `mattrt lint {graph.parent}`; rewrites for unsupported ops are in export/rewrites.py")
+            + f"\nCheck the graph with `mattrt lint {graph.parent}`; "
+            "rewrites for unsupported ops are in export/rewrites.py")
 
 
 def build_failure_message(stage: str, logger, workspace_mb: int | None) -> str:

@@ -126,8 +126,8 @@ def check_runnable(metadata: dict[str, Any], runtime_version: str, runtime_name:
     if options.get("version_compatible"):
         if Version(runtime_version).major != Version(built).major or Version(runtime_version) < Version(built):
             raise PlanError(
-                f"the plans were built version compatible by TensorRT {built}; they run on TensorRT {Version(built).major}.x "
-                f"from {built} on, not on {runtime_version}: rebuild with `{rebuild}`"
+                f"the plans were built version compatible by TensorRT {built}; they run on TensorRT "
+                f"{Version(built).major}.x from {built} on, not on {runtime_version}: rebuild with `{rebuild}`"
             )
     elif runtime_version != built:
         raise PlanError(
@@ -153,8 +153,9 @@ def check_runnable(metadata: dict[str, Any], runtime_version: str, runtime_name:
 def rebuild_command(metadata: dict[str, Any], directory: Path) -> str:
     """The `mattrt build` command that rebuilds these plans with the same choices."""
     options = metadata.get("options", {})
+    profile = metadata.get("profile", {}).get("name", "server")
     command = (f"mattrt build {metadata.get('export_dir', 'EXPORT_DIR')} --out {directory} "
-               f"--precision {metadata.get('precision', 'fp32')} --profile {metadata.get('profile', {}).get('name', 'server')}")
+               f"--precision {metadata.get('precision', 'fp32')} --profile {profile}")
     if options.get("workspace_mb") and options.get("workspace_mb") != metadata.get("profile", {}).get("workspace_mb"):
         command += f" --workspace {options['workspace_mb']}"
     for flag in ("version_compatible", "hardware_compatible"):
@@ -215,7 +216,8 @@ class TrtEngine(Engine):
             raise PlanError(f"plan {self.plan} does not exist: rebuild with `{self.rebuild}`")
         data = self.plan.read_bytes()
         if self.plan_sha256 is not None and hashlib.sha256(data).hexdigest() != self.plan_sha256:
-            raise PlanError(f"plan {self.plan} differs from the one its metadata records: rebuild with `{self.rebuild}`")
+            raise PlanError(
+                f"plan {self.plan} differs from the one its metadata records: rebuild with `{self.rebuild}`")
         self._logger = capturing_logger(module)
         self._runtime = create_runtime(module, self._logger)
         try:
@@ -380,8 +382,9 @@ def open_plans(directory: str | Path, device: str = "cuda", precision: str = "fp
     manifest = Manifest.load(directory)
     metadata = tensorrt_build.read_metadata(directory, precision)
     if metadata is None:
-        raise InputError(f"{directory} holds no {precision} plans ({tensorrt_build.metadata_path(directory, precision).name} "
-                         f"is missing): build them with `mattrt build EXPORT_DIR --out {directory} --precision {precision}`")
+        missing = tensorrt_build.metadata_path(directory, precision).name
+        raise InputError(f"{directory} holds no {precision} plans ({missing} is missing): build them with "
+                         f"`mattrt build EXPORT_DIR --out {directory} --precision {precision}`")
     rebuild = rebuild_command(metadata, directory)
     require_all(RUN_PROBES, "the tensorrt backend")
     name, version = runtime_identity()
