@@ -76,7 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=_non_negative_int, metavar="O", help="tile overlap in pixels (default: the model's)")
     p.add_argument("--margin", type=_non_negative_int, metavar="M",
                    help="pixels at inner tile edges given zero blending weight (default: overlap // 4)")
-    p.add_argument("--batch", type=_positive_int, default=4, metavar="B", help="tiles per detail call (default: 4)")
+    p.add_argument("--batch", type=_positive_int, metavar="B",
+                   help="tiles per detail call (default: the batch a TensorRT plan was tuned for, else 4)")
     p.add_argument("--semantic-scale", type=_positive_float, metavar="G",
                    help="global factor: image scale on the semantic canvas (default: fit the canvas)")
     p.add_argument("--detail-scale", type=_positive_float, default=1.0, metavar="L",

@@ -146,8 +146,11 @@ class Engine(abc.ABC):
         self.is_active = False
         self.inputs: tuple[TensorMeta, ...] = ()
         self.outputs: tuple[TensorMeta, ...] = ()
-        # Largest batch one call accepts (None: unbounded).
+        # Largest batch one call accepts (None: unbounded), and the batch the engine was tuned for
+        # (a TensorRT optimization profile's opt; None: no preference). The pipeline's default tile
+        # batch is the detail engine's preferred batch.
         self.max_batch: int | None = None
+        self.preferred_batch: int | None = None
         # False when the backend also runs spatial sizes other than the declared ones.
         self.fixed_spatial: bool = True
 

@@ -64,6 +64,8 @@ from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
 # Same limit as the image reader's decompression-bomb guard: 200 megapixels.
 DEFAULT_MAX_PIXELS = 200_000_000
 GUIDANCE_KINDS = ("none", "trimap", "sim")
+# Tiles per detail call unless the detail engine prefers another batch (Engine.preferred_batch).
+DEFAULT_TILE_BATCH = 4
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -100,7 +102,7 @@ class Pipeline:
         tile_size: int | None = None,
         overlap: int | None = None,
         margin: int | None = None,
-        batch: int = 4,
+        batch: int | None = None,
         semantic_scale: float | None = None,
         detail_scale: float = 1.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -131,6 +133,8 @@ class Pipeline:
         self.margin = default_margin(self.overlap) if margin is None else int(margin)
         check_tiling(self.tile_size, self.overlap, spec.stride_multiple, self.margin)
         self.semantic_size = semantic.spatial_size if semantic.fixed_spatial else int(spec.semantic_size)
+        if batch is None:
+            batch = detail.preferred_batch or DEFAULT_TILE_BATCH
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise InputError(f"tile batch must be a positive integer, got {batch!r}")
         if detail.max_batch is not None and batch > detail.max_batch:
