@@ -309,7 +309,7 @@ def lint_directory(directory: str | Path) -> LintReport:
         for entry in manifest.graphs():
             for name in entry.graph_files():
                 for difference in interface_differences(entry, root / name):
-                    reason = f"does not match the manifest's graph {entry.name!r}: {difference}"
+                    reason = f"does not match the manifest's graph {entry.name!r}: {difference}; re-export the model"
                     interface_problems.append(LintProblem(name, "", "", reason))
     else:
         files = sorted(p.name for p in root.glob("*.onnx"))
