@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import onnx
 import torch
 from torch import nn
 
@@ -409,8 +410,6 @@ def _preview(names: Sequence[str]) -> str:
 
 def _external_data_files(directory: Path, manifest: Manifest) -> set[str]:
     """Files the manifest's graphs keep their weights in (graphs over protobuf's 2 GiB limit)."""
-    import onnx
-
     found = set()
     for entry in manifest.graphs():
         for name in entry.graph_files():

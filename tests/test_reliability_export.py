@@ -111,6 +111,16 @@ def test_publish_deletes_only_the_files_the_manifest_names(copy, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")] == []
 
 
+def test_weights_kept_beside_a_large_graph_count_as_the_exports_files(copy):
+    model = onnx.load(str(copy / "detail.onnx"))
+    onnx.save_model(model, str(copy / "detail.onnx"), save_as_external_data=True, location="detail.onnx.data",
+                    size_threshold=0)
+    assert "detail.onnx.data" in exporter._replaceable_files(copy)
+    (copy / "detail.onnx.data.bak").write_bytes(b"")
+    with pytest.raises(InputError, match=r"detail\.onnx\.data\.bak"):
+        exporter._replaceable_files(copy)
+
+
 # -- 14: the published folder follows the umask -------------------------------------------------
 def test_staging_folder_follows_the_umask(tmp_path):
     previous = os.umask(0o022)
