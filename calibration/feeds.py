@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
+from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
 from mattrt.errors import InputError
+from mattrt.imageio import list_images, read_image
 from mattrt.runtime.engine import Engine
+from mattrt.runtime.onnx_engine import open_artifacts
+from mattrt.runtime.pipeline import Pipeline
 
 # Seeds of calibration.synthetic reserved per purpose, so that no measurement reuses the data
 # it was calibrated or trained on: training uses seed 0 (calibration/train.py), held-out training
@@ -79,14 +84,12 @@ def iter_images(source: DataSource) -> Iterator[tuple[str, np.ndarray]]:
     """(name, H x W x 3 uint8/uint16 RGB) for every image of the source; a folder that holds no
     image, or a file that cannot be decoded, raises InputError naming it."""
     if source.kind == "synthetic":
-        from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
 
         for index in range(int(source.count)):
             kind = KINDS[index % len(KINDS)]
             sample = generate_sample(kind, source.size, sample_rng(source.seed, index))
             yield f"synthetic-{source.seed}-{index:04d}-{sample.variant}", sample.image
         return
-    from mattrt.imageio import list_images, read_image
 
     files = list_images(source.folder)
     if not files:
@@ -105,7 +108,6 @@ def iter_images(source: DataSource) -> Iterator[tuple[str, np.ndarray]]:
 
 def iter_samples(source: DataSource):
     """For synthetic sources: the full `Sample` objects (image + exact alpha) in order."""
-    from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
 
     if source.kind != "synthetic":
         raise InputError("ground-truth samples exist only for synthetic data")
@@ -187,8 +189,6 @@ def collect_stage_feeds(directory: str | Path, source: DataSource, *, max_sample
                         batch: int | None = None, progress: bool = False) -> dict[str, StageFeeds]:
     """Run the FP32 graphs of an export directory through the runtime's Pipeline over the
     source's images and return each stage's recorded inputs (see the module docstring)."""
-    from mattrt.runtime.onnx_engine import open_artifacts
-    from mattrt.runtime.pipeline import Pipeline
 
     spec, engines = open_artifacts(directory, precision="fp32")
     recorders: Mapping[str, RecordingEngine] = {name: RecordingEngine(engine) for name, engine in engines.items()}
@@ -196,7 +196,6 @@ def collect_stage_feeds(directory: str | Path, source: DataSource, *, max_sample
     names: list[str] = []
     images = iter_images(source)
     if progress:
-        from tqdm import tqdm
 
         images = tqdm(images, total=source.count, desc="calibration images", leave=False)
     with Pipeline(spec, recorders, batch=detail_batch) as pipeline:

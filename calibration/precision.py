@@ -40,9 +40,10 @@ onnxruntime's converter rounds the output of every blocked node to FP16 and back
 folds those Cast pairs, so consecutive FP32 nodes exchange exact FP32 values.
 
 Calibration inputs come from `calibration.feeds` (the runtime's letterboxed canvases and
-tiles of real images). Failures (no images, fewer samples than the calibration batch,
-non-finite activations or ranges, a graph that fails the TensorRT lint) raise before anything
-is written to the export directory.
+tiles of real images); a stage with fewer samples than the calibration batch calibrates them
+as one smaller batch (logged, and recorded in the manifest). Failures (no images, non-finite
+activations or ranges, a graph that fails the TensorRT lint) raise before anything is written
+to the export directory.
 """
 
 from __future__ import annotations
@@ -473,12 +474,11 @@ class _FeedReader:
 
 
 def _quiet_quantize(**kwargs) -> None:
+    import contextlib
+    import io
     import logging
 
     from onnxruntime.quantization import quantize_static
-
-    import contextlib
-    import io
 
     root = logging.getLogger()
     level = root.level
@@ -732,8 +732,8 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
     import onnx
 
     from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
-    from mattrt.export.lint import lint_models
-    from mattrt.manifest import Manifest, embed_manifest
+    from mattrt.manifest import Manifest, check_graph_file, embed_manifest
+    from mattrt.runtime.lint import lint_models
 
     log = log or (lambda message: None)
     directory = Path(directory)
@@ -754,6 +754,9 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                 )
         if "fp32" not in entry.files:
             raise InputError(f"{directory}: stage {entry.name!r} has no fp32 graph to convert")
+    for entry in manifest.graphs():  # every fp32 graph is rewritten at the end: check them before the work
+        if "fp32" in entry.files:
+            check_graph_file(entry, directory, entry.files["fp32"])
 
     source = parse_data_source(calibration, **({"size": tuple(synthetic_size)} if synthetic_size else {}))
     started = time.perf_counter()
@@ -787,7 +790,12 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                     record["fp16"]["measured_on"] = measured_on
                 else:
                     ranges = staging / ranges_file(entry.name)
-                    tensors = calibrate_ranges(fp32_path, samples, ranges, method=method, batch=batch, stage=entry.name)
+                    stage_batch = min(batch, len(samples))  # fewer samples than a batch: one smaller batch
+                    if stage_batch < batch:
+                        log(f"    {len(samples)} calibration sample(s), fewer than the calibration batch of {batch}: "
+                            f"calibrating in batches of {stage_batch}")
+                    tensors = calibrate_ranges(fp32_path, samples, ranges, method=method, batch=stage_batch,
+                                               stage=entry.name)
                     plan = plan_int8(fp32_path, ranges, measured, method=method, log=log)
                     proto = build_int8(fp32_path, ranges, staging / graph_file(entry.name, "int8"), method=method,
                                        exclude=plan.excluded)
@@ -797,7 +805,8 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                     record["int8"] = {
                         "method": method,
                         "percentile": DEFAULT_PERCENTILE if method == "percentile" else None,
-                        "calibration_batch": batch,
+                        "calibration_batch": stage_batch,
+                        "calibration_batch_requested": batch,
                         "calibrated_tensors": tensors,
                         "activations": "int8 symmetric per tensor (zero point 0)",
                         "weights": "int8 symmetric per output channel",
@@ -881,7 +890,8 @@ def add_precision_arguments(parser: argparse.ArgumentParser, *, required: bool =
     group.add_argument("--calibration-samples", type=int, default=128,
                        help="most samples (tiles / canvases) per stage used for calibration (default 128)")
     group.add_argument("--calibration-batch", type=int, default=DEFAULT_CALIBRATION_BATCH,
-                       help="samples per calibration step; a stage with fewer samples is an error (default 8)")
+                       help="samples per calibration step; a stage with fewer samples calibrates them as one "
+                            "smaller batch, noted in the log and the manifest (default 8)")
 
 
 def apply_precision_arguments(args: argparse.Namespace, directory: str | Path | None = None) -> None:

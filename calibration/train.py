@@ -50,8 +50,21 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from mattrt.calibration.figures import line_chart
+from mattrt.calibration.metrics import evaluate, mean_metrics
+from mattrt.calibration.synthetic import (
+    KINDS,
+    default_trimap_radius,
+    generate_sample,
+    make_trimap,
+    sample_rng,
+)
 from mattrt.errors import InputError
+from mattrt.models import create_model, get_settings
+from mattrt.models.checkpoints import file_sha256
+from mattrt.models.fusion import aim_soft
 
 KIND_NAMES = ("salient_opaque", "salient_transparent", "non_salient")
 BACKGROUND, TRANSITION, FOREGROUND = 0, 1, 2
@@ -67,7 +80,6 @@ LAPLACIAN_LEVELS = 5
 # -- targets -----------------------------------------------------------------------------------
 def unified_classes(alpha: np.ndarray, kind: str, band: int) -> np.ndarray:
     """H x W int64 classes of AIM's unified semantic representation for one image type."""
-    from mattrt.calibration.synthetic import make_trimap
 
     if kind not in KIND_NAMES:
         raise InputError(f"unknown image type {kind!r}; expected one of {', '.join(KIND_NAMES)}")
@@ -92,7 +104,6 @@ class Batch:
 
 def training_sample(seed: int, index: int, crop: int, sizes: Sequence[int], band_fraction: float):
     """(image, fg, bg as uint8 crops, alpha crop, class crop) of sample `index` of a run."""
-    from mattrt.calibration.synthetic import generate_sample, sample_rng
 
     rng = sample_rng(seed, index)
     low, high = sizes
@@ -164,7 +175,6 @@ def charbonnier(diff: torch.Tensor, weight: torch.Tensor | None = None) -> torch
 
 def matting_losses(outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
     """The loss terms (see the module docstring) and their sum under "total"."""
-    from mattrt.models.fusion import aim_soft
 
     trimap = outputs["trimap"]
     detail = outputs["detail"]
@@ -187,7 +197,6 @@ def matting_losses(outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, 
 # -- evaluation --------------------------------------------------------------------------------
 def held_out_samples(seed: int = HELD_OUT_SEED, count: int = HELD_OUT_COUNT, size: int = HELD_OUT_SIZE):
     """Synthetic samples of `seed` (cycling through the three types) at size x size."""
-    from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
 
     return [generate_sample(KINDS[i % len(KINDS)], (size, size), sample_rng(seed, i)) for i in range(count)]
 
@@ -197,8 +206,6 @@ def evaluate_model(model, samples, band_fraction: float = DEFAULT_BAND) -> dict[
     """Mean matting metrics of the model's fused alpha (whole-image forward in eval mode) against
     the ground truth, whole image and unknown band (trimap of default radius), plus the semantic
     accuracy against the unified classes."""
-    from mattrt.calibration.metrics import evaluate, mean_metrics
-    from mattrt.calibration.synthetic import default_trimap_radius, make_trimap
 
     was_training = model.training
     model.eval()
@@ -229,9 +236,6 @@ def evaluate_model(model, samples, band_fraction: float = DEFAULT_BAND) -> dict[
 
 # -- training ----------------------------------------------------------------------------------
 def build_untrained(name: str, seed: int):
-    import mattrt.models.aim_synthetic  # noqa: F401  (registers aim_synthetic)
-    from mattrt.models import create_model, get_settings
-
     torch.manual_seed(seed)
     settings = get_settings(name)
     overrides = {"default_checkpoint": None} if hasattr(settings, "default_checkpoint") else {}
@@ -256,9 +260,7 @@ def train(model_name: str, out: Path, *, steps: int, batch: int = 4, crop: int =
           band_fraction: float = DEFAULT_BAND, threads: int | None = None, log: Path | None = None,
           progress: bool = True) -> dict:
     """Train from scratch and save the state_dict to `out`; returns a summary of the run."""
-    from tqdm import tqdm
 
-    from mattrt.models.checkpoints import file_sha256
 
     if steps < 1 or batch < 1:
         raise InputError(f"steps and batch must be >= 1, got {steps} and {batch}")
@@ -333,7 +335,6 @@ def train(model_name: str, out: Path, *, steps: int, batch: int = 4, crop: int =
 
 def loss_curve(history: Sequence[dict], path: Path, title: str) -> Path:
     """PNG of the loss terms over the steps (moving average over 20 steps, log y)."""
-    from mattrt.calibration.figures import line_chart
 
     keys = [k for k in history[0] if k not in ("step", "seconds", "lr")]
     steps = np.array([h["step"] for h in history], dtype=np.float64)

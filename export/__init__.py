@@ -1,6 +1,8 @@
-"""mattrt.export: torch -> ONNX per stage, TensorRT-compatible rewrites, parity checks, lint.
+"""mattrt.export: torch -> ONNX per stage, TensorRT-compatible rewrites, parity checks, the
+artifact cache. (The TensorRT lint the exporter runs is mattrt.runtime.lint: calibration and the
+TensorRT build run it too.)
 
-    from mattrt.export import export_model, lint_directory
+    from mattrt.export import export_model
 
 Attributes load lazily so that `mattrt --help` never imports torch.
 """
@@ -14,9 +16,6 @@ _EXPORTS = {
     "export_graph": "mattrt.export.exporter",
     "load_model": "mattrt.export.exporter",
     "ExportError": "mattrt.export.exporter",
-    "lint_directory": "mattrt.export.lint",
-    "lint_model": "mattrt.export.lint",
-    "LintReport": "mattrt.export.lint",
     "ParityError": "mattrt.export.parity",
     "RewriteError": "mattrt.export.rewrites",
 }

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from mattrt.errors import InputError
+from mattrt.lazy import lazy_import
+
+cache = lazy_import("mattrt.export.cache")
+
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +51,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="DIR|FILE", help="export directories or .onnx files")
     p.set_defaults(run=run_lint)
 
+    p = subparsers.add_parser(
+        "cache",
+        help="list or clear the artifact cache (exports and engines made for --model runs)",
+        description="The artifact cache holds what `--model NAME` runs on backends that need exported graphs or "
+                    "built engines: made once, reused while model, weights, sizes, precision, mattrt version and "
+                    "the backend's identity stay the same. Default: $MATTRT_CACHE, else ~/.cache/mattrt.",
+    )
+    actions = p.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="entries with model, precision, backend, size and integrity")
+    listing.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache directory")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=run_cache_list)
+    clearing = actions.add_parser("clear", help="delete entries (all, or one model's)")
+    clearing.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache directory")
+    clearing.add_argument("--model", metavar="NAME", help="only this model's entries")
+    clearing.set_defaults(run=run_cache_clear)
+
 
 def run_export(args: argparse.Namespace) -> int:
     from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model
@@ -71,7 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from mattrt.export.lint import lint_directory
+    from mattrt.runtime.lint import lint_directory
 
     failed = False
     for path in args.paths:
@@ -79,3 +100,23 @@ def run_lint(args: argparse.Namespace) -> int:
         print(f"{path}: {report.summary()}")
         failed |= not report.passed
     return 1 if failed else 0
+
+
+def run_cache_list(args: argparse.Namespace) -> int:
+    store = cache.ArtifactCache(args.cache_dir, log=None)
+    rows = store.entries()
+    if args.json:
+        print(json.dumps({"cache_dir": str(store.root), "entries": rows}, indent=2))
+        return 0
+    print(f"cache: {store.root} ({len(rows)} entries)")
+    for row in rows:
+        state = "ok" if row["intact"] else "DAMAGED (rebuilt on next use)"
+        print(f"  {row['name']}  {row['bytes'] / 2**20:.1f} MiB  {row['created']}  {state}")
+    return 0
+
+
+def run_cache_clear(args: argparse.Namespace) -> int:
+    store = cache.ArtifactCache(args.cache_dir, log=None)
+    removed = store.clear(model=args.model)
+    print(f"cache: removed {len(removed)} entries from {store.root}")
+    return 0

@@ -6,8 +6,11 @@ Every graph has a fixed spatial shape and a dynamic batch (1..max_batch), comes 
 `torch.onnx.export(..., dynamo=True)` with the rewrites of `rewrites.py` (nothing TensorRT's
 parser rejects), is checked against PyTorch through onnxruntime right away, simplified with
 onnxslim when parity still holds afterwards, and linted for TensorRT. The directory is written
-under a temporary name beside DIR and renamed at the end: a failed export leaves nothing that
-looks like an export.
+under a temporary name beside DIR and renamed at the end: a failed export (a full disk
+included) leaves nothing that looks like an export. `force` replaces only an earlier mattrt
+export (its manifest validates) and deletes only the files that export's manifest names; a
+folder holding anything else is refused with the list. The published folder gets the mode the
+umask gives, like any folder the user creates.
 """
 
 from __future__ import annotations
@@ -15,24 +18,34 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import io
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import onnx
 import torch
 from torch import nn
 
 from mattrt.errors import InputError, MattrtError
-from mattrt.export.lint import lint_models, operator_table
-from mattrt.manifest import BATCH_DIM, GraphEntry, Manifest, TensorInfo, embed_manifest
 from mattrt.export.parity import TOLERANCE, ParityError, image_feeds, judge, ort_session, reference_outputs, run_graph
 from mattrt.export.rewrites import translation_table
+from mattrt.manifest import (
+    BATCH_DIM,
+    MANIFEST_FILE,
+    GraphEntry,
+    Manifest,
+    TensorInfo,
+    embed_manifest,
+    load_graph_proto,
+)
+from mattrt.runtime.lint import lint_models, operator_table
 
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion, parsed by TensorRT 10.x and 11.x
 DEFAULT_MAX_BATCH = 8
@@ -387,19 +400,67 @@ def _fusion_graph(kind: str, size: int, batch_sizes: Sequence[int], seed: int) -
 
 
 # -- directory handling --------------------------------------------------------------------
+_LISTED = 8  # names shown when refusing a folder
+
+
+def _preview(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f", ... ({len(names) - _LISTED} more)" if len(names) > _LISTED else "")
+
+
+def _external_data_files(directory: Path, manifest: Manifest) -> set[str]:
+    """Files the manifest's graphs keep their weights in (graphs over protobuf's 2 GiB limit)."""
+    found = set()
+    for entry in manifest.graphs():
+        for name in entry.graph_files():
+            if (directory / name).is_file():
+                for tensor in load_graph_proto(directory / name).graph.initializer:
+                    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                        found.update(kv.value for kv in tensor.external_data if kv.key == "location")
+    return found
+
+
+def _replaceable_files(out_dir: Path) -> list[str]:
+    """The entries of an existing `out_dir` that replacing it deletes: those an earlier mattrt
+    export wrote. Raise InputError, deleting nothing, for anything else."""
+    if out_dir.is_symlink():
+        raise InputError(f"{out_dir} is a symbolic link; --force replaces only an export directory itself: choose another --out")
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir} exists and is not a directory; remove it or choose another --out")
+    present = sorted(p.name for p in out_dir.iterdir())
+    if not present:
+        return []
+    if not (out_dir / MANIFEST_FILE).is_file():
+        raise InputError(
+            f"{out_dir} is not a mattrt export (it has no {MANIFEST_FILE}); --force replaces only an earlier "
+            "export, so nothing was deleted: choose another --out"
+        )
+    try:
+        manifest = Manifest.load(out_dir)
+    except InputError as exc:
+        raise InputError(
+            f"{out_dir} holds a {MANIFEST_FILE} that is not a mattrt export manifest, so --force does not replace "
+            f"it and nothing was deleted: choose another --out or move the folder away. ({exc})"
+        ) from None
+    named = set(manifest.named_files())
+    unnamed = [n for n in present if n not in named or ((out_dir / n).is_dir() and not (out_dir / n).is_symlink())]
+    if unnamed:
+        external = _external_data_files(out_dir, manifest)
+        unnamed = [n for n in unnamed if n not in external or (out_dir / n).is_dir()]
+    if unnamed:
+        raise InputError(
+            f"{out_dir} holds {len(unnamed)} entr{'y' if len(unnamed) == 1 else 'ies'} its export manifest does not "
+            f"name: {_preview(unnamed)}; --force deletes only the files an export wrote, so nothing was deleted: "
+            "move them away or choose another --out"
+        )
+    return present
+
+
 def _prepare_destination(out_dir: Path, force: bool) -> None:
     if out_dir.exists() or out_dir.is_symlink():
         if not force:
-            raise InputError(f"{out_dir} already exists; pass --force (force=True) to replace it")
-        if not out_dir.is_dir():
-            raise InputError(f"{out_dir} exists and is not a directory; remove it or choose another --out")
-        from mattrt.manifest import MANIFEST_FILE
-
-        if any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
-            raise InputError(
-                f"{out_dir} is a non-empty directory without a {MANIFEST_FILE}: not replacing something that is "
-                "not an export; choose another --out"
-            )
+            raise InputError(f"{out_dir} already exists; pass --force to replace an earlier export there")
+        _replaceable_files(out_dir)
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -409,19 +470,50 @@ def _prepare_destination(out_dir: Path, force: bool) -> None:
         raise InputError(f"{parent} is not writable; choose another --out")
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Rename the finished staging directory to out_dir, replacing an older export."""
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-", dir=out_dir.parent))
-        os.rename(out_dir, retired / out_dir.name)
+def _check_free_space(parent: Path, needed: int) -> None:
+    """Refuse before the work when the disk cannot hold the graphs (`needed` bytes)."""
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise InputError(
+            f"{parent} has {free / 1e6:.1f} MB free; the graphs need about {needed / 1e6:.1f} MB: "
+            "free space there or choose another --out"
+        )
+
+
+def _new_directory(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory with the mode the umask gives (tempfile.mkdtemp's is 0700)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
         try:
-            os.rename(staging, out_dir)
-        except OSError:
-            os.rename(retired / out_dir.name, out_dir)
-            raise
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(parent / prefix))
+
+
+def _publish(staging: Path, out_dir: Path, log: Callable[[str], None]) -> None:
+    """Rename the finished staging directory to out_dir. An earlier export there is moved aside
+    first and then only the files its manifest names are deleted."""
+    if not (out_dir.exists() or out_dir.is_symlink()):
         os.rename(staging, out_dir)
+        return
+    replaced = _replaceable_files(out_dir)  # again: files may have appeared during the export
+    retired = _new_directory(out_dir.parent, f".{out_dir.name}.replaced-")
+    os.rename(out_dir, retired / out_dir.name)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        os.rename(retired / out_dir.name, out_dir)
+        raise
+    for name in replaced:
+        (retired / out_dir.name / name).unlink(missing_ok=True)
+    try:
+        (retired / out_dir.name).rmdir()
+        retired.rmdir()
+    except OSError:
+        left = sorted(p.name for p in (retired / out_dir.name).iterdir())
+        log(f"warning: kept {_preview(left)} in {retired / out_dir.name}: they appeared in {out_dir} during the export")
 
 
 def _save_graph(proto, path: Path) -> None:
@@ -485,6 +577,8 @@ def export_model(
     _prepare_destination(out_dir, force)
     model = load_model(model_or_name, checkpoint, semantic_size, tile_size)
     settings = model.settings
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    _check_free_space(out_dir.parent, weights + (1 << 20))
     batch_sizes = [1] + ([min(PARITY_BATCH, max_batch)] if max_batch > 1 else [])
     tolerance = TOLERANCE["fp32"]
 
@@ -532,22 +626,41 @@ def export_model(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         lint=report.to_dict(),
     )
-    _write(manifest, graphs, out_dir)
+    _write(manifest, graphs, out_dir, log)
     log(f"wrote {out_dir} ({len(graphs)} graphs)")
     return manifest
 
 
-def _write(manifest: Manifest, graphs: Sequence[_Graph], out_dir: Path) -> None:
+def _write(manifest: Manifest, graphs: Sequence[_Graph], out_dir: Path, log: Callable[[str], None]) -> None:
+    """Write the graphs and the manifest to a staging folder beside out_dir, then publish it.
+    An OSError (full disk, quota, file size limit) removes the staging folder and is reported
+    with the path; nothing is published."""
+    parent = out_dir.parent
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        staging = _new_directory(parent, f".{out_dir.name}.partial-")
     except OSError as exc:
-        raise InputError(f"cannot write in {out_dir.parent}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot write in {parent}: {exc.strerror or exc}") from None
+    current = staging
     try:
         for graph in graphs:
+            current = staging / graph.entry.files["fp32"]
             embed_manifest(graph.proto, manifest)
-            _save_graph(graph.proto, staging / graph.entry.files["fp32"])
+            _save_graph(graph.proto, current)
+        current = staging / MANIFEST_FILE
         manifest.save(staging)  # last: a directory with a manifest is complete
-        _publish(staging, out_dir)
+        current = out_dir
+        _publish(staging, out_dir, log)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        needed = sum(graph.proto.ByteSize() for graph in graphs)
+        code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise ExportError(
+            f"writing {exc.filename or current} failed: {exc.strerror or exc}{f' ({code})' if code else ''}; "
+            f"nothing was published to {out_dir} and the partial files were removed. "
+            + (f"The graphs need about {needed / 1e6:.1f} MB in {parent}: free space there (or lift the limit) "
+               "or choose another --out, then rerun" if full else "Fix the cause and rerun")
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

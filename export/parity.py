@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
+from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
 from mattrt.errors import MattrtError
+from mattrt.runtime.ops import preprocess_tiles
 
 # Relative L2 error allowed per precision.
 TOLERANCE = {"fp32": 1e-4}
@@ -64,8 +67,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]
 
 
 def ort_session(model_proto):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -170,7 +171,6 @@ def judge(
 def generated_image(size: int, index: int = 0, seed: int = 0) -> np.ndarray:
     """A deterministic size x size x 3 uint8 image from mattrt.calibration.synthetic; successive
     indices cycle through its image kinds (opaque hair/fur, transparent, non-salient)."""
-    from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
 
     kind = KINDS[index % len(KINDS)]
     return generate_sample(kind, (size, size), sample_rng(seed, index)).image
@@ -179,7 +179,6 @@ def generated_image(size: int, index: int = 0, seed: int = 0) -> np.ndarray:
 def normalize(image: np.ndarray, settings) -> torch.Tensor:
     """H x W x 3 uint8 RGB -> 1 x 3 x H x W float32 as the model expects (channel order, mean,
     std), with the runtime's own tile preprocessing (one tile covering the image)."""
-    from mattrt.runtime.ops import preprocess_tiles
 
     if settings.channel_order.upper() == "BGR":
         image = image[..., ::-1]

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import onnx_ir as ir
+import torch
+from onnxscript import opset18 as op
 
 from mattrt.errors import MattrtError
 
@@ -145,15 +148,11 @@ def _static_spatial(value, what: str) -> tuple[int, int]:
 
 
 def _constant(array: np.ndarray):
-    import onnx_ir as ir
-    from onnxscript import opset18 as op
-
     return op.Constant(value=ir.tensor(np.ascontiguousarray(array)))
 
 
 def max_pool2d_with_indices(self, kernel_size, stride=(), padding=(0, 0), dilation=(1, 1), ceil_mode=False):
     """aten::max_pool2d_with_indices -> MaxPool (values only) + index search over the window."""
-    from onnxscript import opset18 as op
 
     geometry = PoolGeometry.create(_static_spatial(self, "max_pool2d"), kernel_size, stride, padding, dilation, ceil_mode)
     (ph, pw), (eh, ew) = geometry.padding, geometry.extra_end_padding
@@ -215,8 +214,6 @@ def max_pool2d_with_indices(self, kernel_size, stride=(), padding=(0, 0), dilati
 
 def max_unpool2d(self, indices, output_size):
     """aten::max_unpool2d -> ScatterElements with duplicates resolved as PyTorch's CPU kernel does."""
-    import onnx_ir as ir
-    from onnxscript import opset18 as op
 
     in_h, in_w = _static_spatial(self, "max_unpool2d")
     channels = self.shape[1]
@@ -275,7 +272,6 @@ def max_unpool2d(self, indices, output_size):
 
 def translation_table() -> dict[Callable, Callable]:
     """The `custom_translation_table` for `torch.onnx.export(..., dynamo=True)`."""
-    import torch
 
     return {
         torch.ops.aten.max_pool2d_with_indices.default: max_pool2d_with_indices,

@@ -8,7 +8,7 @@ One kernel family per .cu source, each with a Python module holding
     emulation of the same source (emulate.py).
 compile.py compiles every source with NVRTC (no GPU needed) and reports registers and spills;
 torch_ops.py registers torch.ops.mattrt.* custom ops (imported on demand: it needs torch).
-launch.get_backend("cupy" | "emulate") gives the GPU backend or the host emulation by name.
+backends.get_backend("cupy" | "emulate") gives the GPU backend or the host emulation by name.
 
 Where the runtime uses them: TorchEngine(kernels=True) runs stage modules with the torch ops
 (runtime/kernel_routing.py), and Pipeline(pixel_ops="device") runs tile preprocessing,

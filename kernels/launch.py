@@ -2,7 +2,7 @@
 
 Every op module (max_unpool.py, attention_pool.py, ...) computes its grid and argument list in a
 `launch(backend, ...)` function; a backend runs one named kernel of one source. Two backends
-exist, both reachable by name through `get_backend`: "cupy" (`CupyBackend`: CuPy arrays, a real
+exist, both reachable by name through `mattrt.kernels.backends.get_backend`: "cupy" (`CupyBackend`: CuPy arrays, a real
 GPU) and "emulate" (the host emulation in emulate.py: NumPy arrays, the same source compiled by
 g++; exact but slow, for tests and for running GPU code paths on a machine without a GPU). Both check each argument against the kernel's C
 signature (parsed from the source) before launching, so a wrong scalar width or dtype is caught
@@ -221,25 +221,6 @@ class CupyBackend(Backend):
 def cupy_backend() -> CupyBackend:
     """The GPU backend; raises MissingDependencyError where CuPy or a device is missing."""
     return CupyBackend()
-
-
-# Where kernels can run, by name: the GPU, or the g++ host emulation of the same sources (a
-# debugging and testing backend: exact, sequential, slow).
-BACKEND_NAMES: tuple[str, ...] = ("cupy", "emulate")
-
-
-def get_backend(name: str) -> Backend:
-    """The backend called `name` ("cupy" or "emulate"); MissingDependencyError names what it lacks."""
-    if name == "cupy":
-        return cupy_backend()
-    if name == "emulate":
-        from mattrt.kernels.emulate import host_backend, skip_reason
-
-        reason = skip_reason()
-        if reason:
-            raise MissingDependencyError(f"the kernels' host emulation {reason}")
-        return host_backend()
-    raise InputError(f"unknown kernel backend {name!r}; choose one of: {', '.join(BACKEND_NAMES)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,18 +126,62 @@ def _nvrtc() -> Probe:
     return Probe("nvrtc", True, f"{major}.{minor}", "compiles CUDA C without a GPU")
 
 
-def _tensorrt() -> Probe:
-    if importlib.util.find_spec("tensorrt") is None:
-        return Probe("tensorrt", False, None,
-                     "not installed; `pip install 'mattrt[tensorrt]'` on a machine with an NVIDIA GPU")
+# What "found" means for the two TensorRT probes: the library imports and has the API the step
+# needs. Neither checks for a GPU: building and running plans also need a CUDA device, which the
+# `cupy_device` probe reports (CuPy holds the engines' memory and streams). The tensorrt backend
+# and `mattrt build` require both, so a machine with TensorRT but no GPU names `cupy_device` as
+# what is missing.
+TENSORRT_ADVICE = "`pip install 'mattrt[tensorrt]'` on a machine with an NVIDIA GPU (JetPack ships it on Jetson)"
+# Modules that can run plans, preferred first: the full TensorRT, then the lean runtime's package
+# and its bare bindings (PyPI: tensorrt-lean-cu13-libs + tensorrt-lean-cu13-bindings).
+TENSORRT_RUNTIME_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
+LEAN_RUNTIME_NOTE = "lean runtime: runs version-compatible plans only (mattrt build --version-compatible)"
+
+
+def _import_quietly(name: str):
+    """The module, or the reason it cannot be used (a string)."""
+    if importlib.util.find_spec(name) is None:
+        return "not installed"
     try:
-        import tensorrt
-    except Exception as exc:
-        return Probe("tensorrt", False, None, f"import failed: {exc}")
-    if not hasattr(tensorrt, "Builder"):
-        return Probe("tensorrt", False, getattr(tensorrt, "__version__", None),
-                     "the bindings import but the TensorRT libraries are missing")
-    return Probe("tensorrt", True, tensorrt.__version__, "builder available")
+        return importlib.import_module(name)
+    except Exception as exc:  # a broken TensorRT install raises more than ImportError
+        return f"import failed: {exc}"
+
+
+def _tensorrt() -> Probe:
+    """The TensorRT builder: full TensorRT with Builder and OnnxParser (`mattrt build`)."""
+    module = _import_quietly("tensorrt")
+    if isinstance(module, str):
+        return Probe("tensorrt", False, None, f"{module}; {TENSORRT_ADVICE}")
+    version = getattr(module, "__version__", None)
+    lacking = [name for name in ("Builder", "OnnxParser") if not hasattr(module, name)]
+    if lacking:
+        return Probe("tensorrt", False, version,
+                     f"the tensorrt module has no {', '.join(lacking)} (bindings without the TensorRT libraries); "
+                     + TENSORRT_ADVICE)
+    return Probe("tensorrt", True, version, "builder and ONNX parser import (building also needs cupy_device)")
+
+
+@functools.cache
+def tensorrt_runtime_module() -> str | None:
+    """Name of the module the tensorrt backend runs plans with (TENSORRT_RUNTIME_MODULES order)."""
+    for name in TENSORRT_RUNTIME_MODULES:
+        module = _import_quietly(name)
+        if not isinstance(module, str) and hasattr(module, "Runtime"):
+            return name
+    return None
+
+
+def _tensorrt_runtime() -> Probe:
+    """A TensorRT runtime that deserializes and runs plans: full TensorRT or the lean runtime."""
+    name = tensorrt_runtime_module()
+    if name is None:
+        return Probe("tensorrt_runtime", False, None,
+                     f"none of {', '.join(TENSORRT_RUNTIME_MODULES)} imports with a Runtime; {TENSORRT_ADVICE}")
+    module = importlib.import_module(name)
+    kind = "full runtime" if name == "tensorrt" else LEAN_RUNTIME_NOTE
+    return Probe("tensorrt_runtime", True, getattr(module, "__version__", None),
+                 f"{name} ({kind}; running plans also needs cupy_device)")
 
 
 def tritonserver_binary() -> Path | None:
@@ -181,6 +225,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "cupy_device": _cupy_device,
     "nvrtc": _nvrtc,
     "tensorrt": _tensorrt,
+    "tensorrt_runtime": _tensorrt_runtime,
     "tritonserver": _tritonserver,
     "tritonclient": _tritonclient,
 }

@@ -17,12 +17,14 @@ from typing import Iterator
 
 from mattrt import __version__
 from mattrt.errors import MattrtError
+from mattrt.runtime import threads
 
 COMMAND_MODULES = [
     "mattrt.commands",
     "mattrt.calibration.cli",
     "mattrt.export.cli",
     "mattrt.infer_cli",
+    "mattrt.runtime.build_cli",
 ]
 
 
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads: OpenMP threads that wait sleep instead of spinning (runtime/threads.py).
+    threads.prefer_passive_waiting()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mattrt import availability
+from mattrt.errors import MattrtError
+from mattrt.runtime import backends
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list registered models, their stages and parameter counts")
@@ -46,13 +50,23 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from mattrt.availability import probe, probe_names
-
     rows = []
-    for name in probe_names():
-        result = probe(name)
+    for name in availability.probe_names():
+        result = availability.probe(name)
         rows.append([name, "found" if result.found else "missing", result.version or "-", result.detail])
     _print_table(["component", "status", "version", "detail"], rows)
+    print()
+    rows = [
+        [row["backend"], row["device"], "usable" if row["usable"] else "missing", row["precisions"], row["artifacts"],
+         row["missing"] or "-"]
+        for row in backends.describe_backends()
+    ]
+    _print_table(["backend", "device", "status", "precisions", "runs", "missing"], rows)
+    try:
+        choice = backends.choose_auto()
+        print(f"\n--backend auto: {choice.reason}")
+    except MattrtError as exc:
+        print(f"\n--backend auto: {exc}")
     return 0
 
 

@@ -18,8 +18,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from mattrt.calibration.metrics import evaluate, mean_metrics
+from mattrt.calibration.synthetic import write_dataset
 from mattrt.errors import InputError
+from mattrt.imageio import read_alpha, read_image, write_bytes, write_rgb
+from mattrt.runtime.foreground import composite, estimate_foreground
+from mattrt.runtime.infer import InferOptions, output_path, run_inference
+from mattrt.runtime.pipeline import Pipeline
 
 DEMO_MODEL = "aim_synthetic"
 DEMO_SEED = 7  # training used seed 0, the held-out check seed 2
@@ -29,12 +36,6 @@ SHEET_COLUMNS = ("image", "ground truth", "prediction", "|error| x 4", "cutout o
 
 def run_demo(out: Path, *, count: int = 6, size: tuple[int, int] = (416, 320), model: str = DEMO_MODEL,
              overwrite: bool = False, progress: bool | None = None) -> int:
-    from mattrt.calibration.metrics import evaluate, mean_metrics
-    from mattrt.calibration.synthetic import write_dataset
-    from mattrt.imageio import read_alpha, read_image, write_bytes, write_rgb
-    from mattrt.runtime.infer import InferOptions, output_path, run_inference
-    from mattrt.runtime.pipeline import Pipeline
-
     out = Path(out)
     if (out / "summary.json").exists() and not overwrite:
         raise InputError(f"{out} already holds a demo run; pass --overwrite to replace it or choose another --out")
@@ -101,7 +102,6 @@ def _print_metrics(rows: list[dict], means: dict) -> None:
 
 def _sheet_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """One contact-sheet row: image | GT | prediction | 4 x |error| | cutout over a checkerboard."""
-    from mattrt.runtime.foreground import composite, estimate_foreground
 
     h, w = gt.shape
     grey = lambda a: np.repeat((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731
@@ -114,15 +114,12 @@ def _sheet_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarra
 
 
 def _resize_height(rgb: np.ndarray, height: int) -> np.ndarray:
-    from PIL import Image
-
     width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _header(width: int, labels: tuple[str, ...], height: int = 22) -> np.ndarray:
     """A white strip with one label centred over each of the equally wide columns."""
-    from PIL import Image, ImageDraw
 
     strip = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(strip)

@@ -1,4 +1,8 @@
-"""`mattrt infer`: alpha mattes, cutouts and composites for image files."""
+"""`mattrt infer`: alpha mattes, cutouts and composites for image files.
+
+The model/backend/device/precision/threads/cache options are shared with the other commands that
+run a model (`add_deployment_arguments`, `deployment_from_args`); export/deploy.py does the work.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from mattrt.lazy import lazy_import
+from mattrt.manifest import PRECISIONS
+from mattrt.runtime import backends
+
+# Bound lazily: they import torch, and registering the command must stay cheap (`mattrt --help`).
+checkpoints = lazy_import("mattrt.models.checkpoints")
+deploy = lazy_import("mattrt.export.deploy")
+cache = lazy_import("mattrt.export.cache")
+infer = lazy_import("mattrt.runtime.infer")
+pipeline_module = lazy_import("mattrt.runtime.pipeline")
 
 
 def _positive_int(text: str) -> int:
@@ -49,17 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="NAME", help="registered model (see `mattrt models --all`), run with torch")
-    source.add_argument("--artifacts", type=Path, metavar="DIR", help="export directory written by `mattrt export`, run with onnxruntime")
-    p.add_argument(
-        "--checkpoint", action="append", metavar="PATH|PART=PATH",
-        help="weights for --model: one file, or PART=PATH once per part of models shipped in several files",
-    )
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), help="default: torch for --model, onnxruntime for --artifacts")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="fp32 (default); fp16 (torch, or an FP16 graph in --artifacts); int8 (an INT8 graph in --artifacts)")
+    add_deployment_arguments(p)
     p.add_argument("--channels-last", action="store_true", help="torch: channels_last memory format")
     p.add_argument("--kernels", action="store_true",
                    help="torch: run max-unpooling and attention pooling with mattrt's custom ops (CuPy kernels on cuda)")
@@ -67,12 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where tile preprocessing, stitching and fusion run: host (NumPy), device (CUDA kernels via "
                         "CuPy), emulate (the kernels' g++ host emulation, slow); auto: device for torch CUDA engines "
                         "when CuPy has a device (default)")
-    p.add_argument("--threads", type=_positive_int, help="onnxruntime intra-op threads (torch: torch.set_num_threads)")
     p.add_argument("--tile", type=_positive_int, metavar="T", help="detail tile side (default: the model's; fixed by an export)")
     p.add_argument("--overlap", type=_non_negative_int, metavar="O", help="tile overlap in pixels (default: the model's)")
     p.add_argument("--margin", type=_non_negative_int, metavar="M",
                    help="pixels at inner tile edges given zero blending weight (default: overlap // 4)")
-    p.add_argument("--batch", type=_positive_int, default=4, metavar="B", help="tiles per detail call (default: 4)")
+    p.add_argument("--batch", type=_positive_int, metavar="B",
+                   help="tiles per detail call (default: the batch a TensorRT plan was tuned for, else 4)")
     p.add_argument("--semantic-scale", type=_positive_float, metavar="G",
                    help="global factor: image scale on the semantic canvas (default: fit the canvas)")
     p.add_argument("--detail-scale", type=_positive_float, default=1.0, metavar="L",
@@ -98,12 +103,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_infer, progress=None)
 
 
+def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
+    """--model/--artifacts, --checkpoint, --backend, --device, --precision, --threads, --cache-dir."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="NAME",
+                        help="registered model (see `mattrt models --all`); backends that run ONNX graphs or "
+                             "engines get them from the artifact cache (exported once, then reused)")
+    source.add_argument("--artifacts", type=Path, metavar="DIR", help="export directory written by `mattrt export`")
+    p.add_argument(
+        "--checkpoint", action="append", metavar="PATH|PART=PATH",
+        help="weights for --model: one file, or PART=PATH once per part of models shipped in several files",
+    )
+    p.add_argument("--backend", choices=(backends.AUTO, *backends.backend_names()), default=backends.AUTO,
+                   help="auto (default): tensorrt where a GPU and TensorRT exist, torch on CUDA where a GPU "
+                        "exists without TensorRT, onnxruntime on the CPU; it prints which it chose and why")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="default: what --backend auto chooses, else the backend's first device (cpu for torch "
+                        "and onnxruntime)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated "
+                        "on synthetic samples in the cache)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch and onnxruntime intra-op threads (default: the cores this process may use)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
+
+
+def deployment_from_args(args: argparse.Namespace, log=None, tile_size: int | None = None):
+    """The Deployment (export/deploy.py) the shared arguments describe; tile_size: the detail
+    tile an export made for --model is fixed at (default: the model's)."""
+    log = log or (lambda message: print(f"mattrt {args.command}: {message}", file=sys.stderr))
+    return deploy.plan_deployment(
+        model=args.model,
+        artifacts=args.artifacts,
+        checkpoint=checkpoints.parse_checkpoint(args.checkpoint),
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        cache=cache.ArtifactCache(args.cache_dir, log=log),
+        export_options={"tile_size": tile_size},
+        log=log,
+    )
+
+
 def build_pipeline(args: argparse.Namespace):
     """The Pipeline the arguments describe (errors name what is missing or inconsistent)."""
-    from mattrt.errors import InputError
-    from mattrt.models.checkpoints import parse_checkpoint
-    from mattrt.runtime.pipeline import DEFAULT_MAX_PIXELS, Pipeline
-
     options = dict(
         tile_size=args.tile,
         overlap=args.overlap,
@@ -111,46 +155,18 @@ def build_pipeline(args: argparse.Namespace):
         batch=args.batch,
         semantic_scale=args.semantic_scale,
         detail_scale=args.detail_scale,
-        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        max_pixels=args.max_pixels or pipeline_module.DEFAULT_MAX_PIXELS,
         pixel_ops=getattr(args, "pixel_ops", "auto"),
     )
-    if args.model is not None:
-        backend = args.backend or "torch"
-        if backend != "torch":
-            raise InputError(
-                f"--backend {backend} runs exported graphs: export the model first (mattrt export {args.model} --out DIR) "
-                "and pass --artifacts DIR"
-            )
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        return Pipeline.from_model(
-            args.model,
-            parse_checkpoint(args.checkpoint),
-            device=args.device,
-            precision=args.precision,
-            channels_last=args.channels_last,
-            kernels=bool(getattr(args, "kernels", False)),
-            **options,
-        )
-    backend = args.backend or "onnxruntime"
-    if backend != "onnxruntime":
-        raise InputError(f"--artifacts holds ONNX graphs, run by onnxruntime; the {backend} backend needs --model NAME")
-    if args.checkpoint:
-        raise InputError("--checkpoint applies to --model; an export directory carries its weights")
-    if args.channels_last:
-        raise InputError("--channels-last applies to the torch backend")
-    if getattr(args, "kernels", False):
-        raise InputError("--kernels applies to the torch backend (--model); exported graphs run plugin-free")
-    return Pipeline.from_artifacts(args.artifacts, device=args.device, precision=args.precision, threads=args.threads, **options)
+    deployment = deployment_from_args(args, tile_size=args.tile)
+    backend_options = dict(threads=args.threads, channels_last=args.channels_last,
+                           kernels=bool(getattr(args, "kernels", False)))
+    return deploy.open_pipeline(deployment, backend_options, **options)
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from mattrt.runtime.infer import InferOptions, SummaryNotWritten, run_inference
-
     pipeline = build_pipeline(args)
-    options = InferOptions(
+    options = infer.InferOptions(
         output=args.output,
         background=args.background,
         overwrite=args.overwrite,
@@ -161,8 +177,8 @@ def run_infer(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     try:
-        summary = run_inference(pipeline, args.inputs, args.out, options, summary_path=args.summary)
-    except SummaryNotWritten as exc:
+        summary = infer.run_inference(pipeline, args.inputs, args.out, options, summary_path=args.summary)
+    except infer.SummaryNotWritten as exc:
         summary, summary_error = exc.summary, str(exc)
     else:
         summary_error = None

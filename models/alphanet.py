@@ -79,10 +79,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from mattrt.errors import InputError
-from mattrt.models.backbones import MOBILENETV2_CONFIG, InvertedResidual, conv_bn_relu6, resnet18
+from mattrt.models.backbones import (
+    MOBILENETV2_CONFIG,
+    InvertedResidual,
+    conv_bn_relu6,
+    resnet18,
+)
 from mattrt.models.base import MattingModel, Stage, TensorSpec
 from mattrt.models.fusion import get_fusion
 from mattrt.models.registry import register_model
@@ -316,7 +322,6 @@ def erosion_dilation_reference(
     radii N x 2 int as (erosion, dilation)). Radii use the same float32 arithmetic as the torch
     layer so that rounding agrees exactly.
     """
-    from scipy import ndimage
 
     mask = np.asarray(mask)
     if mask.ndim != 3:

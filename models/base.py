@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from mattrt.errors import InputError
+from mattrt.errors import CheckpointError, InputError
+from mattrt.models.checkpoints import NATIVE_LAYOUT, load_checkpoint
 from mattrt.models.settings import ModelSettings
 
 if TYPE_CHECKING:
@@ -102,8 +103,6 @@ class MattingModel(nn.Module):
     def load_weights(self, checkpoint: "str | Path | Mapping[str, str | Path]") -> None:
         """Load strictly: one file for the whole model (our layout or the authors'), or
         {part: file} for the parts of `checkpoint_parts()`."""
-        from mattrt.errors import CheckpointError
-        from mattrt.models.checkpoints import NATIVE_LAYOUT, load_checkpoint
 
         if isinstance(checkpoint, Mapping) and all(isinstance(v, (str, Path)) for v in checkpoint.values()):
             parts = self.checkpoint_parts()

@@ -13,7 +13,11 @@ shape differences: nothing ever loads partially.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import pickletools
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -81,12 +85,11 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch asks to "file an issue" about the pickle protocol
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. "
-                "mattrt reads PyTorch state_dict files (torch.save of a dict of tensors)"
-            ) from None
+            raise CheckpointError(_unreadable(path, exc)) from None
     else:
         obj = source
     for _ in range(3):  # {"state_dict": {"model": ...}} and similar nestings
@@ -96,8 +99,9 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
                 break
             obj = inner
     if not isinstance(obj, Mapping) or not _is_flat(obj):
+        where = f" {source}" if isinstance(source, (str, Path)) else ""
         raise CheckpointError(
-            "checkpoint holds no state_dict: expected a dict of tensors, possibly under one of "
+            f"checkpoint{where} holds no state_dict: expected a dict of tensors, possibly under one of "
             + ", ".join(repr(k) for k in _WRAPPER_KEYS)
         )
     state = {}
@@ -106,6 +110,66 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
             key = key[len("module."):]
         state[key] = value
     return state
+
+
+_SAVE_ADVICE = "mattrt reads PyTorch state_dict files: torch.save(model.state_dict(), path)"
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The module.name globals a pickle file refers to, read without unpickling (the strings
+    pushed before each STACK_GLOBAL are taken as its module and name)."""
+    found, strings = [], []
+    try:
+        with open(path, "rb") as fh:
+            for opcode, arg, _ in pickletools.genops(fh):
+                if opcode.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str) and "UNICODE" in opcode.name:
+                    strings.append(arg)
+    except Exception:
+        pass
+    return list(dict.fromkeys(found))
+
+
+def _file_kind(path: Path) -> str | None:
+    """"zip" (torch.save's archive), "pickle" (a well-formed pickle stream: older torch.save
+    files and plain pickles), or None; read without unpickling anything."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        return "zip"
+    if head[:1] != b"\x80":  # every pickle protocol >= 2 starts with PROTO
+        return None
+    try:
+        with open(path, "rb") as fh:
+            for _ in pickletools.genops(fh):  # parses opcodes; executes nothing
+                pass
+    except Exception:  # malformed opcodes or an early end: not a pickle
+        return None
+    return "pickle"
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load (weights only) refused `path`, in mattrt's words."""
+    if path.stat().st_size == 0:
+        return f"checkpoint {path} is empty; {_SAVE_ADVICE}"
+    kind = _file_kind(path)
+    if kind is None:
+        return f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle); {_SAVE_ADVICE}"
+    if isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        names = [found.group(1)] if found else (_pickle_globals(path) if kind == "pickle" else [])
+        what = f" (it names {', '.join(names[:4])})" if names else ""
+        return (
+            f"checkpoint {path} holds objects other than tensors{what}, so it was refused for safety: mattrt "
+            "loads tensors only and never runs code from a checkpoint. Save the weights alone from a copy you "
+            "trust: torch.save(model.state_dict(), path)"
+        )
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    reason = reason.split(". ")[0]
+    return f"checkpoint {path} is damaged ({reason}): it was truncated or modified after saving; save or download it again"
 
 
 def _is_flat(obj: Mapping) -> bool:
@@ -207,8 +271,12 @@ def load_checkpoint(
             lines.append(f"unexpected keys ({len(unexpected)}): " + _preview(unexpected))
         if shape_errors:
             lines.append(f"shape differences ({len(shape_errors)}): " + _preview(shape_errors, limit=32))
+        width = getattr(getattr(model, "settings", None), "width", None)
+        at_width = f" at width {width:g} (this model's width setting)" if width is not None else ""
+        note = "" if width in (None, 1.0) else " The authors' checkpoints fit width 1.0 models only."
         lines.append(
-            "Is it a checkpoint of this model at width 1.0? Layouts tried: " + ", ".join(l.name for l in candidates)
+            f"Is it a checkpoint of model {name!r}{at_width}?{note} Layouts tried: "
+            + ", ".join(l.name for l in candidates)
         )
         raise CheckpointError("\n".join(lines))
     with torch.no_grad():

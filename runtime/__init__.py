@@ -1,4 +1,4 @@
-"""mattrt.runtime: stage engines (torch, onnxruntime), tiling, stitching, fusion and the Pipeline.
+"""mattrt.runtime: stage engines (torch, onnxruntime, TensorRT), tiling, stitching, fusion and the Pipeline.
 
     from mattrt.runtime import Pipeline
     with Pipeline.from_model("shm_tiny") as pipeline:
@@ -26,6 +26,9 @@ _EXPORTS = {
     "ModelSpec": "mattrt.runtime.artifacts",
     "load_model_engines": "mattrt.runtime.torch_engine",
     "open_artifacts": "mattrt.runtime.onnx_engine",
+    "TrtEngine": "mattrt.runtime.tensorrt_engine",
+    "open_plans": "mattrt.runtime.tensorrt_engine",
+    "build_plans": "mattrt.runtime.tensorrt_build",
     "Backend": "mattrt.runtime.engine",
     "get_backend": "mattrt.runtime.backends",
     "choose_auto": "mattrt.runtime.backends",

@@ -20,14 +20,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+from torch import nn
 
 from mattrt.runtime.pipeline import Pipeline
 
 
 def calibrated_random_weights(model, seed: int = 0, batches: int = 2):
     """Re-initialise `model` in place (see the module docstring); returns it in eval mode."""
-    import torch
-    from torch import nn
 
     generator = torch.Generator().manual_seed(seed)
     norms = []

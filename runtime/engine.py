@@ -121,9 +121,10 @@ class Backend:
     def open(self, source: Any, *, device: str, precision: str, **options) -> tuple["ModelSpec", dict[str, "Engine"]]:
         unknown = sorted(k for k, v in options.items() if k not in self.options and v not in (None, False))
         if unknown:
+            flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
             raise InputError(
-                f"the {self.name} backend takes no option {', '.join(unknown)}"
-                + (f"; its options: {', '.join(self.options)}" if self.options else "")
+                f"the {self.name} backend takes no {flags(unknown)}"
+                + (f"; its options: {flags(self.options)}" if self.options else "")
             )
         self.check(device, precision)
         return self.opener(source, device=device, precision=precision,
@@ -145,8 +146,11 @@ class Engine(abc.ABC):
         self.is_active = False
         self.inputs: tuple[TensorMeta, ...] = ()
         self.outputs: tuple[TensorMeta, ...] = ()
-        # Largest batch one call accepts (None: unbounded).
+        # Largest batch one call accepts (None: unbounded), and the batch the engine was tuned for
+        # (a TensorRT optimization profile's opt; None: no preference). The pipeline's default tile
+        # batch is the detail engine's preferred batch.
         self.max_batch: int | None = None
+        self.preferred_batch: int | None = None
         # False when the backend also runs spatial sizes other than the declared ones.
         self.fixed_spatial: bool = True
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from mattrt.errors import InputError
 from mattrt.runtime.ops import check_rgb, unit_scale
@@ -57,7 +58,6 @@ def _window_counts(length: int, size: int) -> np.ndarray:
 
 def box_blur(x: np.ndarray, size: int) -> np.ndarray:
     """Mean of x (H x W or H x W x C) over a centred size x size window clipped to the array."""
-    from scipy import ndimage
 
     data = np.asarray(x, dtype=np.float32)
     sizes = (size, size) + (1,) * (data.ndim - 2)

@@ -401,9 +401,14 @@ class SummaryNotWritten(InputError):
         self.summary = summary
 
 
+# Pipeline facts that do not change an output's pixels: how many tiles go per call, threads, and
+# the reasons recorded for automatic choices.
+_NOT_OUTPUT_SETTINGS = ("batch", "threads", "selection", "pixel_ops_reason")
+
+
 def run_settings(pipeline, options: InferOptions) -> dict:
     """What decides an output's pixels: a rerun with equal settings may keep earlier outputs."""
-    described = {k: v for k, v in pipeline.describe().items() if k != "pixel_ops_reason"}
+    described = {k: v for k, v in pipeline.describe().items() if k not in _NOT_OUTPUT_SETTINGS}
     chosen = {k: getattr(options, k) for k in ("output", "background", "bit_depth", "input_alpha")}
     return json.loads(json.dumps({"pipeline": described, "options": chosen}))
 

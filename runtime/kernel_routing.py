@@ -35,6 +35,8 @@ from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 from mattrt.errors import InputError
+from mattrt.kernels import torch_ops  # noqa: F401  (registers torch.ops.mattrt.*)
+from mattrt.models import alphanet
 
 _UNPOOL_DTYPES = (torch.float32, torch.float16)
 _INDEX_DTYPES = (torch.int64, torch.int32)
@@ -42,7 +44,6 @@ _INDEX_DTYPES = (torch.int64, torch.int32)
 
 def python_substitutions() -> dict[Callable[..., Any], str]:
     """Plain-Python functions of the models that a mattrt custom op replaces: function -> op name."""
-    from mattrt.models import alphanet
 
     return {alphanet.attention_pool2d: "attention_pool2d", alphanet.attention_unpool2d: "attention_unpool2d"}
 
@@ -94,8 +95,6 @@ class KernelRouting:
     """The routing of one engine's module copy; see the module docstring."""
 
     def __init__(self) -> None:
-        import mattrt.kernels.torch_ops  # noqa: F401  (registers torch.ops.mattrt.*)
-
         self.calls: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
         self.substituted: list[str] = []  # "<class>.forward: name, name" per rebound forward

@@ -18,11 +18,11 @@ import numpy as np
 from mattrt.availability import require
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
-from mattrt.manifest import PRECISIONS, Manifest
+from mattrt.manifest import PRECISIONS, Manifest, check_graph_file, graph_interface
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice
+from mattrt.runtime.threads import configure_onnxruntime
 
-onnx = lazy_import("onnx", probe="onnxruntime")
 ort = lazy_import("onnxruntime", probe="onnxruntime")
 
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -44,9 +44,15 @@ class SessionLoader:
     def __call__(self):
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = int(self.threads)
-        session = ort.InferenceSession(str(self.path), options, providers=_PROVIDERS[self.device])
+        configure_onnxruntime(options, self.threads)
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=_PROVIDERS[self.device])
+        except _ort_errors() as exc:
+            reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise InputError(
+                f"onnxruntime cannot load {self.path}: {reason[:300]}; the file is damaged or not an ONNX graph: "
+                "re-export the model with `mattrt export`"
+            ) from None
         wanted = _PROVIDERS[self.device][0]
         if session.get_providers()[0] != wanted:
             raise InputError(
@@ -55,32 +61,13 @@ class SessionLoader:
         return session
 
 
-_ONNX_TO_NUMPY = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-}
-
-
-def _graph_metas(path: Path) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
-    """Input and output metadata read from the graph file (weights are not needed)."""
-    proto = onnx.load(str(path), load_external_data=False)
-
-    def metas(values):
-        result = []
-        for value in values:
-            tensor_type = value.type.tensor_type
-            shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-            result.append(TensorMeta(value.name, shape, dtype))
-        return tuple(result)
-
-    initializers = {t.name for t in proto.graph.initializer}
-    return metas([v for v in proto.graph.input if v.name not in initializers]), metas(proto.graph.output)
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's exception classes (they derive from Exception directly)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    found = tuple(
+        value for value in vars(state).values() if isinstance(value, type) and issubclass(value, Exception)
+    )
+    return found + (RuntimeError,)
 
 
 class OnnxRuntimeEngine(Engine):
@@ -100,7 +87,7 @@ class OnnxRuntimeEngine(Engine):
         super().__init__(name or loader.path.stem, loader.device, precision)
         self.loader = loader
         if inputs is None or outputs is None:
-            inputs, outputs = _graph_metas(loader.path)
+            inputs, outputs = graph_interface(loader.path)
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.max_batch = max_batch
         self._session = None
@@ -144,7 +131,9 @@ def open_artifacts(
                 f"(it has: {', '.join(entry.files)}); add it with `mattrt precision {directory} --precision {precision}` "
                 "or pick another precision"
             )
-        loader = SessionLoader(directory / graph, device=device, threads=threads)
+        # inside the export, readable, and with the inputs and outputs the manifest declares
+        path = check_graph_file(entry, directory, graph)
+        loader = SessionLoader(path, device=device, threads=threads)
         engines[entry.name] = OnnxRuntimeEngine(
             loader,
             name=entry.name,

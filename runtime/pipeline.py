@@ -57,6 +57,7 @@ from mattrt.imageio import pixel_count
 from mattrt.resources import require_memory
 from mattrt.runtime import ops
 from mattrt.runtime import backends
+from mattrt.runtime import threads as thread_settings
 from mattrt.runtime.artifacts import ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
 from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
@@ -73,6 +74,8 @@ GUIDANCE_KINDS = ("none", "trimap", "sim")
 DETAIL_BYTES_PER_PIXEL = 32
 IMAGE_BYTES_PER_PIXEL = 8
 TILE_BYTES_PER_PIXEL = 256
+# Tiles per detail call unless the detail engine prefers another batch (Engine.preferred_batch).
+DEFAULT_TILE_BATCH = 4
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -109,7 +112,7 @@ class Pipeline:
         tile_size: int | None = None,
         overlap: int | None = None,
         margin: int | None = None,
-        batch: int = 4,
+        batch: int | None = None,
         semantic_scale: float | None = None,
         detail_scale: float = 1.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -140,6 +143,8 @@ class Pipeline:
         self.margin = default_margin(self.overlap) if margin is None else int(margin)
         check_tiling(self.tile_size, self.overlap, spec.stride_multiple, self.margin)
         self.semantic_size = semantic.spatial_size if semantic.fixed_spatial else int(spec.semantic_size)
+        if batch is None:
+            batch = detail.preferred_batch or DEFAULT_TILE_BATCH
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise InputError(f"tile batch must be a positive integer, got {batch!r}")
         if detail.max_batch is not None and batch > detail.max_batch:
@@ -164,6 +169,8 @@ class Pipeline:
         if spec.channel_order.upper() not in ("RGB", "BGR"):
             raise InputError(f"channel order {spec.channel_order!r} is not RGB or BGR")
         self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, detail)
+        # How this pipeline came to be (backend choice and why, artifact cache use), for summaries.
+        self.notes: dict = {}
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -239,6 +246,8 @@ class Pipeline:
             "kernels": bool(getattr(detail, "kernels", False)),
             "pixel_ops": self.pixel_ops.name,
             "pixel_ops_reason": self.pixel_ops_reason,
+            "threads": thread_settings.describe(),
+            **({"selection": dict(self.notes)} if self.notes else {}),
         }
 
     # -- sizes ------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ class KernelPixelOps(HostPixelOps):
 
 def select_pixel_ops(choice: str, detail_engine) -> tuple[HostPixelOps, str]:
     """The pixel-ops implementation for the pipeline option `choice`, and why it was chosen."""
-    from mattrt.kernels.launch import get_backend
+    from mattrt.kernels.backends import get_backend
 
     if choice not in PIXEL_OPS:
         raise InputError(f"unknown pixel_ops {choice!r}; choose one of: {', '.join(PIXEL_OPS)}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
+from mattrt.runtime import threads as threads_module
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice, require_all
 
@@ -215,10 +216,13 @@ def load_model_engines(
     precision: str = "fp32",
     channels_last: bool = False,
     kernels: bool = False,
+    threads: int | None = None,
 ) -> tuple[ModelSpec, dict[str, Engine]]:
     """Torch engines for every stage of a model (an instance, or a registered name); kernels:
-    run them with mattrt's custom ops (TorchEngine)."""
+    run them with mattrt's custom ops (TorchEngine); threads: torch's intra-op threads
+    (runtime/threads.py; default: the cores this process may use)."""
     check_choice(device, DEVICES, "device")
+    threads_module.configure_torch(threads)
     if isinstance(model, str):
         model = models.create_model(model, checkpoint=checkpoint)
     elif checkpoint is not None:
@@ -244,7 +248,7 @@ BACKEND = Backend(
     precisions=TORCH_PRECISIONS,
     artifacts="model",
     opener=lambda model, **options: load_model_engines(model, **options),
-    options=("checkpoint", "channels_last", "kernels"),
+    options=("checkpoint", "channels_last", "kernels", "threads"),
     device_arrays=True,
     identity=_identity,
 )

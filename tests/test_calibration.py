@@ -100,7 +100,7 @@ def _run(path: Path, feeds: list[dict]) -> list[np.ndarray]:
 
 
 def test_manifest_lists_precision_graphs_and_lint_passes(export_dir):
-    from mattrt.export.lint import lint_directory
+    from mattrt.runtime.lint import lint_directory
 
     for stage in ("semantic", "detail"):
         entry = _stage(export_dir, stage)
@@ -267,11 +267,18 @@ def test_empty_or_unreadable_calibration_folder_is_an_error_and_writes_nothing(f
     assert not list(fp32_copy.parent.glob(".*precision-*"))
 
 
-def test_calibration_set_smaller_than_batch_is_an_error(fp32_copy):
-    before = sorted(p.name for p in fp32_copy.iterdir())
-    with pytest.raises(InputError, match="fewer than the calibration batch of 8"):
-        add_precisions(fp32_copy, ["int8"], calibration="synthetic:1", batch=8, synthetic_size=TINY_IMAGE, log=None)
-    assert sorted(p.name for p in fp32_copy.iterdir()) == before
+def test_calibration_set_smaller_than_batch_calibrates_one_smaller_batch(fp32_copy):
+    """`--calibration synthetic:4` with the default batch of 8: the semantic stage has 4 samples
+    (one canvas per image) and calibrates them as one batch of 4, said in the log and manifest."""
+    lines = []
+    add_precisions(fp32_copy, ["int8"], calibration="synthetic:4", synthetic_size=TINY_IMAGE, log=lines.append)
+    semantic = _stage(fp32_copy, "semantic")["parity"]["int8"]
+    assert semantic["samples"] == 4
+    assert semantic["int8"]["calibration_batch"] == 4 and semantic["int8"]["calibration_batch_requested"] == 8
+    assert any("4 calibration sample(s), fewer than the calibration batch of 8: calibrating in batches of 4" in line
+               for line in lines)
+    detail = _stage(fp32_copy, "detail")["parity"]["int8"]
+    assert detail["samples"] >= 8 and detail["int8"]["calibration_batch"] == 8
 
 
 def test_non_finite_activations_stop_calibration(tmp_path):

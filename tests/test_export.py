@@ -3,6 +3,7 @@ parity, lint, CLI, and the safety rules (nothing written on failure, clear error
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from mattrt.cli import main
 from mattrt.errors import CheckpointError, InputError, MattrtError
 from mattrt.models.checkpoints import parse_checkpoint
 from mattrt.export.exporter import export_model
-from mattrt.export.lint import lint_directory
+from mattrt.runtime.lint import lint_directory
 from mattrt.manifest import MANIFEST_FILE, MANIFEST_KEY, Manifest
 from mattrt.export.parity import ParityError, ort_session
 from mattrt.models import MattingModel, ModelSettings, Stage, TensorSpec, register_model
@@ -209,21 +210,30 @@ def test_lint_command_accepts_the_export(probe_export, capsys):
 
 
 # -- safety ----------------------------------------------------------------------------------
-def test_existing_directory_needs_force_and_force_replaces_it(probe_registered, tmp_path, capsys):
+def test_existing_directory_needs_force_and_force_replaces_it(probe_registered, probe_export, tmp_path, capsys):
     out = tmp_path / "export"
     out.mkdir()
     (out / "stale.txt").write_text("not an export")
     with pytest.raises(InputError, match="already exists"):
         export_model(PROBE, out, log=None)
-    with pytest.raises(InputError, match="not an export"):  # --force never deletes a foreign directory
+    with pytest.raises(InputError, match="not a mattrt export"):  # --force never deletes a foreign directory
         export_model(PROBE, out, force=True, log=None)
     (out / "stale.txt").unlink()
+    (out / MANIFEST_FILE).write_text("{}")  # a manifest.json, but not an export's
+    with pytest.raises(InputError, match="not a mattrt export manifest"):
+        export_model(PROBE, out, force=True, log=None)
+    shutil.rmtree(out)
+    shutil.copytree(probe_export[0], out)  # an earlier export
     checkpoint = tmp_path / "probe.pth"
     torch.save(build_probe(ProbeSettings()).state_dict(), checkpoint)
-    (out / MANIFEST_FILE).write_text("{}")  # an older export
-    code = main(["export", PROBE, "--out", str(out), "--force", "--tile", "40", "--max-batch", "2",
-                 "--checkpoint", str(checkpoint)])
+    previous_umask = os.umask(0o022)
+    try:
+        code = main(["export", PROBE, "--out", str(out), "--force", "--tile", "40", "--max-batch", "2",
+                     "--checkpoint", str(checkpoint)])
+    finally:
+        os.umask(previous_umask)
     assert code == 0
+    assert out.stat().st_mode & 0o777 == 0o755  # the umask's mode, not mkdtemp's 0700
     manifest = Manifest.load(out)
     assert manifest.tile_size == 40 and manifest.stage("detail").spatial_size == 40
     assert manifest.fusion_graph.inputs[1].shape == ["batch", 1, 40, 40]

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mattrt.cli import main
 from mattrt.errors import InputError
-from mattrt.export.lint import TABLE_FILE, lint_directory, lint_model, operator_table
+from mattrt.runtime.lint import TABLE_FILE, lint_directory, lint_model, operator_table
 
 FLOAT = TensorProto.FLOAT
 

@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 from mattrt.export.exporter import export_model
-from mattrt.export.lint import lint_directory
+from mattrt.runtime.lint import lint_directory
 from mattrt.manifest import Manifest
 from mattrt.models import get_settings, list_models
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mattrt.export.exporter import export_graph
-from mattrt.export.lint import lint_model
+from mattrt.runtime.lint import lint_model
 from mattrt.export.parity import ort_session
 from mattrt.export.rewrites import PoolGeometry, later_neighbour_offsets, pool_output_length
 

@@ -210,7 +210,7 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         read_state_dict(tmp_path / "junk.pth")
     torch.save({"epoch": 3}, tmp_path / "nostate.pth")
     with pytest.raises(CheckpointError, match="holds no state_dict"):

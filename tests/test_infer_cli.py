@@ -41,7 +41,7 @@ def weights(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("weights") / "shm_tiny.pth"
     torch.save(calibrated_random_weights(create_model("shm_tiny"), seed=3).state_dict(), path)
-    MODEL[:] = ["--model", "shm_tiny", "--checkpoint", str(path), "--no-progress"]
+    MODEL[:] = ["--model", "shm_tiny", "--checkpoint", str(path), "--backend", "torch", "--no-progress"]
     yield path
     MODEL.clear()
 

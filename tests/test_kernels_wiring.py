@@ -25,7 +25,7 @@ from mattrt.availability import available
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.kernels import emulate, fusion, preprocess, stitch
 from mattrt.kernels.emulate import HostEmulationBackend
-from mattrt.kernels.launch import get_backend
+from mattrt.kernels.backends import get_backend
 from mattrt.models import alphanet, create_model
 from mattrt.runtime import ops
 from mattrt.runtime.torch_engine import load_model_engines

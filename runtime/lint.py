@@ -1,4 +1,6 @@
-"""TensorRT compatibility lint for ONNX graphs (no TensorRT needed).
+"""TensorRT compatibility lint for ONNX graphs (no TensorRT needed): what the TensorRT backend's
+ONNX parser accepts. `mattrt export`, `mattrt precision` and `mattrt lint` run it on every graph
+they publish.
 
 Checks every node (subgraphs and model-local functions included) against the operator table
 of TensorRT's ONNX parser kept in `tensorrt_onnx_ops.json` (onnx-tensorrt docs/operators.md;
@@ -27,6 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.manifest import MANIFEST_FILE, Manifest, interface_differences, load_graph_proto, resolve_file
 
 TABLE_FILE = Path(__file__).with_name("tensorrt_onnx_ops.json")
 
@@ -254,7 +257,7 @@ def lint_model(model, name: str = "model") -> list[LintProblem]:
         path = Path(model)
         if not path.is_file():
             raise InputError(f"{path} is not an ONNX file")
-        model = onnx.load(str(path))
+        model = load_graph_proto(path, load_external_data=True)
     table = operator_table()
     problems: list[LintProblem] = []
     lowest, highest = table["opset"]["min"], table["opset"]["max"]
@@ -290,25 +293,32 @@ def lint_models(models: Iterable[tuple[str, object]]) -> LintReport:
 
 
 def lint_directory(directory: str | Path) -> LintReport:
-    """Lint the graphs of an export directory (every file its manifest names, else every .onnx)."""
-    from mattrt.manifest import MANIFEST_FILE, Manifest
-
+    """Lint the graphs of an export directory (every file its manifest names, else every .onnx).
+    With a manifest, a graph whose inputs or outputs differ from the manifest's is a problem too."""
     root = Path(directory)
     if root.is_file() and root.suffix == ".onnx":
         return lint_models([(root.name, root)])
     if not root.is_dir():
         raise InputError(f"{root} is neither an export directory nor an .onnx file")
+    interface_problems: list[LintProblem] = []
     if (root / MANIFEST_FILE).is_file():
-        manifest = Manifest.load(root)
-        files = list(dict.fromkeys(f for g in manifest.graphs() for f in g.files.values()))
-        missing = [f for f in files if not (root / f).is_file()]
+        manifest = Manifest.load(root)  # validated against the manifest schema
+        named = [n for n in manifest.named_files() if n != MANIFEST_FILE]
+        missing = [n for n in named if not resolve_file(root, n).is_file()]
         if missing:
-            raise InputError(f"{root}: files named by the manifest are missing: {', '.join(missing)}")
+            raise InputError(f"{root}: files named by the manifest are missing: {', '.join(missing)}; re-export the model")
+        files = list(dict.fromkeys(f for g in manifest.graphs() for f in g.graph_files()))
+        for entry in manifest.graphs():
+            for name in entry.graph_files():
+                for difference in interface_differences(entry, root / name):
+                    reason = f"does not match the manifest's graph {entry.name!r}: {difference}; re-export the model"
+                    interface_problems.append(LintProblem(name, "", "", reason))
     else:
         files = sorted(p.name for p in root.glob("*.onnx"))
     if not files:
         raise InputError(f"{root} holds no .onnx files")
-    return lint_models((f, root / f) for f in files)
+    report = lint_models((f, root / f) for f in files)
+    return LintReport(report.graphs, (*interface_problems, *report.problems))
 
 
 __all__ = ["LintProblem", "LintReport", "lint_directory", "lint_model", "lint_models", "operator_table"]

@@ -1,0 +1,72 @@
+"""`mattrt build`: TensorRT plans from an export directory (runtime/tensorrt_build.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mattrt.manifest import PRECISIONS
+from mattrt.runtime import tensorrt_build  # cheap: TensorRT and CuPy are bound lazily there
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of MiB, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build",
+        help="build TensorRT plans (one per stage) from an export directory",
+        description=(
+            "Build one TensorRT plan per stage from the export's graph at the chosen precision (the graph sets "
+            "the precision: FP32, FP16 graph, INT8 Q/DQ graph), with one optimization profile over batch "
+            "1..max_batch at the stage's fixed size. Plans whose graph, TensorRT version, GPU, profile and "
+            "options are unchanged are reused; others are rebuilt with a message. Writes OUT/<stage>-<precision>.plan, "
+            "OUT/tensorrt-<precision>.json and a copy of the manifest. Profiles: "
+            + "; ".join(tensorrt_build.describe_profiles())
+        ),
+    )
+    p.add_argument("export_dir", type=Path, metavar="DIR", help="export directory written by `mattrt export`")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="which graph to build (default: fp32)")
+    p.add_argument("--profile", choices=tuple(tensorrt_build.PROFILES), default="server",
+                   help="deployment target (default: server)")
+    p.add_argument("--workspace", type=_positive_int, metavar="MB",
+                   help="builder workspace limit in MiB (default: the profile's; server: the whole device memory)")
+    p.add_argument("--timing-cache", type=Path, metavar="PATH",
+                   help="timing cache to load and save (default: OUT/timing.cache)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="plans later TensorRT versions of the same major (and the lean runtime) can run; may be slower")
+    p.add_argument("--hardware-compatible", action="store_true",
+                   help="plans any Ampere-or-newer GPU can run (not on Jetson); may be slower")
+    p.add_argument("--out", type=Path, metavar="DIR", help="plans directory (default: DIR/tensorrt)")
+    p.set_defaults(run=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    metadata = tensorrt_build.build_plans(
+        args.export_dir,
+        args.out,
+        precision=args.precision,
+        profile=args.profile,
+        workspace_mb=args.workspace,
+        timing_cache=args.timing_cache,
+        version_compatible=args.version_compatible,
+        hardware_compatible=args.hardware_compatible,
+    )
+    for note in metadata["notes"]:
+        print(f"mattrt build: note: {note}")
+    print(json.dumps({
+        "plans": {name: stage["plan"] for name, stage in metadata["stages"].items()},
+        "tensorrt": metadata["tensorrt"],
+        "gpu": metadata["gpu"],
+        "precision": metadata["precision"],
+        "profile": metadata["profile"]["name"],
+    }))
+    return 0
