@@ -213,8 +213,8 @@ def run_eval(args: argparse.Namespace) -> int:
         with_alpha = sum(r.get(f"{side}_channel") == "alpha" for r in rows)
         if with_alpha and not (side == "pred" and args.pred_channel == "alpha"):
             hint = " (--pred-channel 0 scores the first colour channel instead)" if side == "pred" else ""
-            print(f"scored the alpha channel of {with_alpha} {'prediction' if side == 'pred' else 'ground-truth'} "
-                  f"file(s){hint}")
+            files = "prediction file(s)" if side == "pred" else "ground-truth file(s)"
+            print(f"scored the alpha channel of {with_alpha} {files}{hint}")
     for kind, names in missing.items():
         if names:
             print(f"missing {kind} for {len(names)} image(s): {', '.join(names)}")

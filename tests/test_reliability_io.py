@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -235,68 +236,94 @@ def test_synth_failing_midway_leaves_nothing_it_wrote(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ the README table of bad input
 
-# (bad input, message fragment, exit status, what is kept, the test that checks the fragment).
-# `render_bad_input_table()` gives the Markdown table for the README; the tests below keep every
-# row true: its fragment is asserted by the named test, and the README's table (once there) is
-# exactly this one.
+# One row per kind of bad input: what it is, the message (… stands for the file, the figures),
+# the exit status, what is kept, and the test that asserts it (with a fragment that test checks).
+# `render_bad_input_table()` gives the Markdown table for the README; the tests below keep it
+# true: every literal piece of a message is in mattrt's source, every fragment is asserted by
+# the named test, and the README's table (once there) is exactly this one.
 BAD_INPUTS = [
-    ("A corrupt, truncated or empty image file (PNG, JPEG, WebP, TIFF)", "not a readable PNG, JPEG, WebP or TIFF",
+    ("A corrupt, truncated or empty image file (PNG, JPEG, WebP, TIFF)",
+     "…: not a readable PNG, JPEG, WebP or TIFF file …, …: corrupt or truncated image data …, …: the file is empty",
      "1 (`infer`: the other images go on)", "other images' outputs; nothing is written for the file",
-     "test_infer_cli.py::test_a_folder_of_mixed_inputs_with_bad_files"),
-    ("A PNG whose pixel data ends early (well-formed stream, fewer rows)", "10 of 64 rows",
-     "1", "nothing for that file (missing rows are never filled with black)",
-     "test_imageio.py::test_png_whose_stream_ends_before_the_last_row_is_refused"),
-    ("A few KB claiming a huge image", "cannot hold a 14000x14000 JPEG",
-     "1", "refused before decoding (PNG: the data is counted, JPEG: one bit per 8x8 block at least)",
-     "test_imageio.py::test_tiny_jpeg_claiming_a_huge_image_is_refused"),
+     "test_infer_cli.py::test_a_folder_of_mixed_inputs_with_bad_files", "not a readable PNG, JPEG, WebP or TIFF"),
+    ("A PNG whose pixel data ends early (a well-formed stream with fewer rows)",
+     "…: the PNG's pixel data ends after … of … rows", "1",
+     "nothing for that file (missing rows are never filled with black)",
+     "test_imageio.py::test_png_whose_stream_ends_before_the_last_row_is_refused", "10 of 64 rows"),
+    ("A few KB claiming a huge image (under the pixel limit)",
+     "…: … bytes cannot hold a … JPEG (it needs at least … bytes: one bit per 8x8 block)", "1",
+     "refused before decoding (a PNG's data is counted first)",
+     "test_imageio.py::test_tiny_jpeg_claiming_a_huge_image_is_refused", "cannot hold a 14000x14000 JPEG"),
     ("An image over the pixel limit (`--max-pixels`, default 200 MP)",
-     "1,200 pixels exceeds the limit of 1,000 pixels", "1", "refused before decoding; the other images go on",
-     "test_infer_cli.py::test_pixel_limit_messages_give_a_figure_and_the_flag"),
-    ("A symbolic-link loop or dangling link (given, in a folder or a glob)",
-     "symbolic link that leads to no file", "1", "the other inputs are processed; the link is counted as failed",
-     "test_infer_cli.py::test_symlink_loops_are_per_input_failures"),
-    ("An unwritable `--out` (read-only, /proc)", "nothing was processed", "1",
-     "nothing processed, nothing written", "test_infer_cli.py::test_unwritable_out_and_a_folder_summary_are_refused_before_any_work"),
-    ("A `--summary` that is a folder", "is a folder", "1", "nothing processed, nothing written",
-     "test_infer_cli.py::test_unwritable_out_and_a_folder_summary_are_refused_before_any_work"),
-    ("A full disk while writing an output", "could not be written (No space left on device)", "1",
-     "outputs that fit; no partial or temporary file; the old file if one was being replaced",
-     "test_infer_cli.py::test_a_full_disk_names_each_output_and_the_summary"),
-    ("A full disk while writing the `infer` summary", "the summary was not written", "1",
+     "…: … exceeds the limit of … (a guard against decompression bombs); if the image is genuine, raise the limit "
+     "(--max-pixels on the command line, max_pixels in Python)", "1", "refused before decoding; the other images go on",
+     "test_infer_cli.py::test_pixel_limit_messages_give_a_figure_and_the_flag",
+     "1,200 pixels exceeds the limit of 1,000 pixels"),
+    ("A symbolic-link loop or dangling link (given, in a folder or matched by a glob)",
+     "…: a symbolic link that leads to no file", "1", "the other inputs are processed; the link counts as failed",
+     "test_infer_cli.py::test_symlink_loops_are_per_input_failures", "symbolic link that leads to no file"),
+    ("An unwritable `--out` (read-only, /proc)", "--out … is not writable (…); nothing was processed", "1",
+     "nothing processed, nothing written",
+     "test_infer_cli.py::test_unwritable_out_and_a_folder_summary_are_refused_before_any_work", "nothing was processed"),
+    ("A `--summary` that is a folder", "--summary … is a folder; give a file name", "1",
+     "nothing processed, nothing written",
+     "test_infer_cli.py::test_unwritable_out_and_a_folder_summary_are_refused_before_any_work", "is a folder"),
+    ("A full disk while writing an output", "…: could not be written (…); it was left as it was",
+     "1", "outputs that fit; no partial or temporary file; a file being replaced stays as it was",
+     "test_infer_cli.py::test_a_full_disk_names_each_output_and_the_summary",
+     "could not be written (No space left on device)"),
+    ("A full disk while writing the `infer` summary", "the summary was not written: …", "1",
      "every output written; per-image results and failures printed",
-     "test_infer_cli.py::test_a_full_disk_names_each_output_and_the_summary"),
-    ("A full disk while writing `eval --json`", "report.json: could not be written", "1",
-     "scores printed; no partial JSON", "test_reliability_io.py::test_eval_json_on_a_full_disk_is_a_clear_error"),
-    ("`--tile`/`--batch` beyond memory", "in batches of 4 needs about", "1",
-     "nothing (refused before any image is read)",
-     "test_infer_cli.py::test_absurd_tile_and_detail_scale_are_refused_with_the_estimate"),
-    ("`--detail-scale` beyond memory for an image", "at detail scale 5000 (150000x100000 detail pixels) needs about",
-     "1", "the other images go on", "test_infer_cli.py::test_absurd_tile_and_detail_scale_are_refused_with_the_estimate"),
-    ("`synth --size` beyond memory", "sample needs about 1788.1 GiB of memory (estimate)", "1",
+     "test_infer_cli.py::test_a_full_disk_names_each_output_and_the_summary", "the summary was not written"),
+    ("A full disk while writing `eval --json`", "…: could not be written (…); it was left as it was", "1",
+     "scores printed; no partial JSON", "test_reliability_io.py::test_eval_json_on_a_full_disk_is_a_clear_error",
+     "report.json: could not be written"),
+    ("`--tile` / `--batch` beyond memory",
+     "tile … x … in batches of … needs about … of memory (estimate), more than the … available; use a smaller "
+     "--tile or --batch", "1", "nothing (refused before any image is read)",
+     "test_infer_cli.py::test_absurd_tile_and_detail_scale_are_refused_with_the_estimate", "in batches of 4 needs about"),
+    ("`--detail-scale` beyond memory for an image",
+     "image … at detail scale … (… detail pixels) needs about … of memory (estimate), more than the … available",
+     "1", "the other images go on",
+     "test_infer_cli.py::test_absurd_tile_and_detail_scale_are_refused_with_the_estimate",
+     "at detail scale 5000 (150000x100000 detail pixels) needs about"),
+    ("`synth --size` beyond memory",
+     "a … sample needs about … of memory (estimate), more than the … available; use a smaller size (--size)", "1",
      "nothing is created; a synth that fails or is interrupted removes what it wrote",
-     "test_reliability_io.py::test_synth_refuses_a_size_beyond_memory_and_creates_nothing"),
-    ("`eval --json` naming one of its inputs", "is the input", "1", "every input untouched (even with --overwrite)",
-     "test_metrics.py::test_eval_cli_never_writes_its_json_over_an_input"),
-    ("`eval` of RGBA files (`infer --output rgba`)", "scored the alpha channel of 1 prediction file(s)", "0",
-     "the alpha channel is scored, and the run says so", "test_metrics.py::test_eval_cli_scores_the_alpha_of_rgba_cutouts"),
-    ("`eval` of a colour prediction without alpha", "colour image without an alpha channel is not a matte", "1",
-     "that image is not scored (`--pred-channel N` picks a channel)",
-     "test_metrics.py::test_eval_cli_refuses_colour_predictions_without_alpha"),
-    ("An earlier `summary.json` in `--out`", "pass --skip-existing", "1",
-     "everything; `--skip-existing` resumes, `--overwrite` redoes; a summary that recorded nothing is replaced",
-     "test_infer_cli.py::test_skip_existing_resumes_with_the_same_settings_only"),
-    ("`--skip-existing` with other settings", "written with other settings (detail_scale 1.0 -> 0.5)", "1",
-     "everything", "test_infer_cli.py::test_skip_existing_resumes_with_the_same_settings_only"),
-    ("SIGTERM or Ctrl-C during `infer`", "interrupted", "130",
+     "test_reliability_io.py::test_synth_refuses_a_size_beyond_memory_and_creates_nothing",
+     "sample needs about 1788.1 GiB of memory (estimate)"),
+    ("`eval --json` naming one of its inputs",
+     "--json … is the input …; inputs are never overwritten: choose another --json", "1",
+     "every input untouched (even with --overwrite)",
+     "test_metrics.py::test_eval_cli_never_writes_its_json_over_an_input", "is the input"),
+    ("`eval` of RGBA files (`infer --output rgba`)", "scored the alpha channel of … prediction file(s)", "0",
+     "the alpha channel is scored, and the run says so",
+     "test_metrics.py::test_eval_cli_scores_the_alpha_of_rgba_cutouts",
+     "scored the alpha channel of 1 prediction file(s)"),
+    ("`eval` of a colour prediction without alpha",
+     "…: a colour image without an alpha channel is not a matte; name the channel to read (eval: --pred-channel N)",
+     "1", "that image is not scored; `--pred-channel N` picks a channel",
+     "test_metrics.py::test_eval_cli_refuses_colour_predictions_without_alpha",
+     "colour image without an alpha channel is not a matte"),
+    ("An earlier `summary.json` that recorded finished images",
+     "… already exists; pass --skip-existing to keep the images it finished", "1",
+     "everything; `--skip-existing` resumes, `--overwrite` redoes all; a summary that recorded nothing is replaced",
+     "test_infer_cli.py::test_skip_existing_resumes_with_the_same_settings_only", "pass --skip-existing"),
+    ("`--skip-existing` after a run with other settings",
+     "--skip-existing: … was written with other settings (…); pass --overwrite to redo everything", "1", "everything",
+     "test_infer_cli.py::test_skip_existing_resumes_with_the_same_settings_only",
+     "written with other settings (detail_scale 1.0 -> 0.5)"),
+    ("SIGTERM or Ctrl-C during `infer`", "mattrt infer: interrupted", "130",
      "finished outputs and a summary of them (`\"interrupted\": true`); no hidden partial files",
-     "test_infer_cli.py::test_sigterm_cleans_up_and_records_what_finished"),
+     "test_infer_cli.py::test_sigterm_cleans_up_and_records_what_finished", "interrupted"),
 ]
 TABLE_HEADING = "What bad input gets"
+SOURCE_FOLDERS = ("mattrt", "runtime", "calibration")
 
 
 def render_bad_input_table() -> str:
-    lines = ["| Bad input | Message (contains) | Exit status | What is kept |", "|---|---|---|---|"]
-    lines += [f"| {what} | `{fragment}` | {status} | {kept} |" for what, fragment, status, kept, _ in BAD_INPUTS]
+    lines = ["| Bad input | Message | Exit status | What is kept |", "|---|---|---|---|"]
+    lines += [f"| {what} | `{message}` | {status} | {kept} |" for what, message, status, kept, _, _ in BAD_INPUTS]
     return "\n".join(lines) + "\n"
 
 
@@ -309,10 +336,21 @@ def _test_source(reference: str) -> str:
     raise AssertionError(f"{reference} does not exist")
 
 
+def _package_source() -> str:
+    root = Path(__file__).parents[1]
+    text = "\n".join(path.read_text() for folder in SOURCE_FOLDERS for path in sorted((root / folder).rglob("*.py")))
+    return re.sub(r"\"\s*\n\s*f?\"", "", text)  # join string literals continued on the next line
+
+
 @pytest.mark.parametrize("row", BAD_INPUTS, ids=[row[0][:40] for row in BAD_INPUTS])
 def test_each_table_row_is_asserted_by_its_test(row):
-    fragment, reference = row[1], row[4]
+    message, reference, fragment = row[1], row[4], row[5]
     assert fragment in _test_source(reference), f"{reference} does not check {fragment!r}"
+    source = _package_source()
+    for piece in re.split(r"…|; | (?=needs about)", message):
+        piece = piece.strip(" ,")
+        if len(piece) > 3 and not piece.startswith("mattrt infer"):
+            assert piece in source, f"the message piece {piece!r} is not in mattrt's source"
 
 
 def test_the_readme_table_is_this_one():
