@@ -26,6 +26,7 @@ from PIL import Image
 
 from mattrt import imageio
 from mattrt.errors import InputError
+from test_imageio import _tiff16_by_hand
 
 
 def _encoded(fmt: str, array: np.ndarray, **options) -> bytes:
@@ -59,6 +60,8 @@ def _samples() -> dict[str, bytes]:
         "tiff-raw": _encoded("TIFF", rgb),
         "tiff-lzw": _encoded("TIFF", rgba, compression="tiff_lzw"),
         "tiff-deflate-grey16": _encoded("TIFF", grey16, compression="tiff_adobe_deflate"),
+        "tiff-rgb16": _tiff16_by_hand(rgb.astype(np.uint16) * 257 + 1, big_endian=False, deflate=False),
+        "tiff-rgba16-deflate": _tiff16_by_hand(rgba.astype(np.uint16) * 257, big_endian=True, deflate=True),
     }
 
 
@@ -130,6 +133,7 @@ def test_random_bytes_fail_named(signature, tail):
 @pytest.mark.parametrize("kind", sorted(SAMPLES))
 def test_every_sample_decodes_whole(kind):
     _check(SAMPLES[kind], kind, whole=WHOLE[kind])
+    assert imageio.decode_image(SAMPLES[kind]).bit_depth == (16 if "16" in kind else 8)
 
 
 def _restreamed_png(data: bytes, keep: float) -> bytes:
