@@ -31,7 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORKER = r"""
 import json, os, sys, time
 import numpy as np
-backend, threads, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+backend, threads, repeats, graph = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 from mattrt.models import create_model
 from mattrt.runtime import threads as thread_settings
 model = create_model("aim_synthetic")
@@ -46,14 +46,10 @@ if backend == "torch":
         with torch.inference_mode():
             stage.module(*tensors)
 else:
-    import tempfile, onnxruntime as ort
-    from mattrt.export.exporter import export_model
-    folder = tempfile.mkdtemp()
-    manifest = export_model("aim_synthetic", folder + "/e", log=None)
+    import onnxruntime as ort
     options = ort.SessionOptions()
     thread_settings.configure_onnxruntime(options, threads)
-    session = ort.InferenceSession(folder + "/e/" + manifest.stage("detail").files["fp32"], options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     def call():
         session.run(None, feeds)
 call()
@@ -69,12 +65,12 @@ def _busy(stop) -> None:
         sum(i * i for i in range(10000))
 
 
-def _run(backend: str, threads: int, repeats: int, policy: str | None) -> float:
+def _run(backend: str, threads: int, repeats: int, policy: str | None, graph: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    out = subprocess.run([sys.executable, "-c", WORKER, backend, str(threads), str(repeats)], env=env,
+    out = subprocess.run([sys.executable, "-c", WORKER, backend, str(threads), str(repeats), graph], env=env,
                          capture_output=True, text=True, check=True, timeout=1800).stdout
     return statistics.median(json.loads(out.strip().splitlines()[-1])["seconds"])
 
@@ -85,9 +81,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over all variants")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from mattrt.export.cache import ArtifactCache
+    from mattrt.runtime.backends import get_backend
     from mattrt.runtime.threads import available_cores
 
     cores = available_cores()
+    entry = ArtifactCache(log=print).model_artifacts("aim_synthetic", get_backend("onnxruntime"), device="cpu",
+                                                     precision="fp32")
+    from mattrt.manifest import Manifest
+
+    graph = str(entry.path / Manifest.load(entry.path).stage("detail").files["fp32"])
     variants = [("torch", 1, "PASSIVE"), ("torch", cores, "PASSIVE"), ("torch", cores, None),
                 ("onnxruntime", 1, None), ("onnxruntime", cores, None)]
     cells: dict[str, list[float]] = {}
@@ -100,7 +103,7 @@ def main() -> int:
             try:
                 for backend, threads, policy in variants:
                     label = f"{backend} threads={threads} wait={policy or 'library default'} {load}"
-                    seconds = _run(backend, threads, args.repeats, policy)
+                    seconds = _run(backend, threads, args.repeats, policy, graph)
                     cells.setdefault(label, []).append(seconds)
                     print(f"round {round_index + 1}: {label}: {seconds * 1000:.0f} ms (load {os.getloadavg()[0]:.1f})",
                           flush=True)

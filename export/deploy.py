@@ -49,9 +49,11 @@ def plan_deployment(
     cache: ArtifactCache | None = None,
     export_options: Mapping[str, Any] | None = None,
     prepare_options: Mapping[str, Any] | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> Deployment:
-    """Choose the backend and device, and make (or reuse) what it runs. See the module docstring."""
+    """Choose the backend and device, and make (or reuse) what it runs. See the module docstring.
+    backend_options (threads, kernels, ...) are checked against the chosen backend before any work."""
     log = log or (lambda message: None)
     if (model is None) == (artifacts is None):
         raise InputError("give either a registered model (--model NAME) or an export directory (--artifacts DIR)")
@@ -67,6 +69,7 @@ def plan_deployment(
         device = device or chosen.devices[0]
         reason = f"asked for with --backend {chosen.name}"
     chosen.check(device, precision)
+    chosen.check_options(dict(backend_options or {}))
     notes: dict[str, Any] = {"backend": chosen.name, "device": device, "precision": precision, "reason": reason}
     log(f"backend: {chosen.name} on {device}, {precision} ({reason})")
 

@@ -22,6 +22,7 @@ import errno
 import io
 import logging
 import os
+import platform
 import secrets
 import shutil
 import time
@@ -30,9 +31,14 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import onnx
+import onnxruntime
+import onnxscript
+import onnxslim
 import torch
 from torch import nn
+from torch.export import Dim
 
+from mattrt import __version__
 from mattrt.errors import InputError, MattrtError
 from mattrt.export.parity import TOLERANCE, ParityError, image_feeds, judge, ort_session, reference_outputs, run_graph
 from mattrt.export.rewrites import translation_table
@@ -45,6 +51,9 @@ from mattrt.manifest import (
     embed_manifest,
     load_graph_proto,
 )
+from mattrt.models import MattingModel, create_model, get_settings
+from mattrt.models.fusion import get_fusion
+from mattrt.models.registry import list_models
 from mattrt.runtime.lint import lint_models, operator_table
 
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion, parsed by TensorRT 10.x and 11.x
@@ -78,7 +87,6 @@ class FusionModule(nn.Module):
 
     def __init__(self, kind: str):
         super().__init__()
-        from mattrt.models.fusion import get_fusion
 
         self.kind = kind
         self.fuse = get_fusion(kind)
@@ -102,8 +110,6 @@ def _check_size(value: int | None, what: str, option: str, stride: int, model_na
 
 
 def _check_sizes(model_or_name, semantic_size: int | None, tile_size: int | None) -> None:
-    from mattrt.models import get_settings
-
     settings = get_settings(model_or_name) if isinstance(model_or_name, str) else getattr(model_or_name, "settings", None)
     if settings is None:
         raise InputError(
@@ -129,8 +135,6 @@ def load_model(
     tile_size: int | None = None,
 ):
     """The model to export, built or adjusted to the requested sizes, in eval mode."""
-    from mattrt.models import MattingModel, create_model
-    from mattrt.models.registry import list_models
 
     _check_sizes(model_or_name, semantic_size, tile_size)
     if isinstance(model_or_name, str):
@@ -190,7 +194,6 @@ def export_graph(
 
     The example inputs should have a batch > 1 when max_batch > 1, so the exporter does not
     specialise the batch to 1."""
-    from torch.export import Dim
 
     input_names, output_names = list(input_names), list(output_names)
     dynamic_shapes = None
@@ -270,8 +273,6 @@ def _normalise_batch_dim(proto, name: str) -> None:
 
 
 def _tensor_infos(values) -> list[TensorInfo]:
-    import onnx
-
     infos = []
     for value in values:
         tensor_type = value.type.tensor_type
@@ -282,8 +283,6 @@ def _tensor_infos(values) -> list[TensorInfo]:
 
 
 def _simplify(proto):
-    import onnxslim
-
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         warnings.simplefilter("ignore")
@@ -517,8 +516,6 @@ def _publish(staging: Path, out_dir: Path, log: Callable[[str], None]) -> None:
 
 
 def _save_graph(proto, path: Path) -> None:
-    import onnx
-
     if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GiB limit: weights go to a side file
         onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
     else:
@@ -526,14 +523,8 @@ def _save_graph(proto, path: Path) -> None:
 
 
 def _versions() -> dict[str, str]:
-    import platform
 
-    import onnx
-    import onnxruntime
-    import onnxscript
-    import onnxslim
 
-    from mattrt import __version__
 
     return {
         "mattrt": __version__,

@@ -129,7 +129,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
 
 
-def deployment_from_args(args: argparse.Namespace, log=None, tile_size: int | None = None):
+def deployment_from_args(args: argparse.Namespace, log=None, tile_size: int | None = None, backend_options=None):
     """The Deployment (export/deploy.py) the shared arguments describe; tile_size: the detail
     tile an export made for --model is fixed at (default: the model's)."""
     log = log or (lambda message: print(f"mattrt {args.command}: {message}", file=sys.stderr))
@@ -142,6 +142,7 @@ def deployment_from_args(args: argparse.Namespace, log=None, tile_size: int | No
         precision=args.precision,
         cache=cache.ArtifactCache(args.cache_dir, log=log),
         export_options={"tile_size": tile_size},
+        backend_options=backend_options,
         log=log,
     )
 
@@ -158,9 +159,9 @@ def build_pipeline(args: argparse.Namespace):
         max_pixels=args.max_pixels or pipeline_module.DEFAULT_MAX_PIXELS,
         pixel_ops=getattr(args, "pixel_ops", "auto"),
     )
-    deployment = deployment_from_args(args, tile_size=args.tile)
     backend_options = dict(threads=args.threads, channels_last=args.channels_last,
                            kernels=bool(getattr(args, "kernels", False)))
+    deployment = deployment_from_args(args, tile_size=args.tile, backend_options=backend_options)
     return deploy.open_pipeline(deployment, backend_options, **options)
 
 

@@ -118,7 +118,9 @@ class Backend:
             )
         require_all(self.needed_probes(device), f"the {self.name} backend on {device}")
 
-    def open(self, source: Any, *, device: str, precision: str, **options) -> tuple["ModelSpec", dict[str, "Engine"]]:
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """InputError naming the options (as CLI flags) this backend does not take; None and
+        False count as not given."""
         unknown = sorted(k for k, v in options.items() if k not in self.options and v not in (None, False))
         if unknown:
             flags = lambda names: ", ".join("--" + n.replace("_", "-") for n in names)  # noqa: E731
@@ -126,6 +128,9 @@ class Backend:
                 f"the {self.name} backend takes no {flags(unknown)}"
                 + (f"; its options: {flags(self.options)}" if self.options else "")
             )
+
+    def open(self, source: Any, *, device: str, precision: str, **options) -> tuple["ModelSpec", dict[str, "Engine"]]:
+        self.check_options(options)
         self.check(device, precision)
         return self.opener(source, device=device, precision=precision,
                            **{k: v for k, v in options.items() if k in self.options})

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, Manifest, interface_differences, load_graph_proto, resolve_file
@@ -96,9 +98,6 @@ class _Context:
     """Constants and value types of one graph scope (outer scopes visible to subgraphs)."""
 
     def __init__(self, graph, parent: "_Context | None" = None, types: dict[str, int] | None = None):
-        import onnx
-        from onnx import numpy_helper
-
         self.parent = parent
         self.constants: dict[str, np.ndarray | None] = {}
         for init in graph.initializer:
@@ -130,8 +129,6 @@ class _Context:
         return self.parent.constant(name) if self.parent else None
 
     def type_name(self, name: str) -> str | None:
-        import onnx
-
         elem = self.types.get(name)
         if elem is None and self.parent is not None:
             return self.parent.type_name(name)
@@ -139,8 +136,6 @@ class _Context:
 
 
 def _attributes(node) -> dict:
-    import onnx
-
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -233,8 +228,6 @@ def _check_qdq(node, ctx: _Context, attrs: dict) -> Iterator[str]:
 
 
 def _walk(graph, ctx: _Context, graph_name: str, table: dict, local_functions) -> Iterator[LintProblem]:
-    import onnx
-
     for index, node in enumerate(graph.node):
         name = node.name or f"#{index}"
         for reason in _check_node(node, ctx, table, local_functions):
@@ -251,7 +244,6 @@ def _walk(graph, ctx: _Context, graph_name: str, table: dict, local_functions) -
 
 def lint_model(model, name: str = "model") -> list[LintProblem]:
     """Problems of one ONNX model (a ModelProto or a path)."""
-    import onnx
 
     if isinstance(model, (str, Path)):
         path = Path(model)

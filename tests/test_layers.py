@@ -218,7 +218,7 @@ PENDING = {
     "mattrt.calibration.cli", "mattrt.calibration.fidelity", "mattrt.calibration.precision",
     "mattrt.calibration.synthetic", "mattrt.commands", "mattrt.export.cli", "mattrt.export.exporter",
     "mattrt.infer_cli", "mattrt.kernels.compile", "mattrt.kernels.launch", "mattrt.kernels.torch_ops",
-    "mattrt.manifest", "mattrt.runtime.infer", "mattrt.runtime.lint", "mattrt.runtime.ops",
+    "mattrt.runtime.infer", "mattrt.runtime.ops",
     "mattrt.runtime.pipeline", "mattrt.runtime.pixel_ops",
 }
 

@@ -24,7 +24,7 @@ from mattrt.cli import main
 from mattrt.errors import CheckpointError, InputError
 from mattrt.export import exporter
 from mattrt.export.exporter import ExportError, export_model
-from mattrt.export.lint import lint_directory
+from mattrt.runtime.lint import lint_directory
 from mattrt.manifest import MANIFEST_FILE, Manifest
 from mattrt.models import create_model
 from mattrt.models.checkpoints import read_state_dict

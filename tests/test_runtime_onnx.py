@@ -113,6 +113,8 @@ def test_cli_runs_an_export_directory(exported, tmp_path, capsys):
 def test_cli_refuses_mismatched_backends(exported, tmp_path, capsys):
     _, directory = exported
     code = main(["infer", "x.png", "--out", str(tmp_path), "--artifacts", str(directory), "--backend", "torch"])
-    assert code == 1 and "the torch backend needs --model NAME" in capsys.readouterr().err
-    code = main(["infer", "x.png", "--out", str(tmp_path), "--model", "shm_tiny", "--backend", "onnxruntime"])
-    assert code == 1 and "mattrt export shm_tiny --out DIR" in capsys.readouterr().err
+    assert code == 1 and "the torch backend runs a registered model (--model NAME)" in capsys.readouterr().err
+    code = main(["infer", "x.png", "--out", str(tmp_path / "o"), "--model", "shm_tiny", "--backend", "onnxruntime",
+                 "--kernels"])
+    err = capsys.readouterr().err
+    assert code == 1 and "the onnxruntime backend takes no --kernels" in err and "exporting" not in err
