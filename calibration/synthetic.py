@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from mattrt.errors import InputError
 from mattrt.imageio import quantise, to_float32, write_alpha, write_bytes, write_rgb
@@ -535,8 +536,6 @@ def _remove_new(written: list[Path], created_folders: list[Path]) -> None:
 
 def _write_samples(out: Path, manifest_path: Path, count: int, width: int, height: int, seed: int,
                    kinds: list[str], radius: int, overwrite: bool, progress: bool, written: list[Path]) -> dict:
-    from tqdm import tqdm
-
     def new(path: Path) -> Path:
         if not path.exists():
             written.append(path)

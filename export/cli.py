@@ -8,7 +8,12 @@ from pathlib import Path
 
 from mattrt.lazy import lazy_import
 
+# Bound lazily: registering the commands must stay cheap (`mattrt --help` imports no torch).
 cache = lazy_import("mattrt.export.cache")
+checkpoints = lazy_import("mattrt.models.checkpoints")
+exporter = lazy_import("mattrt.export.exporter")
+lint = lazy_import("mattrt.runtime.lint")
+precision = lazy_import("mattrt.calibration.precision")
 
 
 
@@ -38,9 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--allow-lint-errors", action="store_true",
         help="write the graphs even if the TensorRT lint fails (e.g. for onnxruntime-only deployments)",
     )
-    from mattrt.calibration.precision import add_precision_arguments
-
-    add_precision_arguments(p)
+    precision.add_precision_arguments(p)
     p.set_defaults(run=run_export)
 
     p = subparsers.add_parser(
@@ -70,33 +73,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model
-    from mattrt.models.checkpoints import parse_checkpoint
 
-    export_model(
+    exporter.export_model(
         args.model,
         args.out,
-        checkpoint=parse_checkpoint(args.checkpoint),
+        checkpoint=checkpoints.parse_checkpoint(args.checkpoint),
         semantic_size=args.semantic_size,
         tile_size=args.tile,
-        max_batch=DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch,
-        opset=DEFAULT_OPSET if args.opset is None else args.opset,
+        max_batch=exporter.DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch,
+        opset=exporter.DEFAULT_OPSET if args.opset is None else args.opset,
         force=args.force,
         simplify=not args.no_simplify,
         allow_lint_errors=args.allow_lint_errors,
     )
-    from mattrt.calibration.precision import apply_precision_arguments
-
-    apply_precision_arguments(args, args.out)
+    precision.apply_precision_arguments(args, args.out)
     return 0
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from mattrt.runtime.lint import lint_directory
-
     failed = False
     for path in args.paths:
-        report = lint_directory(path)
+        report = lint.lint_directory(path)
         print(f"{path}: {report.summary()}")
         failed |= not report.passed
     return 1 if failed else 0

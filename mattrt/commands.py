@@ -7,7 +7,13 @@ from pathlib import Path
 
 from mattrt import availability
 from mattrt.errors import MattrtError
+from mattrt.lazy import lazy_import
 from mattrt.runtime import backends
+
+# Bound lazily: registering the commands must stay cheap (`mattrt --help` imports no torch).
+models = lazy_import("mattrt.models")
+synthetic = lazy_import("mattrt.calibration.synthetic")
+demo = lazy_import("mattrt.demo")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,15 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from mattrt.models import create_model, get_settings, list_models
-
-    names = list_models(include_variants=args.all)
+    names = models.list_models(include_variants=args.all)
     rows = []
     for name in names:
-        settings = get_settings(name)
+        settings = models.get_settings(name)
         row = [name, " -> ".join(settings.stages), settings.fusion]
         if args.params:
-            model = create_model(name)
+            model = models.create_model(name)
             per_stage = model.stage_parameters()
             row.append(f"{model.num_parameters() / 1e6:.2f}M")
             row.append(", ".join(f"{k} {v / 1e6:.2f}M" for k, v in per_stage.items()))
@@ -71,10 +75,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from mattrt.calibration.synthetic import parse_size
-    from mattrt.demo import run_demo as demo
-
-    return demo(args.out, count=args.count, size=parse_size(args.size), model=args.model, overwrite=args.overwrite)
+    return demo.run_demo(args.out, count=args.count, size=synthetic.parse_size(args.size), model=args.model, overwrite=args.overwrite)
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -29,8 +29,21 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from mattrt.errors import InputError, MattrtError
+from mattrt.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    list_images,
+    read_image,
+    write_alpha,
+    write_bytes,
+    write_rgb,
+    write_rgba,
+)
+from mattrt.runtime.foreground import composite, estimate_foreground
+from mattrt.runtime.ops import resize_image
 
 OUTPUT_KINDS = ("alpha", "rgba", "composite")
 INPUT_ALPHA_MODES = ("ignore", "flatten", "multiply", "error")
@@ -68,7 +81,6 @@ class Failure:
 def collect_inputs(specs: Sequence[str]) -> tuple[list[Path], list[Failure]]:
     """Image paths named by files, folders and globs (in the order given, without duplicates),
     and a failure for each spec that names nothing readable."""
-    from mattrt.imageio import IMAGE_SUFFIXES, list_images
 
     found: list[Path] = []
     failures: list[Failure] = []
@@ -170,7 +182,6 @@ def parse_background(value: str | None) -> tuple[float, float, float] | Path:
 def fit_background(background: np.ndarray, height: int, width: int) -> np.ndarray:
     """Scale an RGB background to cover height x width (keeping its aspect) and centre-crop it;
     float32 in [0, 1]."""
-    from mattrt.runtime.ops import resize_image
 
     bh, bw = background.shape[:2]
     scale = max(height / bh, width / bw)
@@ -190,8 +201,6 @@ def _flatten_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def process_image(pipeline, source: Path, target: Path, options: InferOptions, background, tile_progress=None) -> dict:
     """Matte one file and write its output; returns the summary record (raises on failure)."""
-    from mattrt.imageio import DEFAULT_MAX_PIXELS, read_image, write_alpha, write_rgb, write_rgba
-    from mattrt.runtime.foreground import composite, estimate_foreground
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -276,7 +285,6 @@ def run_inference(
     re-raises. When the summary itself cannot be written (a full disk), the returned summary
     raises SummaryNotWritten, which carries the summary with the per-image results.
     """
-    from mattrt.imageio import write_bytes
 
     log = log or (lambda message: print(message, file=sys.stderr))
     if options.output not in OUTPUT_KINDS:
@@ -316,7 +324,6 @@ def run_inference(
     if not pipeline.spec.trained:
         log(f"warning: model {pipeline.spec.name!r} runs with untrained weights (no checkpoint): the mattes are not meaningful")
 
-    from tqdm import tqdm
 
     disable = None if options.progress is None else not options.progress
     records: list[dict] = []

@@ -216,9 +216,8 @@ TRIES_IMPORTS = {"mattrt.availability"}
 # Modules still being moved over while other work on them lands (emptied by the end of the change).
 PENDING = {
     "mattrt.calibration.cli", "mattrt.calibration.fidelity", "mattrt.calibration.precision",
-    "mattrt.calibration.synthetic", "mattrt.commands", "mattrt.export.cli", "mattrt.export.exporter",
-    "mattrt.infer_cli", "mattrt.kernels.compile", "mattrt.kernels.launch", "mattrt.kernels.torch_ops",
-    "mattrt.runtime.infer", "mattrt.runtime.ops",
+    "mattrt.kernels.compile", "mattrt.kernels.launch", "mattrt.kernels.torch_ops",
+    "mattrt.runtime.ops",
     "mattrt.runtime.pipeline", "mattrt.runtime.pixel_ops",
 }
 
