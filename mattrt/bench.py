@@ -28,8 +28,10 @@ What one run measures (results in --out, default benchmarks/results/):
   megapixels/s from the mean end-to-end time.
 - memory: host peak RSS added by a run, measured in this process by resetting the kernel's
   high-water mark (VmHWM, via /proc/self/clear_refs) just before each step and reading it just
-  after, so variants interleaved in one process are still separated: per run (I/O read, matting,
-  I/O write) and, once per tiled case, the semantic pass and one detail batch alone. On cuda:
+  after, so variants interleaved in one process are still separated: per step (I/O read, matting,
+  I/O write; the high-water mark over all runs of a case, warm-up included, since the first run
+  makes the allocations later ones reuse) and, once per tiled case, the semantic pass and one
+  detail batch alone. On cuda:
   torch.cuda.max_memory_allocated (reset per run) and the CuPy pool size.
 - accuracy: on synthetic images with exact alpha (calibration.synthetic), SAD and MSE of each
   variant's alpha against the ground truth (calibration.metrics), so tiled full resolution and
@@ -99,7 +101,7 @@ FULL_RESOLUTIONS = ("1080p", "4k", "8k")
 # --quick: the trained synthetic-domain model at small sizes, so the run ends in under 2 minutes
 # on a shared 2-core CPU once the artifact cache holds its exports.
 QUICK_MODEL = "aim_synthetic"
-QUICK_RESOLUTIONS = ("384x216", "640x360")
+QUICK_RESOLUTIONS = ("384x216", "512x288")
 QUICK_PRECISIONS = {"torch": ("fp32",), "onnxruntime": ("fp32", "int8")}
 QUICK_REPEATS, QUICK_WARMUP = 3, 1
 FULL_REPEATS, FULL_WARMUP = 5, 1
@@ -335,6 +337,11 @@ def build_plan(args: argparse.Namespace) -> BenchPlan:
         raise InputError(f"unknown model {args.model!r}; see `mattrt models --all`")
     settings = _model_settings(args)
     tiles = list(args.tiles or [settings["tile_size"]])
+    if args.quick and not args.tiles and not settings["fixed_tile"]:
+        # A two-point tile sweep: the model's tile and about two thirds of it.
+        smaller = settings["tile_size"] * 2 // 3 // settings["stride_multiple"] * settings["stride_multiple"]
+        if smaller > settings["tile_overlap"] and smaller >= settings["stride_multiple"]:
+            tiles.append(smaller)
     if settings["fixed_tile"] and tiles != [settings["tile_size"]]:
         raise InputError(
             f"the export in {args.artifacts} is fixed at tile {settings['tile_size']}; sweep tiles with --model "
@@ -578,7 +585,9 @@ class TiledRunner(Runner):
         args = argparse.Namespace(**{**vars(self.args), "backend": v.backend, "device": v.device,
                                      "precision": v.precision, "model": self.plan.model,
                                      "artifacts": self.plan.artifacts})
-        tile = None if self.plan.settings["fixed_tile"] else v.tile
+        # The model's own tile is passed as None: the same artifact cache entry `mattrt infer` uses.
+        settings = self.plan.settings
+        tile = None if settings["fixed_tile"] or v.tile == settings["tile_size"] else v.tile
         deployment = deployment_from_args(args, log=self.log, tile_size=tile)
         backend_options = {"threads": v.threads} if "threads" in deployment.backend.options else {}
         pipeline = deploy.open_pipeline(deployment, backend_options, tile_size=tile, batch=v.batch)
@@ -899,7 +908,8 @@ def case_row(case: Case) -> dict[str, Any]:
         row["device_p50_s"] = summarize([r["device_seconds"] for r in measured])["p50"]
         row["device_peak_mib"] = max(r["device_peak_mib"] for r in measured)
     for key in ("memory_io_read_mib", "memory_matting_mib", "memory_io_write_mib", "peak_rss_mib"):
-        values = [r[key] for r in measured if r.get(key) is not None]
+        # Memory is a high-water mark: warm-up runs count (they make the allocations later runs reuse).
+        values = [r[key] for r in case.runs if r.get(key) is not None]
         row[key] = max(values) if values else None
     for key, value in case.extra.get("stage_memory_mib", {}).items():
         row[f"memory_{key}_mib"] = value
@@ -1061,12 +1071,12 @@ def _place(staging: Path, target: Path, overwrite: bool) -> None:
 
 
 def print_table(rows: list[dict], stream=sys.stdout) -> None:
-    header = ["variant", "res", "status", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "pixel", "I/O",
-              "+RSS MiB", "SAD"]
+    header = ["variant", "res", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "pixel", "I/O",
+              "+RSS MiB", "SAD", "status"]
     lines = [header]
     for row in rows:
         if row["status"] != "ok":
-            lines.append([row["label"], row["resolution"], row["status"], row["reason"][:70]] + [""] * 9)
+            lines.append([row["label"], row["resolution"]] + [""] * 10 + [f"{row['status']}: {row['reason']}"])
             continue
 
         def seconds(key):
@@ -1074,12 +1084,12 @@ def print_table(rows: list[dict], stream=sys.stdout) -> None:
             return "" if value is None else f"{value:.3f}"
 
         io = (row.get("io_read_p50_s") or 0) + (row.get("io_write_p50_s") or 0)
-        lines.append([row["label"], row["resolution"], "ok", f"{row['p50_s']:.3f}", f"{row['p90_s']:.3f}",
+        lines.append([row["label"], row["resolution"], f"{row['p50_s']:.3f}", f"{row['p90_s']:.3f}",
                       f"{row['megapixels_per_s']:.3f}", seconds("semantic_p50_s"), seconds("detail_p50_s"),
                       seconds("network_p50_s"), seconds("pixel_p50_s"), f"{io:.3f}",
                       "" if row.get("memory_matting_mib") is None else f"{row['memory_matting_mib']:.0f}",
-                      "" if row.get("sad") is None else f"{row['sad']:.2f}"])
-    widths = [max(len(str(line[i])) for line in lines if i < len(line)) for i in range(len(header))]
+                      "" if row.get("sad") is None else f"{row['sad']:.2f}", "ok"])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)] + [0]
     for index, line in enumerate(lines):
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip(), file=stream)
         if index == 0:
