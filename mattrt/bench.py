@@ -997,40 +997,51 @@ def draw_plots(rows: list[dict], paths: dict[str, Path], title: str) -> list[str
     written = []
     series = {}
     for row in (r for r in ok if not r["sweep"]):
-        label = row["label"] if row["kind"] != "tiled" else f"{row['backend']} {row['device']} {row['precision']}"
+        label = _short_label(row)
         x, y = series.setdefault(label, ([], []))
         x.append(row["width"] * row["height"] / 1e6)
         y.append(row["p50_s"])
     if series:
         figures.line_chart({k: _sorted(v) for k, v in series.items()}, paths["latency_plot"],
-                           title=f"{title}: p50 end-to-end latency", x_label="megapixels", y_label="seconds",
-                           log_y=True)
+                           title=f"{title}: p50 end-to-end latency", x_label="megapixels", y_label="seconds")
         written.append(str(paths["latency_plot"]))
     sweep = {}
     for row in (r for r in ok if r["kind"] == "tiled"):
         if not any(o["sweep"] and o["backend"] == row["backend"] and o["device"] == row["device"]
                    and o["resolution"] == row["resolution"] for o in ok):
             continue
-        label = f"{row['backend']} {row['device']} batch {row['batch'] or 'default'}, {row['threads']} thr @ {row['resolution']}"
+        label = f"{_short_label(row)} b{row['batch'] or 'auto'} {row['threads']}t"
         x, y = sweep.setdefault(label, ([], []))
         x.append(row["tile"])
         y.append(row["p50_s"])
     if sweep:
         figures.line_chart({k: _sorted(v) for k, v in sweep.items()}, paths["tile_plot"],
-                           title=f"{title}: tile-size sweep", x_label="tile size (px)", y_label="p50 seconds")
+                           title=f"{title}: tile-size sweep at the largest resolution", x_label="tile size (px)",
+                           y_label="p50 seconds")
         written.append(str(paths["tile_plot"]))
     accuracy = {}
     for row in (r for r in ok if not r["sweep"] and r.get("sad") is not None):
-        label = row["label"] if row["kind"] != "tiled" else f"{row['backend']} {row['device']} {row['precision']} tiled"
+        label = _short_label(row)
         x, y = accuracy.setdefault(label, ([], []))
         x.append(row["p50_s"])
         y.append(row["sad"] / (row["width"] * row["height"] / 1e6))
     if accuracy:
         figures.line_chart({k: _sorted(v) for k, v in accuracy.items()}, paths["accuracy_plot"],
-                           title=f"{title}: speed vs accuracy (points: resolutions)", x_label="p50 seconds",
+                           title=f"{title}: speed vs accuracy (one point per resolution)", x_label="p50 seconds",
                            y_label="SAD per megapixel")
         written.append(str(paths["accuracy_plot"]))
     return written
+
+
+def _short_label(row: dict) -> str:
+    """A legend label that fits the chart's legend column (about 20 characters)."""
+    if row["kind"] == "authors":
+        return "authors (resize)"
+    if row["kind"] == "whole_onnx":
+        return "whole-image ort"
+    backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(row["backend"], row["backend"])
+    device = "" if row["device"] == "cpu" else f" {row['device']}"
+    return f"{backend}{device} {row['precision']} tiled"
 
 
 def _sorted(pair: tuple[list, list]) -> tuple[list, list]:
