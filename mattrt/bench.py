@@ -51,7 +51,6 @@ import argparse
 import csv
 import datetime
 import json
-import math
 import os
 import platform
 import re
@@ -60,14 +59,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from mattrt import __version__
+from mattrt import __version__, availability
 from mattrt.errors import InputError, MattrtError
 from mattrt.infer_cli import add_deployment_arguments, deployment_from_args
 from mattrt.lazy import is_loaded, lazy_import
@@ -109,7 +109,6 @@ FULL_REPEATS, FULL_WARMUP = 5, 1
 # backend runs). Torch FP16 on a CPU is not a deployment target; ask for it with --precision.
 DEFAULT_PRECISIONS = {("torch", "cpu"): ("fp32",)}
 TRITON = "triton"
-KINDS = ("tiled", "authors", "whole_onnx", "triton")
 STAGES = ("io_read", "semantic", "detail", "network", "pixel", "io_write")
 SAMPLE_KIND = "salient_opaque"  # hair: sub-pixel strands, where tiling and resizing differ most
 SAMPLE_SEED = 7
@@ -439,9 +438,7 @@ def result_paths(out: Path, stem: str) -> dict[str, Path]:
 
 
 def _has_cuda() -> bool:
-    from mattrt.availability import available
-
-    return available("torch_cuda")
+    return availability.available("torch_cuda")
 
 
 # -- statistics and order ------------------------------------------------------------------------
@@ -625,8 +622,8 @@ class TiledRunner(Runner):
 def authors_size(height: int, width: int, canvas: int, stride: int) -> tuple[int, int]:
     """The image resized so its longer side is `canvas`, sides rounded to multiples of `stride`."""
     scale = canvas / max(height, width)
-    return (max(stride, int(round(height * scale / stride)) * stride),
-            max(stride, int(round(width * scale / stride)) * stride))
+    return (max(stride, round(height * scale / stride) * stride),
+            max(stride, round(width * scale / stride) * stride))
 
 
 class _WholeImageRunner(Runner):
@@ -940,8 +937,10 @@ def compare_baselines(rows: list[dict]) -> list[dict]:
 def _git_revision() -> dict:
     try:
         root = Path(__file__).resolve().parent.parent
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+                              check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10,
+                               check=False)
         if head.returncode:
             return {"revision": None, "why": head.stderr.strip()[:200]}
         return {"revision": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
@@ -982,10 +981,8 @@ def hardware() -> dict:
 
 def versions() -> dict:
     found = {"mattrt": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    from mattrt.availability import probe
-
     for name in ("torch", "onnxruntime", "tensorrt_runtime", "cupy", "tritonclient"):
-        result = probe(name)
+        result = availability.probe(name)
         found[name] = result.version if result.found else None
     return found
 
@@ -1090,7 +1087,7 @@ def print_table(rows: list[dict], stream=sys.stdout) -> None:
             lines.append([row["label"], row["resolution"]] + [""] * 10 + [f"{row['status']}: {row['reason']}"])
             continue
 
-        def seconds(key):
+        def seconds(key, row=row):
             value = row.get(key)
             return "" if value is None else f"{value:.3f}"
 
@@ -1108,7 +1105,7 @@ def print_table(rows: list[dict], stream=sys.stdout) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    log = lambda message: print(f"mattrt bench: {message}", file=sys.stderr)  # noqa: E731
+    log = lambda message: print(f"mattrt bench: {message}", file=sys.stderr)
     started = time.perf_counter()
     plan = build_plan(args)  # every check, before any work
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

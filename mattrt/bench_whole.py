@@ -16,15 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
+from filelock import FileLock
 
 from mattrt import __version__
 from mattrt.export.cache import default_cache_dir
 from mattrt.export.exporter import DEFAULT_OPSET, export_graph
-from filelock import FileLock
 
 GRAPH_FILE = "whole.onnx"
 KEY_FILE = "key.json"
