@@ -68,7 +68,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mattrt import __version__, availability
-from mattrt.errors import InputError, MattrtError
+from mattrt.errors import InputError
 from mattrt.infer_cli import add_deployment_arguments, deployment_from_args
 from mattrt.lazy import is_loaded, lazy_import
 from mattrt.manifest import Manifest
@@ -183,7 +183,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _several(p, "backend", "backends to run (default: every registered backend; absent ones are reported skipped)")
     _several(p, "precision", "precisions to run (default: each backend's; torch on cpu: fp32; --quick: torch fp32, "
                              "onnxruntime fp32 and int8)")
-    _several(p, "threads", "torch/onnxruntime intra-op thread counts to sweep (default: the cores this process may use)")
+    _several(p, "threads",
+             "torch/onnxruntime intra-op thread counts to sweep (default: the cores this process may use)")
     _several(p, "device", "devices to run (default: every device each backend runs on; absent ones are skipped)")
     p.add_argument("--quick", action="store_true",
                    help=f"small run (under 2 minutes on a 2-core CPU with a warm artifact cache): {QUICK_MODEL}, "
@@ -201,14 +202,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=_whole_number(1, "repeats"), help="measured rounds (default: 5; --quick: 3)")
     p.add_argument("--warmup", type=_whole_number(0, "warm-up rounds"),
                    help="unmeasured rounds first (default: 1)")
-    p.add_argument("--no-baselines", action="store_true", help="skip the authors' and the whole-image onnxruntime baselines")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the authors' and the whole-image onnxruntime baselines")
     p.add_argument("--triton-url", metavar="HOST:PORT", help="a running mattrt Triton server to include as a variant")
     p.add_argument("--out", type=Path, metavar="DIR", help=f"results folder (default: {RESULTS_DIR})")
     p.add_argument("--name", metavar="NAME", help="file name stem (default: bench-<quick|full>-<devices>-<date>)")
     p.add_argument("--overwrite", action="store_true", help="replace result files of the same name")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="always show progress")
-    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="never show progress")
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                          help="never show progress")
     p.set_defaults(run=run_bench, progress=None)
 
 
@@ -300,7 +303,8 @@ def check_sizes(sizes: Sequence[tuple[int, int]], tiles: Sequence[int], batches:
         for width, height in sizes:
             if tile > min(width, height):
                 raise InputError(
-                    f"tile {tile} is larger than the {width}x{height} image (its shorter side is {min(width, height)}); "
+                    f"tile {tile} is larger than the {width}x{height} image (its shorter side is "
+                    f"{min(width, height)}); "
                     "use a smaller --tiles value or larger --resolutions"
                 )
 
@@ -375,7 +379,8 @@ def build_plan(args: argparse.Namespace) -> BenchPlan:
     for name in names:
         backend = backends.BACKENDS.get(name)
         if backend is None:  # only triton can be absent from the registry
-            add(Variant(TRITON, TRITON, "-", "-"), "skipped", "triton: serving not merged (no triton backend registered)")
+            add(Variant(TRITON, TRITON, "-", "-"), "skipped",
+                "triton: serving not merged (no triton backend registered)")
             continue
         devices = devices_asked or list(backend.devices)
         for device in devices:
@@ -418,8 +423,8 @@ def build_plan(args: argparse.Namespace) -> BenchPlan:
         for kind, backend in (("authors", torch_backend), ("whole_onnx", onnx_backend)):
             missing = backend.missing("cpu")
             reason = no_model or "; ".join(f"needs {p.name}: {p.detail}" for p in missing)
-            add(Variant(kind, backend.name, "cpu", "fp32", threads=thread_counts[0]), "skipped" if reason else "pending",
-                reason)
+            add(Variant(kind, backend.name, "cpu", "fp32", threads=thread_counts[0]),
+                "skipped" if reason else "pending", reason)
     if not any(c.status == "pending" for c in cases):
         raise InputError("nothing to run: every variant is skipped here (" +
                          "; ".join(sorted({f"{c.variant.label}: {c.reason}" for c in cases})) + ")")
@@ -515,7 +520,8 @@ class DeviceClock:
     """CUDA-event device time and torch/CuPy peak memory of one step on cuda."""
 
     def __init__(self, device: str):
-        self.on = device == "cuda"
+        # CUDA events and peak memory come from torch's CUDA runtime (on cuda without it: none recorded).
+        self.on = device == "cuda" and availability.available("torch_cuda")
         self._events = None
 
     def start(self) -> None:
@@ -721,13 +727,16 @@ class RemoteRunner(Runner):
 
     def __init__(self, variant: Variant, url: str):
         self.variant, self.url = variant, url
+        self.pipeline = None
 
     def open(self) -> None:
         backend = backends.BACKENDS[self.variant.backend]
         self.pipeline = backend.pipeline_opener(self.url, device=self.variant.device).__enter__()
 
     def close(self) -> None:
-        self.pipeline.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
 
     def run(self, image):
         result = self.pipeline.run(image)
@@ -821,8 +830,10 @@ def run_cases(plan: BenchPlan, args: argparse.Namespace, log, progress: bool | N
             started = time.perf_counter()
             try:
                 runner.open()
-            except MattrtError as exc:
+            # A variant that cannot open is recorded as failed; the others still run.
+            except Exception as exc:  # noqa: BLE001
                 opened[variant] = {"error": f"{type(exc).__name__}: {exc}"}
+                runner.close()
                 continue
             runners[variant] = runner
             opened[variant] = {"open_seconds": time.perf_counter() - started, **runner.describe()}
@@ -844,7 +855,8 @@ def run_cases(plan: BenchPlan, args: argparse.Namespace, log, progress: bool | N
                 bar.set_postfix_str(f"{case.variant.label} @ {case.resolution}", refresh=False)
                 try:
                     record, alpha = measure_once(runners[case.variant], images[case.size], memory, Path(scratch))
-                except MattrtError as exc:
+                # Recorded per case (JSON "failed", exit status 1); the others still run.
+                except Exception as exc:  # noqa: BLE001
                     case.status, case.reason = "failed", f"{type(exc).__name__}: {exc}"
                     bar.update(1)
                     continue

@@ -170,3 +170,32 @@ def test_tiny_bench_writes_json_csv_and_plots_with_skips(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["baselines"] and {b["resolution"] for b in report["baselines"]} == {"96x64", "128x96"}
     assert rows  # labels are unique per resolution
+
+
+def test_quick_plan_lists_absent_backends_as_skipped_with_reasons(tmp_path):
+    from mattrt.cli import build_parser
+    from mattrt.runtime import backends
+
+    args = build_parser().parse_args(["bench", "--quick", "--out", str(tmp_path)])
+    plan = bench.build_plan(args)
+    assert plan.model == bench.QUICK_MODEL and plan.repeats == 3 and plan.warmup == 1
+    assert plan.sizes == [(384, 216), (512, 288)]
+    by_label = {}
+    for case in plan.cases:
+        by_label.setdefault(case.variant.label, set()).add(case.status)
+        if case.status == "skipped":
+            assert case.reason
+    for case in plan.cases:
+        v = case.variant
+        if v.kind == "tiled" and v.backend in backends.BACKENDS:
+            missing = backends.BACKENDS[v.backend].missing(v.device)
+            assert (case.status == "skipped") == bool(missing)
+            if missing:
+                assert all(p.name in case.reason for p in missing)
+    if "triton" not in backends.BACKENDS:
+        assert any(c.variant.kind == "triton" and "serving not merged" in c.reason for c in plan.cases)
+    # The quick tile sweep: torch at the model's tile and two thirds of it, at the largest size only.
+    sweep = [c for c in plan.cases if c.variant.sweep]
+    assert {c.variant.tile for c in sweep} == {128} and {c.size for c in sweep} == {(512, 288)}
+    assert {c.variant.kind for c in plan.cases if c.status == "pending"} == {"tiled", "authors", "whole_onnx"}
+    assert not any(tmp_path.iterdir())
