@@ -10,7 +10,7 @@ What one run measures (results in --out, default benchmarks/results/):
     precision, tile size, tile batch and thread count (export/deploy.py makes what the backend
     runs, through the artifact cache);
   - "authors": the authors' way: torch eager, the whole network once on the image resized so its
-    longer side is the model's semantic canvas (sides multiples of the stride), the alpha resized
+    longer side is the model's semantic canvas (sides cut down to multiples of the stride), the alpha resized
     back (AIM's official hybrid test resizes the whole image rather than tiling it);
   - "whole_onnx": what rembg does: one onnxruntime session over the whole network at a fixed
     S x S canvas, the image resized to it ignoring aspect, one call, the alpha resized back (the
@@ -626,10 +626,11 @@ class TiledRunner(Runner):
 
 
 def authors_size(height: int, width: int, canvas: int, stride: int) -> tuple[int, int]:
-    """The image resized so its longer side is `canvas`, sides rounded to multiples of `stride`."""
+    """The image resized so its longer side is `canvas`, sides cut down to multiples of `stride`
+    (as the authors' test code does), at least one stride."""
     scale = canvas / max(height, width)
-    return (max(stride, round(height * scale / stride) * stride),
-            max(stride, round(width * scale / stride) * stride))
+    return (max(stride, int(height * scale) // stride * stride),
+            max(stride, int(width * scale) // stride * stride))
 
 
 class _WholeImageRunner(Runner):
@@ -687,7 +688,7 @@ class AuthorsRunner(_WholeImageRunner):
             return self.model(torch.from_numpy(batch))["alpha"][0, 0].float().numpy()
 
     def describe(self) -> dict:
-        return {"canvas": self.canvas, "resize": "longer side to the canvas, sides multiples of "
+        return {"canvas": self.canvas, "resize": "longer side to the canvas, sides cut down to multiples of "
                 f"{self.stride}, antialiased bilinear in and out"}
 
 
