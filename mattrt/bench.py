@@ -831,13 +831,12 @@ def run_cases(plan: BenchPlan, args: argparse.Namespace, log, progress: bool | N
             started = time.perf_counter()
             try:
                 runner.open()
-            # A variant that cannot open is recorded as failed; the others still run.
+                runners[variant] = runner
+                opened[variant] = {"open_seconds": time.perf_counter() - started, **runner.describe()}
+            # A variant that cannot open is recorded as failed (every case of it); the others still run.
             except Exception as exc:  # noqa: BLE001
                 opened[variant] = {"error": f"{type(exc).__name__}: {exc}"}
                 runner.close()
-                continue
-            runners[variant] = runner
-            opened[variant] = {"open_seconds": time.perf_counter() - started, **runner.describe()}
         if "error" in opened[variant]:
             case.status, case.reason = "failed", opened[variant]["error"]
     setup_seconds = time.perf_counter() - setup_started
@@ -1091,7 +1090,8 @@ def _place(staging: Path, target: Path, overwrite: bool) -> None:
     os.replace(staging, target)
 
 
-def print_table(rows: list[dict], stream=sys.stdout) -> None:
+def print_table(rows: list[dict], stream=None) -> None:
+    stream = stream or sys.stdout
     header = ["variant", "res", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "pixel", "I/O",
               "+RSS MiB", "SAD", "status"]
     lines = [header]

@@ -200,3 +200,19 @@ def test_quick_plan_lists_absent_backends_as_skipped_with_reasons(tmp_path):
     assert {c.variant.tile for c in sweep} == {128} and {c.size for c in sweep} == {(512, 288)}
     assert {c.variant.kind for c in plan.cases if c.status == "pending"} == {"tiled", "authors", "whole_onnx"}
     assert not any(tmp_path.iterdir())
+
+
+def test_a_variant_that_fails_is_recorded_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    def broken_open(self):
+        raise RuntimeError("session could not be created")
+
+    monkeypatch.setattr(bench.WholeOnnxRunner, "open", broken_open)
+    out = tmp_path / "results"
+    code = main(["bench", "--model", "aim_tiny", "--backend", "torch", "--device", "cpu", "--resolutions", "96x64",
+                 "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out), "--name", "broken",
+                 "--no-progress"])
+    assert code == 1
+    report = json.loads((out / "broken.json").read_text())
+    assert [f["reason"] for f in report["failed"]] == ["RuntimeError: session could not be created"]
+    assert {r["kind"] for r in report["cases"] if r["status"] == "ok"} == {"tiled", "authors"}
+    assert "failed" in capsys.readouterr().out
