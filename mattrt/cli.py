@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "mattrt.export.cli",
     "mattrt.infer_cli",
     "mattrt.runtime.build_cli",
+    "mattrt.bench",
 ]
 
 

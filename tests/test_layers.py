@@ -27,7 +27,8 @@ PACKAGES = ("models", "export", "calibration", "kernels", "runtime", "serving")
 
 # Highest first; modules of one layer may import each other, except the groups in INDEPENDENT.
 LAYERS: list[tuple[str, ...]] = [
-    ("mattrt.cli", "mattrt.commands", "mattrt.infer_cli", "mattrt.demo", "mattrt.serving", "mattrt.bench"),
+    ("mattrt.cli", "mattrt.commands", "mattrt.infer_cli", "mattrt.demo", "mattrt.serving", "mattrt.bench",
+     "mattrt.bench_whole"),
     ("mattrt.export",),
     ("mattrt.calibration",),
     ("mattrt.runtime",),

@@ -1,0 +1,218 @@
+"""`mattrt bench`: refusal before any work, the statistics, the interleaving order, and one tiny
+end-to-end run that writes JSON, CSV and PNG with skips recorded with their reasons."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mattrt import bench
+from mattrt.cli import main
+from mattrt.errors import InputError
+
+
+# -- refusal before any work ----------------------------------------------------------------------
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a run gets as far as making images or opening a backend."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("bench started work before refusing its arguments")
+
+    monkeypatch.setattr(bench, "run_cases", forbidden)
+    monkeypatch.setattr(bench, "make_images", forbidden)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--quick", "--sweep-backends", "nonesuch"], "unknown backend 'nonesuch'"),
+    (["--quick", "--tiles", "256"], "tile 256 is larger than the 384x216 image"),
+    (["--quick", "--tiles", "100"], "multiple of the model's stride multiple 32"),
+    (["--quick", "--resolutions", "4K", "wide"], "resolution 'wide' does not parse"),
+    (["--quick", "--resolutions", "640x"], "resolution '640x' does not parse"),
+    (["--quick", "--resolutions", "4x4"], "at least 8 pixels"),
+    (["--quick", "--resolutions", "4k", "3840x2160"], "the same size twice"),
+    (["--model", "nonesuch"], "unknown model 'nonesuch'"),
+    (["--quick", "--name", "../x"], "--name '../x'"),
+])
+def test_bad_arguments_are_refused_before_any_work(argv, message, tmp_path, capsys, no_work):
+    assert main(["bench", *argv, "--out", str(tmp_path)]) == 1
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "nonesuch"], "invalid choice: 'nonesuch'"),
+    (["--quick", "--batches", "0"], "tile batch must be at least 1"),
+    (["--quick", "--threads", "0"], "expected a positive number"),
+    (["--quick", "--repeats", "0"], "repeats must be at least 1"),
+])
+def test_bad_option_values_are_refused_by_the_parser(argv, message, tmp_path, capsys, no_work):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_existing_results_are_not_overwritten(tmp_path, capsys, no_work):
+    (tmp_path / "mine.csv").write_text("keep me")
+    assert main(["bench", "--quick", "--out", str(tmp_path), "--name", "mine"]) == 1
+    assert "mine.csv exists" in capsys.readouterr().err
+    assert (tmp_path / "mine.csv").read_text() == "keep me"
+
+
+def test_resolution_tokens():
+    assert bench.parse_resolution("4K") == (3840, 2160)
+    assert bench.parse_resolution("8k") == (7680, 4320)
+    assert bench.parse_resolution("1080p") == (1920, 1080)
+    assert bench.parse_resolution(" 640 x 360 ") == (640, 360)
+    assert bench.resolution_label((3840, 2160)) == "4k"
+    with pytest.raises(InputError):
+        bench.parse_resolution("4K60")
+
+
+# -- statistics and order ----------------------------------------------------------------------
+def test_summary_statistics_on_known_samples():
+    stats = bench.summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert stats["n"] == 10
+    assert stats["p50"] == pytest.approx(5.5)
+    assert stats["p90"] == pytest.approx(9.1)  # 9 + 0.1 * (10 - 9), linear interpolation
+    assert stats["p99"] == pytest.approx(9.91)
+    assert stats["mean"] == pytest.approx(5.5)
+    assert stats["std"] == pytest.approx(3.0276503540974917)  # sample std, ddof 1
+    assert (stats["min"], stats["max"]) == (1.0, 10.0)
+    one = bench.summarize([0.25])
+    assert one["p50"] == one["p99"] == one["mean"] == 0.25 and one["std"] == 0.0
+    with pytest.raises(InputError):
+        bench.summarize([])
+
+
+def test_interleaving_runs_every_case_once_per_round_with_rotating_start():
+    order = bench.interleaved_schedule(3, warmup=1, repeats=2)
+    assert order == [
+        (0, 0, False), (0, 1, False), (0, 2, False),
+        (1, 1, True), (1, 2, True), (1, 0, True),
+        (2, 2, True), (2, 0, True), (2, 1, True),
+    ]
+    assert bench.interleaved_schedule(0, 1, 3) == []
+
+
+def test_authors_size_keeps_aspect_on_stride_multiples():
+    assert bench.authors_size(2160, 3840, 512, 32) == (288, 512)
+    assert bench.authors_size(2160, 3840, 320, 32) == (160, 320)  # 180 cut down to 160
+    assert bench.authors_size(1080, 1920, 256, 32) == (128, 256)
+    assert bench.authors_size(100, 4000, 256, 32) == (32, 256)
+
+
+def test_host_memory_separates_steps():
+    memory = bench.HostMemory()
+    if not memory.available:
+        pytest.skip(memory.reason)
+    before = memory.start()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB touched
+    grown = memory.added_mib(before)
+    del block
+    before = memory.start()
+    small = memory.added_mib(before)
+    assert grown >= 60
+    assert small < 8
+
+
+# -- one tiny run end to end ------------------------------------------------------------------------
+def test_tiny_bench_writes_json_csv_and_plots_with_skips(tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["bench", "--model", "aim_tiny", "--backend", "torch", "tensorrt", "--resolutions", "96x64",
+                 "128x96", "--tiles", "64", "32", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                 "--out", str(out), "--name", "tiny", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "tiny.json").read_text())
+    for key in ("date", "command", "git", "hardware", "versions", "settings", "cases", "skipped", "baselines",
+                "runs_in_order", "memory_method"):
+        assert key in report
+    assert report["settings"]["repeats"] == 2 and report["settings"]["warmup"] == 1
+    rows = {(r["label"], r["resolution"]): r for r in report["cases"]}
+    ok = [r for r in report["cases"] if r["status"] == "ok"]
+    kinds = {r["kind"] for r in ok}
+    assert kinds == {"tiled", "authors", "whole_onnx"}
+    for row in ok:
+        assert row["runs"] == 2
+        assert row["p50_s"] > 0 and row["p90_s"] >= row["p50_s"] - 1e-12 and row["p99_s"] >= row["p90_s"] - 1e-12
+        assert row["images_per_s"] == pytest.approx(1 / row["mean_s"])
+        assert row["megapixels_per_s"] == pytest.approx(row["width"] * row["height"] / 1e6 / row["mean_s"])
+        assert row["io_read_p50_s"] > 0 and row["io_write_p50_s"] > 0
+        assert 0 <= row["sad"] < row["width"] * row["height"] / 1000
+    tiled = [r for r in ok if r["kind"] == "tiled"]
+    assert all(r["semantic_p50_s"] > 0 and r["detail_p50_s"] > 0 for r in tiled)
+    assert {r["tile"] for r in tiled} == {64, 32}
+    assert [r["resolution"] for r in tiled if r["sweep"]] == ["128x96"]  # the sweep runs at the largest size
+    assert all(r["network_p50_s"] > 0 for r in ok if r["kind"] != "tiled")
+    # Absent backends and devices are skipped with the probe's reason, never replaced.
+    skipped = {(s["variant"], s["resolution"]): s["reason"] for s in report["skipped"]}
+    trt = [reason for (label, _), reason in skipped.items() if label.startswith("tensorrt cuda")]
+    if trt:
+        assert all("needs " in reason for reason in trt)
+    torch_cuda = [reason for (label, _), reason in skipped.items() if label.startswith("torch cuda")]
+    if torch_cuda:
+        assert all("torch_cuda" in reason for reason in torch_cuda)
+    assert not any(r["backend"] == "onnxruntime" and r["kind"] == "tiled" for r in report["cases"])
+    # Every measured run is in the schedule once per round, in interleaved order.
+    live = [r for r in report["cases"] if r["status"] == "ok"]
+    assert len(report["runs_in_order"]) == 3 * len(live)
+    # The CSV has one row per case with the same statistics; the plots are PNG files.
+    with (out / "tiny.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(report["cases"])
+    assert {"p50_s", "p90_s", "p99_s", "mean_s", "std_s", "megapixels_per_s", "sad", "memory_matting_mib",
+            "reason"} <= set(table[0])
+    for name in ("tiny-latency.png", "tiny-tiles.png", "tiny-accuracy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["baselines"] and {b["resolution"] for b in report["baselines"]} == {"96x64", "128x96"}
+    assert rows  # labels are unique per resolution
+
+
+def test_quick_plan_lists_absent_backends_as_skipped_with_reasons(tmp_path):
+    from mattrt.cli import build_parser
+    from mattrt.runtime import backends
+
+    args = build_parser().parse_args(["bench", "--quick", "--out", str(tmp_path)])
+    plan = bench.build_plan(args)
+    assert plan.model == bench.QUICK_MODEL and plan.repeats == 3 and plan.warmup == 1
+    assert plan.sizes == [(384, 216), (512, 288)]
+    by_label = {}
+    for case in plan.cases:
+        by_label.setdefault(case.variant.label, set()).add(case.status)
+        if case.status == "skipped":
+            assert case.reason
+    for case in plan.cases:
+        v = case.variant
+        if v.kind == "tiled" and v.backend in backends.BACKENDS:
+            missing = backends.BACKENDS[v.backend].missing(v.device)
+            assert (case.status == "skipped") == bool(missing)
+            if missing:
+                assert all(p.name in case.reason for p in missing)
+    if "triton" not in backends.BACKENDS:
+        assert any(c.variant.kind == "triton" and "serving not merged" in c.reason for c in plan.cases)
+    # The quick tile sweep: torch at the model's tile and two thirds of it, at the largest size only.
+    sweep = [c for c in plan.cases if c.variant.sweep]
+    assert {c.variant.tile for c in sweep} == {128} and {c.size for c in sweep} == {(512, 288)}
+    assert {c.variant.kind for c in plan.cases if c.status == "pending"} == {"tiled", "authors", "whole_onnx"}
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_variant_that_fails_is_recorded_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    def broken_open(self):
+        raise RuntimeError("session could not be created")
+
+    monkeypatch.setattr(bench.WholeOnnxRunner, "open", broken_open)
+    out = tmp_path / "results"
+    code = main(["bench", "--model", "aim_tiny", "--backend", "torch", "--device", "cpu", "--resolutions", "96x64",
+                 "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out), "--name", "broken",
+                 "--no-progress"])
+    assert code == 1
+    report = json.loads((out / "broken.json").read_text())
+    assert [f["reason"] for f in report["failed"]] == ["RuntimeError: session could not be created"]
+    assert {r["kind"] for r in report["cases"] if r["status"] == "ok"} == {"tiled", "authors"}
+    assert "failed" in capsys.readouterr().out
