@@ -153,18 +153,6 @@ def _whole_number(minimum: int, what: str) -> Callable[[str], int]:
     return parse
 
 
-def _several(parser: argparse.ArgumentParser, dest: str, help_text: str) -> None:
-    """Let an option of add_deployment_arguments take several values (each checked by its own
-    choices/type), with no default: bench runs every value given."""
-    for action in parser._actions:  # argparse has no public way to change an added option
-        if action.dest == dest:
-            action.nargs = "+"
-            action.default = None
-            action.help = help_text
-            return
-    raise AssertionError(f"add_deployment_arguments has no {dest}")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
@@ -176,16 +164,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "process. Writes JSON, CSV and PNG plots to --out."
         ),
     )
-    add_deployment_arguments(p)
-    for group in p._mutually_exclusive_groups:  # --model/--artifacts: bench defaults to aim_synthetic
-        if any(action.dest == "model" for action in group._group_actions):
-            group.required = False
-    _several(p, "backend", "backends to run (default: every registered backend; absent ones are reported skipped)")
-    _several(p, "precision", "precisions to run (default: each backend's; torch on cpu: fp32; --quick: torch fp32, "
-                             "onnxruntime fp32 and int8)")
-    _several(p, "threads",
-             "torch/onnxruntime intra-op thread counts to sweep (default: the cores this process may use)")
-    _several(p, "device", "devices to run (default: every device each backend runs on; absent ones are skipped)")
+    add_deployment_arguments(p, several=True, source_required=False, help_overrides={  # bench defaults to aim_synthetic
+        "backend": "backends to run (default: every registered backend; absent ones are reported skipped)",
+        "precision": "precisions to run (default: each backend's; torch on cpu: fp32; --quick: torch fp32, "
+                     "onnxruntime fp32 and int8)",
+        "threads": "torch/onnxruntime intra-op thread counts to sweep (default: the cores this process may use)",
+        "device": "devices to run (default: every device each backend runs on; absent ones are skipped)",
+    })
     p.add_argument("--quick", action="store_true",
                    help=f"small run (under 2 minutes on a 2-core CPU with a warm artifact cache): {QUICK_MODEL}, "
                         f"{' and '.join(QUICK_RESOLUTIONS)}, {QUICK_REPEATS} repeats")

@@ -103,9 +103,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_infer, progress=None)
 
 
-def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
-    """--model/--artifacts, --checkpoint, --backend, --device, --precision, --threads, --cache-dir."""
-    source = p.add_mutually_exclusive_group(required=True)
+def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = False, source_required: bool = True,
+                             help_overrides: dict[str, str] | None = None) -> None:
+    """--model/--artifacts, --checkpoint, --backend, --device, --precision, --threads, --cache-dir.
+    several: --backend, --device, --precision and --threads take one or more values and default
+    to None (`mattrt bench` runs every value given); source_required: --model or --artifacts must
+    be given; help_overrides: option dest -> help text."""
+    helps = {
+        "backend": "auto (default): tensorrt where a GPU and TensorRT exist, torch on CUDA where a GPU exists "
+                   "without TensorRT, onnxruntime on the CPU; it prints which it chose and why",
+        "device": "default: what --backend auto chooses, else the backend's first device (cpu for torch and "
+                  "onnxruntime)",
+        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated on "
+                     "synthetic samples in the cache)",
+        "threads": "torch and onnxruntime intra-op threads (default: the cores this process may use)",
+        **(help_overrides or {}),
+    }
+    many = {"nargs": "+", "default": None} if several else {}
+    source = p.add_mutually_exclusive_group(required=source_required)
     source.add_argument("--model", metavar="NAME",
                         help="registered model (see `mattrt models --all`); backends that run ONNX graphs or "
                              "engines get them from the artifact cache (exported once, then reused)")
@@ -114,17 +129,11 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint", action="append", metavar="PATH|PART=PATH",
         help="weights for --model: one file, or PART=PATH once per part of models shipped in several files",
     )
-    p.add_argument("--backend", choices=(backends.AUTO, *backends.backend_names()), default=backends.AUTO,
-                   help="auto (default): tensorrt where a GPU and TensorRT exist, torch on CUDA where a GPU "
-                        "exists without TensorRT, onnxruntime on the CPU; it prints which it chose and why")
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   help="default: what --backend auto chooses, else the backend's first device (cpu for torch "
-                        "and onnxruntime)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated "
-                        "on synthetic samples in the cache)")
-    p.add_argument("--threads", type=_positive_int,
-                   help="torch and onnxruntime intra-op threads (default: the cores this process may use)")
+    p.add_argument("--backend", choices=(backends.AUTO, *backends.backend_names()), help=helps["backend"],
+                   **({"default": backends.AUTO} | many))
+    p.add_argument("--device", choices=("cpu", "cuda"), help=helps["device"], **many)
+    p.add_argument("--precision", choices=PRECISIONS, help=helps["precision"], **({"default": "fp32"} | many))
+    p.add_argument("--threads", type=_positive_int, help=helps["threads"], **many)
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
 
