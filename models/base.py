@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mattrt.errors import CheckpointError, InputError
+from mattrt.fusion_kinds import fusion_kind
 from mattrt.models.checkpoints import NATIVE_LAYOUT, load_checkpoint
 from mattrt.models.settings import ModelSettings
 
@@ -82,6 +83,7 @@ class MattingModel(nn.Module):
 
     def __init__(self, settings: ModelSettings):
         super().__init__()
+        fusion_kind(settings.fusion)  # every model checks its fusion kind once, against the core table
         self.settings = settings
         # sha256 of the checkpoint file the weights came from ({part: sha256} when loaded from
         # several files); None while untrained.

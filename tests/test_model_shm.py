@@ -76,7 +76,7 @@ def test_fixed_sizes_fit_the_architecture(name):
         ({"semantic_size": 0}, "semantic_size must be a positive multiple of 16"),
         ({"stride_multiple": 8}, "multiple of 16"),
         ({"guidance": "none", "guidance_channels": 0}, "3 trimap probabilities"),
-        ({"fusion": "average"}, "unknown fusion 'average'"),
+        ({"fusion": "average"}, "unknown fusion kind 'average'"),
     ],
 )
 def test_bad_settings_are_rejected(override, message):
