@@ -125,14 +125,23 @@ def crop_planes(planes: np.ndarray, offsets: np.ndarray, tile: int) -> np.ndarra
     return out
 
 
-def upsampled_tiles(low: np.ndarray, out_height: int, out_width: int, offsets: np.ndarray, tile: int) -> np.ndarray:
-    """B x C x T x T crops of `low` upsampled to out_height x out_width (bilinear), at tile
-    offsets over that size; coordinates outside it are reflected, as the image crops are."""
-    offsets, rows, cols = tile_indices(offsets, tile, out_height, out_width, "upsampled_tiles")
-    out = np.empty((len(offsets), low.shape[0], rows.shape[1], cols.shape[1]), dtype=np.float32)
-    for b in range(len(offsets)):
-        out[b] = upsample_region(low, out_height, out_width, rows[b], cols[b])
-    return out
+def upsampled_tiles(low, out_height: int, out_width: int, offsets: np.ndarray, tile, xp=np):
+    """B x C x T x T crops of the C x h x w map `low` upsampled to out_height x out_width
+    (bilinear), at tile offsets over that size; coordinates outside it are reflected, as the image
+    crops are. upsample_region's taps and float32 operations, gathered for the whole batch at once.
+    `low` may live on the GPU (xp = CuPy, the device pixel ops): the taps are computed on the host
+    and uploaded, the gathers and products run where `low` is."""
+    _, rows, cols = tile_indices(offsets, tile, out_height, out_width, "upsampled_tiles")  # B x th, B x tw
+    y_lo, y_hi, wy_lo, wy_hi = (xp.asarray(t) for t in bilinear_taps(rows, low.shape[1], out_height))
+    x_lo, x_hi, wx_lo, wx_hi = (xp.asarray(t) for t in bilinear_taps(cols, low.shape[2], out_width))
+    # low[:, rows][:, :, cols] for every tile: C x B x th x tw
+    top_lo, top_hi = low[:, y_lo[:, :, None], x_lo[:, None, :]], low[:, y_lo[:, :, None], x_hi[:, None, :]]
+    bottom_lo, bottom_hi = low[:, y_hi[:, :, None], x_lo[:, None, :]], low[:, y_hi[:, :, None], x_hi[:, None, :]]
+    wx_lo, wx_hi = wx_lo[:, None, :], wx_hi[:, None, :]
+    top = top_lo * wx_lo + top_hi * wx_hi
+    bottom = bottom_lo * wx_lo + bottom_hi * wx_hi
+    blended = wy_lo[:, :, None] * top + wy_hi[:, :, None] * bottom
+    return xp.ascontiguousarray(blended.transpose(1, 0, 2, 3), dtype=np.float32)
 
 
 # -- stitching and fusion -------------------------------------------------------------------------

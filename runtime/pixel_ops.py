@@ -37,7 +37,6 @@ import numpy as np
 
 from mattrt.availability import available
 from mattrt.errors import InputError
-from mattrt.kernels.preprocess import tile_indices
 from mattrt.runtime import ops
 
 PIXEL_OPS = ("auto", "host", "device", "emulate")
@@ -151,20 +150,8 @@ class KernelPixelOps(HostPixelOps):
         return preprocess.launch(self.backend, image, offsets, tile, mean, std, np.float32)
 
     def guidance_tiles(self, low_host: np.ndarray, low: Any, out_height: int, out_width: int, offsets, tile):
-        """ops.upsampled_tiles on the device: the same taps and float32 operations, for the whole
-        batch at once (gathers from the low-resolution trimap, which stays on the device)."""
-        xp = self.xp
-        _, rows, cols = tile_indices(offsets, tile, out_height, out_width, "guidance_tiles")  # B x th, B x tw
-        y_lo, y_hi, wy_lo, wy_hi = (xp.asarray(t) for t in ops.bilinear_taps(rows, low_host.shape[1], out_height))
-        x_lo, x_hi, wx_lo, wx_hi = (xp.asarray(t) for t in ops.bilinear_taps(cols, low_host.shape[2], out_width))
-        # low[:, rows][:, :, cols] for every tile: C x B x th x tw
-        top_lo, top_hi = low[:, y_lo[:, :, None], x_lo[:, None, :]], low[:, y_lo[:, :, None], x_hi[:, None, :]]
-        bottom_lo, bottom_hi = low[:, y_hi[:, :, None], x_lo[:, None, :]], low[:, y_hi[:, :, None], x_hi[:, None, :]]
-        wx_lo, wx_hi = wx_lo[:, None, :], wx_hi[:, None, :]
-        top = top_lo * wx_lo + top_hi * wx_hi
-        bottom = bottom_lo * wx_lo + bottom_hi * wx_hi
-        blended = wy_lo[:, :, None] * top + wy_hi[:, :, None] * bottom
-        return xp.ascontiguousarray(blended.transpose(1, 0, 2, 3), dtype=np.float32)
+        """ops.upsampled_tiles gathering from the low-resolution trimap where it stays (the device)."""
+        return ops.upsampled_tiles(low, out_height, out_width, offsets, tile, xp=self.xp)
 
     def crop_planes(self, planes: np.ndarray, offsets, tile):
         return self.upload(ops.crop_planes(planes, offsets, tile))
