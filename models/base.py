@@ -136,8 +136,13 @@ class MattingModel(nn.Module):
         raise NotImplementedError
 
     # -- input checks shared by every model ---------------------------------------------
+    @property
+    def whole_image_multiple(self) -> int:
+        """What forward() needs the image's height and width to be multiples of."""
+        return self.settings.stride_multiple
+
     def check_image(self, image: torch.Tensor) -> None:
-        check_image(image, self.settings.stride_multiple, what=f"{self.settings.name} input")
+        check_image(image, self.whole_image_multiple, what=f"{self.settings.name} input")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
