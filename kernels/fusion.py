@@ -91,8 +91,16 @@ def upsample_region(low: np.ndarray, out_height: int, out_width: int, rows: np.n
     if low.ndim < 2:
         raise InputError(f"upsample_region: expected ... x h x w maps, got shape {low.shape}")
     low = np.asarray(low, dtype=np.float32)
-    y_lo, y_hi, wy_lo, wy_hi = bilinear_taps(rows, low.shape[-2], out_height)
-    x_lo, x_hi, wx_lo, wx_hi = bilinear_taps(cols, low.shape[-1], out_width)
+    return resample(low, bilinear_taps(rows, low.shape[-2], out_height), bilinear_taps(cols, low.shape[-1], out_width))
+
+
+def resample(low: Any, row_taps: tuple, col_taps: tuple) -> Any:
+    """... x h x w float32 maps gathered at bilinear taps (bilinear_taps' four arrays per axis,
+    1-D): rows first, then columns, then the vertical blend. Only indexing and arithmetic, so the
+    maps and taps may be NumPy or CuPy arrays alike (the device pixel ops gather guidance tiles
+    on the GPU with it)."""
+    y_lo, y_hi, wy_lo, wy_hi = row_taps
+    x_lo, x_hi, wx_lo, wx_hi = col_taps
     top = low[..., y_lo, :]
     bottom = low[..., y_hi, :]
     top = top[..., x_lo] * wx_lo + top[..., x_hi] * wx_hi

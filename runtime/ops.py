@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from mattrt.errors import InputError
-from mattrt.kernels.fusion import bilinear_taps, trimap_fusion_reference, upsample_region
+from mattrt.kernels.fusion import bilinear_taps, resample, trimap_fusion_reference, upsample_region
 from mattrt.kernels.preprocess import preprocess_tiles_reference as preprocess_tiles
 from mattrt.kernels.preprocess import reflect_indices, tile_indices
 from mattrt.kernels.stitch import stitch_accumulate_reference as stitch_accumulate
@@ -126,22 +126,18 @@ def crop_planes(planes: np.ndarray, offsets: np.ndarray, tile: int) -> np.ndarra
 
 
 def upsampled_tiles(low, out_height: int, out_width: int, offsets: np.ndarray, tile, xp=np):
-    """B x C x T x T crops of the C x h x w map `low` upsampled to out_height x out_width
+    """B x C x T x T crops of the C x h x w float32 map `low` upsampled to out_height x out_width
     (bilinear), at tile offsets over that size; coordinates outside it are reflected, as the image
-    crops are. upsample_region's taps and float32 operations, gathered for the whole batch at once.
-    `low` may live on the GPU (xp = CuPy, the device pixel ops): the taps are computed on the host
-    and uploaded, the gathers and products run where `low` is."""
-    _, rows, cols = tile_indices(offsets, tile, out_height, out_width, "upsampled_tiles")  # B x th, B x tw
-    y_lo, y_hi, wy_lo, wy_hi = (xp.asarray(t) for t in bilinear_taps(rows, low.shape[1], out_height))
-    x_lo, x_hi, wx_lo, wx_hi = (xp.asarray(t) for t in bilinear_taps(cols, low.shape[2], out_width))
-    # low[:, rows][:, :, cols] for every tile: C x B x th x tw
-    top_lo, top_hi = low[:, y_lo[:, :, None], x_lo[:, None, :]], low[:, y_lo[:, :, None], x_hi[:, None, :]]
-    bottom_lo, bottom_hi = low[:, y_hi[:, :, None], x_lo[:, None, :]], low[:, y_hi[:, :, None], x_hi[:, None, :]]
-    wx_lo, wx_hi = wx_lo[:, None, :], wx_hi[:, None, :]
-    top = top_lo * wx_lo + top_hi * wx_hi
-    bottom = bottom_lo * wx_lo + bottom_hi * wx_hi
-    blended = wy_lo[:, :, None] * top + wy_hi[:, :, None] * bottom
-    return xp.ascontiguousarray(blended.transpose(1, 0, 2, 3), dtype=np.float32)
+    crops are. Each tile is upsample_region's resampling at its reflected rows and columns. `low`
+    may live on the GPU (xp = CuPy, the device pixel ops): the taps are computed on the host and
+    uploaded, the gathers and products run where `low` is."""
+    offsets, rows, cols = tile_indices(offsets, tile, out_height, out_width, "upsampled_tiles")  # B x th, B x tw
+    row_taps = [xp.asarray(t) for t in bilinear_taps(rows, low.shape[1], out_height)]
+    col_taps = [xp.asarray(t) for t in bilinear_taps(cols, low.shape[2], out_width)]
+    out = xp.empty((len(offsets), low.shape[0], rows.shape[1], cols.shape[1]), dtype=np.float32)
+    for b in range(len(offsets)):
+        out[b] = resample(low, [t[b] for t in row_taps], [t[b] for t in col_taps])
+    return out
 
 
 # -- stitching and fusion -------------------------------------------------------------------------
