@@ -398,6 +398,6 @@ def test_cli_options_reach_the_engines_and_the_pixel_ops(tmp_path):
 
     Image.fromarray(_image(np.random.default_rng(3), 45, 70)).save(tmp_path / "in.png")
     args = ["infer", str(tmp_path / "in.png"), "--out", str(tmp_path / "out"), "--model", "aim_tiny", "--no-progress"]
-    assert main([*args, "--kernels", "--pixel-ops", "emulate"]) == 0
+    assert main([*args, "--backend", "torch", "--kernels", "--pixel-ops", "emulate"]) == 0  # --kernels: torch engines
     described = json.loads((tmp_path / "out" / "summary.json").read_text())["pipeline"]
     assert described["kernels"] is True and described["pixel_ops"] == "emulate"
