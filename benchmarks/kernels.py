@@ -351,13 +351,14 @@ class Bench:
 
     def fusion(self) -> None:
         torch, F = self.torch, self.torch.nn.functional
+        from mattrt.fusion_kinds import FUSION_KINDS
         from mattrt.kernels import fusion
         from mattrt.models.fusion import FUSIONS
 
         gen = torch.Generator(device="cuda").manual_seed(3)
         low = 2 * torch.randn(2, 3, 61, 77, device="cuda", generator=gen)
         detail = torch.rand(2, 1, 250, 301, device="cuda", generator=gen) * 1.4 - 0.2
-        for kind in fusion.KINDS:
+        for kind in FUSION_KINDS:
             for logits in (True, False):
                 trimap = low if logits else torch.softmax(low, dim=1)
                 got = fusion.trimap_fusion(self.cp(trimap), self.cp(detail), kind, logits=logits)
@@ -374,7 +375,7 @@ class Bench:
         # the pipeline's form: a band of rows of a taller image, clamped
         probabilities = torch.softmax(low, dim=1)[:1]
         band = detail[:1, :, 37:137].contiguous()
-        for kind in fusion.KINDS:
+        for kind in FUSION_KINDS:
             got = fusion.trimap_fusion(self.cp(probabilities), self.cp(band), kind, band=(37, 250), clamp=True)
             parity = self.close(got, fusion.trimap_fusion_reference(probabilities.cpu().numpy(), band.cpu().numpy(), kind,
                                                                     band=(37, 250), clamp=True))
@@ -382,7 +383,7 @@ class Bench:
                             parity["max_abs_err"] == 0.0)
 
         n, size, low_size = self.sizes["fusion"]
-        for kind in fusion.KINDS:
+        for kind in FUSION_KINDS:
             for detail_dtype in (torch.float32, torch.float16):
                 trimap = torch.randn(n, 3, low_size, low_size, device="cuda", generator=gen)
                 detail = torch.rand(n, 1, size, size, device="cuda", generator=gen).to(detail_dtype)

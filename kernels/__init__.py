@@ -15,7 +15,12 @@ Where the runtime uses them: TorchEngine(kernels=True) runs stage modules with t
 stitching and trimap fusion through preprocess/stitch/fusion on the GPU (runtime/pixel_ops.py;
 pixel_ops="emulate" runs that same path on the emulation, which is how the tests check it).
 
-Importing this package needs only NumPy: CuPy is imported when a launcher first runs.
+The references are the only NumPy implementations of these ops: the pipeline's host path
+(runtime/ops.py) runs them too. Fusion kinds come from the core table mattrt/fusion_kinds.py,
+and float-to-integer outputs round by mattrt.imageio.quantise's rule (half to even).
+
+Importing this package needs only NumPy and the core (mattrt.imageio: Pillow): CuPy is imported
+when a launcher first runs.
 """
 
 from mattrt.kernels.attention_pool import (

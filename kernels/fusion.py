@@ -6,13 +6,15 @@ trimap_fusion(trimap, detail, kind, *, logits=False, band=None, clamp=False):
     detail: N x 1 x H x W raw alpha of the detail stage, float32 or float16;
     returns N x 1 x H x W alpha in detail's dtype, equal to
         FUSIONS[kind](softmax?(F.interpolate(trimap, (H, W), mode="bilinear", align_corners=False)), detail)
-    with the softmax over the classes only when logits=True (models/fusion.py has the formulas),
+    with the softmax over the classes only when logits=True (models/fusion.py has the formulas;
+mattrt/fusion_kinds.py lists the kinds and their kernel codes),
     clamped to [0, 1] when clamp=True (the pipeline's final alpha).
     band=(first_row, full_height): detail and the result are rows [first_row, first_row + H) of
     an image of full_height rows; the trimap is upsampled to full_height x W and those rows are
     used (a pipeline fuses band by band as stitching releases rows). Default: (0, H).
-Without logits the kernel equals the reference bit for bit (no fused multiply-adds; the
-pipeline's CPU fusion, runtime/ops.py, computes the same float32 operations). The softmax uses
+Without logits the kernel equals the reference bit for bit (no fused multiply-adds). The
+reference is the pipeline's host fusion too (runtime/pixel_ops.py), and bilinear_taps /
+upsample_region its bilinear resampling of the low-resolution trimap. The softmax uses
 the hardware exp on the GPU (about 1e-6 relative error): float tolerance there.
 """
 
@@ -23,20 +25,13 @@ from typing import Any
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.fusion_kinds import FUSION_KINDS, fusion_kind
 from mattrt.kernels.launch import Backend, cupy_backend, device_array, host_array, output_array, planes_grid
 
 SOURCE = "trimap_fusion.cu"
 OP = "trimap_fusion"
 DTYPES = (np.float32, np.float16)
-KINDS = {"unknown_blend": 0, "aim_soft": 1, "argmax_trimap": 2}
 _SUFFIX = {np.dtype(np.float32): "32", np.dtype(np.float16): "16"}
-
-
-def _kind_code(kind: str) -> int:
-    try:
-        return KINDS[kind]
-    except (KeyError, TypeError):
-        raise InputError(f"{OP}: unknown fusion kind {kind!r}; known: {', '.join(KINDS)}") from None
 
 
 def _band(band: Any, height: int) -> tuple[int, int]:
@@ -66,53 +61,82 @@ def _check(trimap: Any, detail: Any) -> tuple[int, int, int, int, int]:
     return n, low_h, low_w, height, width
 
 
-def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear source taps (lo, hi) and weights (w_lo, w_hi) along one axis, align_corners=False.
+def bilinear_taps(indices: np.ndarray, in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
+    """Source taps of output coordinates `indices` (any shape) when resizing in_size -> out_size
+    bilinearly with align_corners=False: lower index, upper index and their weights.
 
-    PyTorch's rule in float32: src = (in/out) * (dst + 0.5) - 0.5, clamped at 0; the lower tap is
-    floor(src) clamped to the last input; its weight is src - lo clamped to [0, 1]. PyTorch's
-    compiled kernels evaluate src as one fused multiply-add (one rounding); in float64 the
-    product of two float32 values and (for every src that is not clamped to 0) the subtraction
-    are exact, so rounding once to float32
-    reproduces it.
+    PyTorch's rule in float32: src = max((in / out) * (dst + 0.5) - 0.5, 0), lo = floor(src)
+    clamped to the last input, hi = min(lo + 1, in - 1), w_hi = src - lo (always in [0, 1)).
+    PyTorch's compiled kernels evaluate src as one fused multiply-add (one rounding); in float64
+    the product of two float32 values and (for every src not clamped to 0) the subtraction are
+    exact, so rounding once to float32 reproduces it.
     """
+    indices = np.asarray(indices, dtype=np.int64)
     scale = np.float32(in_size) / np.float32(out_size)
-    shifted = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
-    src = (np.float64(scale) * shifted.astype(np.float64) - 0.5).astype(np.float32)
+    half_steps = (indices.astype(np.float32) + np.float32(0.5)).astype(np.float64)
+    src = (np.float64(scale) * half_steps - 0.5).astype(np.float32)
     src = np.maximum(src, np.float32(0))
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    hi = lo + (lo < in_size - 1)
-    w_hi = np.clip(src - lo.astype(np.float32), np.float32(0), np.float32(1))
-    return lo, hi, (np.float32(1) - w_hi).astype(np.float32), w_hi.astype(np.float32)
+    lo = np.minimum(src.astype(np.int64), in_size - 1)  # src >= 0: truncation is floor
+    hi = np.minimum(lo + 1, in_size - 1)
+    w_hi = (src - lo.astype(np.float32)).astype(np.float32)
+    w_lo = (np.float32(1) - w_hi).astype(np.float32)
+    return lo, hi, w_lo, w_hi
 
 
-def upsample_bilinear(low: np.ndarray, height: int, width: int, rows: slice = slice(None)) -> np.ndarray:
-    """float32 N x C x h x w -> N x C x H x W, F.interpolate(mode="bilinear", align_corners=False);
-    only the output rows `rows` when given."""
-    y_lo, y_hi, wy_lo, wy_hi = (taps[rows] for taps in linear_taps(low.shape[2], height))
-    x_lo, x_hi, wx_lo, wx_hi = linear_taps(low.shape[3], width)
-    top = low[:, :, y_lo, :]
-    bottom = low[:, :, y_hi, :]
+def upsample_region(low: np.ndarray, out_height: int, out_width: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """... x h x w maps -> ... x len(rows) x len(cols) float32: the pixels (rows x cols) of the maps
+    resized to out_height x out_width, i.e. F.interpolate(low, (out_height, out_width),
+    mode="bilinear", align_corners=False)[..., rows, :][..., cols] without building the
+    full-size maps (the kernel's upsampling, the same float32 operations in the same order)."""
+    if low.ndim < 2:
+        raise InputError(f"upsample_region: expected ... x h x w maps, got shape {low.shape}")
+    low = np.asarray(low, dtype=np.float32)
+    return resample(low, bilinear_taps(rows, low.shape[-2], out_height), bilinear_taps(cols, low.shape[-1], out_width))
+
+
+def resample(low: Any, row_taps: tuple, col_taps: tuple) -> Any:
+    """... x h x w float32 maps gathered at bilinear taps (bilinear_taps' four arrays per axis,
+    1-D): rows first, then columns, then the vertical blend. Only indexing and arithmetic, so the
+    maps and taps may be NumPy or CuPy arrays alike (the device pixel ops gather guidance tiles
+    on the GPU with it)."""
+    y_lo, y_hi, wy_lo, wy_hi = row_taps
+    x_lo, x_hi, wx_lo, wx_hi = col_taps
+    top = low[..., y_lo, :]
+    bottom = low[..., y_hi, :]
     top = top[..., x_lo] * wx_lo + top[..., x_hi] * wx_hi
     bottom = bottom[..., x_lo] * wx_lo + bottom[..., x_hi] * wx_hi
-    return (top * wy_lo[:, None] + bottom * wy_hi[:, None]).astype(np.float32)
+    return (wy_lo[:, None] * top + wy_hi[:, None] * bottom).astype(np.float32)
 
 
-def fuse(probabilities: np.ndarray, detail: np.ndarray, kind: str) -> np.ndarray:
-    """models/fusion.py's formulas in NumPy float32 (probabilities N x 3 x H x W, detail N x 1 x H x W)."""
-    background, unknown, foreground = probabilities[:, 0:1], probabilities[:, 1:2], probabilities[:, 2:3]
-    code = _kind_code(kind)
-    if code == 0:
-        return foreground + unknown * detail
-    if code == 1:
-        total = np.maximum((background + unknown) + foreground, np.float32(1e-6))
-        unified = (np.float32(0.5) * unknown + foreground) / total
-        confidence = np.float32(2) * np.abs(unified - np.float32(0.5))
-        return (np.float32(1) - confidence) * detail + confidence * unified
+# models/fusion.py's formulas in NumPy float32 on (background, unknown, foreground, detail), one
+# per kind of mattrt/fusion_kinds.py; trimap_fusion.cu computes the same operations by kind code.
+def _unknown_blend(background, unknown, foreground, detail):
+    return foreground + unknown * detail
+
+
+def _aim_soft(background, unknown, foreground, detail):
+    total = np.maximum((background + unknown) + foreground, np.float32(1e-6))
+    unified = (np.float32(0.5) * unknown + foreground) / total
+    confidence = np.float32(2) * np.abs(unified - np.float32(0.5))
+    return (np.float32(1) - confidence) * detail + confidence * unified
+
+
+def _argmax_trimap(background, unknown, foreground, detail):
     is_unknown = (unknown > background) & (unknown >= foreground)
     is_foreground = (foreground > background) & (foreground > unknown)
     alpha = np.where(is_unknown, np.clip(detail, np.float32(0), np.float32(1)), np.float32(0))
-    return np.where(is_foreground, np.float32(1), alpha).astype(np.float32)
+    return np.where(is_foreground, np.float32(1), alpha)
+
+
+_FORMULAS = {"unknown_blend": _unknown_blend, "aim_soft": _aim_soft, "argmax_trimap": _argmax_trimap}
+NUMPY_FUSIONS = {name: _FORMULAS[name] for name in FUSION_KINDS}  # a kind without a formula fails at import
+
+
+def fuse(probabilities: np.ndarray, detail: np.ndarray, kind: str) -> np.ndarray:
+    """The fusion formula of `kind` in NumPy float32 (probabilities N x 3 x H x W, detail N x 1 x H x W)."""
+    formula = NUMPY_FUSIONS[fusion_kind(kind).name]
+    background, unknown, foreground = probabilities[:, 0:1], probabilities[:, 1:2], probabilities[:, 2:3]
+    return formula(background, unknown, foreground, detail).astype(np.float32)
 
 
 def trimap_fusion_reference(trimap: np.ndarray, detail: np.ndarray, kind: str, *, logits: bool = False,
@@ -121,10 +145,10 @@ def trimap_fusion_reference(trimap: np.ndarray, detail: np.ndarray, kind: str, *
     detail's dtype out."""
     trimap = host_array(OP, "trimap", trimap, layout="N x 3 x h x w", dtypes=DTYPES)
     detail = host_array(OP, "detail", detail, layout="N x 1 x H x W", dtypes=DTYPES)
-    _kind_code(kind)
+    fusion_kind(kind)
     _, _, _, height, width = _check(trimap, detail)
     first, full = _band(band, height)
-    probabilities = upsample_bilinear(trimap.astype(np.float32), full, width, slice(first, first + height))
+    probabilities = upsample_region(trimap, full, width, np.arange(first, first + height), np.arange(width))
     if logits:
         e = np.exp(probabilities - probabilities.max(axis=1, keepdims=True))
         probabilities = e / e.sum(axis=1, keepdims=True)
@@ -138,7 +162,7 @@ def launch(backend: Backend, trimap: Any, detail: Any, kind: str, *, logits: boo
            clamp: bool = False, out: Any = None) -> Any:
     trimap = device_array(backend, OP, "trimap", trimap, layout="N x 3 x h x w", dtypes=DTYPES)
     detail = device_array(backend, OP, "detail", detail, layout="N x 1 x H x W", dtypes=DTYPES)
-    code = _kind_code(kind)
+    code = fusion_kind(kind).code
     n, low_h, low_w, height, width = _check(trimap, detail)
     first, full = _band(band, height)
     out = output_array(backend, OP, out, (n, 1, height, width), detail.dtype)

@@ -316,3 +316,13 @@ def positive_int(op: str, name: str, value: Any) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{op}: {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def tile_shape(op: str, tile: Any) -> tuple[int, int]:
+    """A tile size given as T (square) or (height, width): (height, width), positive integers."""
+    if isinstance(tile, (tuple, list)):
+        if len(tile) != 2:
+            raise InputError(f"{op}: tile must be T or (height, width), got {tile!r}")
+        return positive_int(op, "tile height", tile[0]), positive_int(op, "tile width", tile[1])
+    size = positive_int(op, "tile", tile)
+    return size, size

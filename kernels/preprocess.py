@@ -6,8 +6,12 @@ preprocess_tiles(image, offsets, tile, mean, std, dtype=float32) -> B x 3 x T x 
     padding with NumPy's mode="reflect" (no edge repeat, like torch's reflect pad; continued
     periodically for tiles far outside);
     out[b, c] = (pixel / unit - mean[c]) / std[c] in float32 or float16, unit = 255, 65535 or 1
-    (two correctly rounded float32 divisions: the same arithmetic as runtime/ops.py).
+    (two correctly rounded float32 divisions, in the kernel and in the reference alike).
 Offsets are tiling-plan data and live on the host (a device array is copied back).
+
+preprocess_tiles_reference is also the pipeline's host preprocessing (runtime/pixel_ops.py); it
+takes rectangular tiles too, tile=(height, width) (the pipeline's whole-image mode, which runs on
+the host), where the kernel takes square ones.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mattrt.kernels.launch import (
     output_array,
     planes_grid,
     positive_int,
+    tile_shape,
 )
 
 SOURCE = "preprocess.cu"
@@ -36,10 +41,7 @@ IMAGE_DTYPES = {np.dtype(np.uint8): ("u8", 255.0), np.dtype(np.uint16): ("u16", 
                 np.dtype(np.float32): ("f32", 1.0)}
 
 
-def _check(image: Any, tile: Any, mean: Sequence[float], std: Sequence[float], dtype: Any):
-    if int(image.shape[2]) != 3 or min(int(image.shape[0]), int(image.shape[1])) < 1:
-        raise InputError(f"{OP}: image must be H x W x 3 RGB (uint8, uint16 or float32), got shape {tuple(image.shape)}")
-    tile = positive_int(OP, "tile", tile)
+def _check_statistics(mean: Sequence[float], std: Sequence[float], dtype: Any) -> tuple[np.ndarray, np.ndarray, np.dtype]:
     stats = []
     for name, values in (("mean", mean), ("std", std)):
         array = np.asarray(values, dtype=np.float64)
@@ -54,29 +56,54 @@ def _check(image: Any, tile: Any, mean: Sequence[float], std: Sequence[float], d
         out_dtype = None
     if out_dtype not in OUTPUT_DTYPES:
         raise InputError(f"{OP}: dtype must be float32 or float16, got {dtype!r}")
-    return tile, stats[0], stats[1], out_dtype
+    return stats[0], stats[1], out_dtype
 
 
-def preprocess_tiles_reference(image: np.ndarray, offsets: Any, tile: int, mean: Sequence[float],
+def _check_image(image: Any) -> None:
+    if int(image.shape[2]) != 3 or min(int(image.shape[0]), int(image.shape[1])) < 1:
+        raise InputError(f"{OP}: image must be H x W x 3 RGB (uint8, uint16 or float32), got shape {tuple(image.shape)}")
+
+
+def reflect_indices(indices: np.ndarray, size: int) -> np.ndarray:
+    """Integer coordinates mapped onto [0, size) by reflection without edge repeat (NumPy's
+    mode="reflect", period 2 (size - 1), continued for coordinates far outside); an axis of
+    length 1 repeats its only pixel. The kernel's reflection rule."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if size < 1:
+        raise InputError(f"reflect_indices: size must be positive, got {size}")
+    if size == 1:
+        return np.zeros_like(indices)
+    period = 2 * (size - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded < size, folded, period - folded)
+
+
+def tile_indices(offsets: Any, tile: Any, height: int, width: int, op: str = OP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """B x 2 int64 offsets, and the reflected image rows (B x th) and columns (B x tw) of each tile."""
+    offsets = host_offsets(op, offsets).astype(np.int64)
+    tile_h, tile_w = tile_shape(op, tile)
+    rows = reflect_indices(offsets[:, :1] + np.arange(tile_h, dtype=np.int64), height)
+    cols = reflect_indices(offsets[:, 1:] + np.arange(tile_w, dtype=np.int64), width)
+    return offsets, rows, cols
+
+
+def preprocess_tiles_reference(image: np.ndarray, offsets: Any, tile: Any, mean: Sequence[float],
                                std: Sequence[float], dtype: Any = np.float32) -> np.ndarray:
-    """NumPy reference built on np.pad(mode="reflect")."""
+    """NumPy reference: tiles gathered through reflected coordinates, one float32 crop at a time
+    (memory bounded by the tiles, never a padded copy of the image)."""
     image = host_array(OP, "image", image, layout="H x W x 3", dtypes=tuple(IMAGE_DTYPES))
-    tile, mean32, std32, out_dtype = _check(image, tile, mean, std, dtype)
-    offsets = host_offsets(OP, offsets).astype(np.int64)
-    height, width = image.shape[:2]
-    if offsets.shape[0] == 0:
-        return np.zeros((0, 3, tile, tile), dtype=out_dtype)
-    pad_top = max(0, -int(offsets[:, 0].min()))
-    pad_left = max(0, -int(offsets[:, 1].min()))
-    pad_bottom = max(0, int(offsets[:, 0].max()) + tile - height)
-    pad_right = max(0, int(offsets[:, 1].max()) + tile - width)
-    # np.pad repeats an axis of length 1 (nothing to mirror); the kernel does the same.
-    padded = np.pad(image, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), mode="reflect")
-    crops = np.stack([padded[top + pad_top: top + pad_top + tile, left + pad_left: left + pad_left + tile]
-                      for top, left in offsets.tolist()])
+    _check_image(image)
+    mean32, std32, out_dtype = _check_statistics(mean, std, dtype)
+    offsets, rows, cols = tile_indices(offsets, tile, image.shape[0], image.shape[1])
     unit = np.float32(IMAGE_DTYPES[image.dtype][1])
-    normalised = (crops.astype(np.float32) / unit - mean32) / std32
-    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)).astype(out_dtype)
+    out = np.empty((len(offsets), 3, rows.shape[1], cols.shape[1]), dtype=out_dtype)
+    for b in range(len(offsets)):
+        crop = image[rows[b][:, None], cols[b][None, :]].astype(np.float32)  # th x tw x 3
+        crop /= unit
+        crop -= mean32
+        crop /= std32
+        out[b] = crop.transpose(2, 0, 1)
+    return out
 
 
 def normalisation_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -88,7 +115,9 @@ def normalisation_table(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 def launch(backend: Backend, image: Any, offsets: Any, tile: int, mean: Sequence[float], std: Sequence[float],
            dtype: Any = np.float32, *, out: Any = None) -> Any:
     image = device_array(backend, OP, "image", image, layout="H x W x 3", dtypes=tuple(IMAGE_DTYPES))
-    tile, mean32, std32, out_dtype = _check(image, tile, mean, std, dtype)
+    _check_image(image)
+    tile = positive_int(OP, "tile", tile)
+    mean32, std32, out_dtype = _check_statistics(mean, std, dtype)
     suffix, unit = IMAGE_DTYPES[np.dtype(image.dtype)]
     host = host_offsets(OP, offsets)
     batch = host.shape[0]

@@ -11,8 +11,9 @@
 // cross its column into a 64-bit mask (the launcher passes at most 64 tiles per launch), so each
 // pixel only visits the few tiles that can cover it.
 //
-// stitch_finalize: alpha = clamp(acc / weight_sum, 0, 1) written as uint8 (round half up of
-// alpha * 255), uint16 (of alpha * 65535) or float32; stitch_finalize_ratio_f32 writes the
+// stitch_finalize: alpha = clamp(acc / weight_sum, 0, 1) written as uint8 (alpha * 255 rounded
+// to the nearest integer, ties to even: rintf, mattrt.imageio.quantise's rule), uint16 (of
+// alpha * 65535) or float32; stitch_finalize_ratio_f32 writes the
 // unclamped ratio (a raw alpha that fusion reads before clamping). A pixel whose weight is not
 // > 0 gets 0, and the smallest flat index of such pixels is recorded in *first_uncovered
 // (atomicMin) for the launcher, which raises or accepts zeros as asked.
@@ -83,10 +84,10 @@ extern "C" __global__ void stitch_accumulate_f16(float* acc, float* weight_sum, 
 
 // The quantised value of alpha in [0, 1] for each output type.
 __device__ __forceinline__ void store_alpha(unsigned char* out, long long i, float alpha) {
-    out[i] = (unsigned char)floorf(mul_rn(alpha, 255.0f) + 0.5f);
+    out[i] = (unsigned char)rintf(mul_rn(alpha, 255.0f));
 }
 __device__ __forceinline__ void store_alpha(unsigned short* out, long long i, float alpha) {
-    out[i] = (unsigned short)floorf(mul_rn(alpha, 65535.0f) + 0.5f);
+    out[i] = (unsigned short)rintf(mul_rn(alpha, 65535.0f));
 }
 __device__ __forceinline__ void store_alpha(float* out, long long i, float alpha) { out[i] = alpha; }
 

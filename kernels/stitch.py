@@ -18,12 +18,17 @@ The kernel gathers (one thread per image pixel, tiles visited in batch order), s
 bit-identical to the NumPy reference and to each other run to run.
 
 stitch_finalize(acc, weight_sum, dtype, *, uncovered="error", clamp=True) -> H x W alpha:
-    alpha = clamp(acc / weight_sum, 0, 1) as uint8 (floor(alpha * 255 + 0.5)), uint16
-    (floor(alpha * 65535 + 0.5)) or float32; clamp=False (float32 only) keeps the plain ratio,
+    alpha = clamp(acc / weight_sum, 0, 1) as uint8 (rint(alpha * 255)), uint16 (rint(alpha *
+    65535)) or float32, rounding half to even: mattrt.imageio.quantise's rule, the one every
+    float-to-integer conversion of mattrt uses; clamp=False (float32 only) keeps the plain ratio,
     the stitched raw alpha that a fusion step clamps later. A pixel with weight_sum <= 0 (no tile
     covered it) is an error naming the first such pixel (uncovered="error", the default), or 0
     (uncovered="zero"). The kernel always writes 0 there and records the first such pixel in a
     flag; the launcher reads the flag (one synchronisation) only when asked to raise.
+
+The references are the pipeline's host stitching too (runtime/pixel_ops.py); stitch_accumulate_reference
+also takes rectangular B x th x tw tiles (the pipeline's whole-image mode, which runs on the
+host), where the kernel takes square ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.imageio import quantise
 from mattrt.kernels.launch import (
     BLOCK_ROW,
     MAX_GRID_YZ,
@@ -56,14 +62,12 @@ _TILE_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
 
 
 def _check_accumulate(acc: Any, weight_sum: Any, tiles: Any, window: Any, offsets: Any,
-                      window_index: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Host offsets (B x 2 int32), host window indices (B int32), batch and tile size."""
+                      window_index: Any) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Host offsets (B x 2 int32), host window indices (B int32), batch, tile height and width."""
     op = "stitch_accumulate"
     if tuple(weight_sum.shape) != tuple(acc.shape):
         raise InputError(f"{op}: weight_sum must have acc's shape {tuple(acc.shape)}, got {tuple(weight_sum.shape)}")
     batch, tile_h, tile_w = (int(s) for s in tiles.shape)
-    if tile_h != tile_w:
-        raise InputError(f"{op}: tiles must be B x T x T (square), got {tuple(tiles.shape)}")
     expected = f"T x T = {(tile_h, tile_w)} like the tiles, or K x T x T"
     if window.ndim not in (2, 3) or tuple(window.shape[-2:]) != (tile_h, tile_w):
         raise InputError(f"{op}: window must be {expected}, got {tuple(window.shape)}")
@@ -79,7 +83,7 @@ def _check_accumulate(acc: Any, weight_sum: Any, tiles: Any, window: Any, offset
             raise InputError(f"{op}: window_index picks windows from a K x T x T stack; "
                              f"the window is one T x T window {tuple(window.shape)}")
         index = host_window_index(op, window_index, batch, kinds)
-    return host, index, batch, tile_h
+    return host, index, batch, tile_h, tile_w
 
 
 def host_window_index(op: str, window_index: Any, batch: int, kinds: int) -> np.ndarray:
@@ -95,9 +99,9 @@ def host_window_index(op: str, window_index: Any, batch: int, kinds: int) -> np.
     return np.ascontiguousarray(index, dtype=np.int32)
 
 
-def _clipped(top: int, left: int, tile: int, height: int, width: int) -> tuple[int, int, int, int] | None:
+def _clipped(top: int, left: int, tile_h: int, tile_w: int, height: int, width: int) -> tuple[int, int, int, int] | None:
     y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + tile, height), min(left + tile, width)
+    y1, x1 = min(top + tile_h, height), min(left + tile_w, width)
     return (y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
 
 
@@ -112,11 +116,11 @@ def stitch_accumulate_reference(acc: np.ndarray, weight_sum: np.ndarray, tiles: 
     tiles = host_array(op, "tiles", tiles, layout="B x T x T", dtypes=TILE_DTYPES)
     window = host_array(op, "window", window, layout="K x T x T" if np.ndim(window) == 3 else "T x T",
                         dtypes=(np.float32,))
-    offsets, index, _, tile = _check_accumulate(acc, weight_sum, tiles, window, offsets, window_index)
+    offsets, index, _, tile_h, tile_w = _check_accumulate(acc, weight_sum, tiles, window, offsets, window_index)
     stack = window[None] if window.ndim == 2 else window
     height, width = acc.shape
     for b, (top, left) in enumerate(offsets.tolist()):
-        box = _clipped(top, left, tile, height, width)
+        box = _clipped(top, left, tile_h, tile_w, height, width)
         if box is None:
             continue
         y0, y1, x0, x1 = box
@@ -135,7 +139,9 @@ def launch_accumulate(backend: Backend, acc: Any, weight_sum: Any, tiles: Any, w
     window = device_array(backend, op, "window", window,
                           layout="K x T x T" if getattr(window, "ndim", 2) == 3 else "T x T",
                           dtypes=(np.float32,))
-    host, index, batch, tile = _check_accumulate(acc, weight_sum, tiles, window, offsets, window_index)
+    host, index, batch, tile, tile_w = _check_accumulate(acc, weight_sum, tiles, window, offsets, window_index)
+    if tile != tile_w:
+        raise InputError(f"{op}: the kernel takes square tiles B x T x T, got {tuple(tiles.shape)}")
     stack = window[None] if window.ndim == 2 else window
     height, width = (int(s) for s in acc.shape)
     kernel = f"stitch_accumulate_{_TILE_SUFFIX[np.dtype(tiles.dtype)]}"
@@ -143,7 +149,7 @@ def launch_accumulate(backend: Backend, acc: Any, weight_sum: Any, tiles: Any, w
     # in batch order, which keeps the summation order of the reference.
     for first in range(0, batch, TILES_PER_LAUNCH):
         part = host[first:first + TILES_PER_LAUNCH]
-        boxes = [box for top, left in part.tolist() if (box := _clipped(top, left, tile, height, width)) is not None]
+        boxes = [box for top, left in part.tolist() if (box := _clipped(top, left, tile, tile, height, width)) is not None]
         if not boxes:
             continue
         top, bottom = min(b[0] for b in boxes), max(b[1] for b in boxes)
@@ -179,14 +185,6 @@ def _uncovered_error(flat: int, width: int) -> InputError:
                       "(check the tiling plan, or pass uncovered='zero' to accept 0 there)")
 
 
-def quantize(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 alpha in [0, 1] -> dtype, rounding half up (the kernel's rule)."""
-    if dtype == np.float32:
-        return alpha.astype(np.float32)
-    scale = np.float32(255 if dtype == np.uint8 else 65535)
-    return np.floor(alpha * scale + np.float32(0.5)).astype(dtype)
-
-
 def _check_clamp(clamp: bool, dtype: np.dtype) -> None:
     if not clamp and dtype != np.float32:
         raise InputError(f"stitch_finalize: clamp=False keeps the raw ratio and needs dtype float32, got {dtype.name}")
@@ -211,7 +209,9 @@ def stitch_finalize_reference(acc: np.ndarray, weight_sum: np.ndarray, dtype: An
         return np.where(covered, ratio, np.float32(0)).astype(np.float32)
     # fmin/fmax ignore NaN like CUDA's fminf/fmaxf
     alpha = np.where(covered, np.fmin(np.fmax(ratio, np.float32(0)), np.float32(1)), np.float32(0)).astype(np.float32)
-    return quantize(alpha, out_dtype)
+    if out_dtype == np.float32:
+        return alpha
+    return quantise(alpha, 8 if out_dtype == np.uint8 else 16, "alpha")
 
 
 def launch_finalize(backend: Backend, acc: Any, weight_sum: Any, dtype: Any, *, uncovered: str = "error",

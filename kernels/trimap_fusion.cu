@@ -5,7 +5,7 @@
 // The output may be a band of rows: rows [row_start, row_start + height) of an image of
 // full_height rows (the upsampling's coordinates are those of the whole image), so a pipeline
 // can fuse rows as its stitching releases them. Class order: background, unknown, foreground.
-// Kinds: 0 unknown_blend, 1 aim_soft, 2 argmax_trimap. Products that are added use mul_rn (no
+// Kinds: the codes of mattrt/fusion_kinds.py (0 unknown_blend, 1 aim_soft, 2 argmax_trimap). Products that are added use mul_rn (no
 // fused multiply-add), so the result equals NumPy's and torch's CPU float32 arithmetic bit for
 // bit; the softmax (logits only) uses the hardware exp (fast_exp; about 1e-6 relative).
 // Grid: x covers columns, y rows (strided), z samples (strided).

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from mattrt.calibration.metrics import evaluate, mean_metrics
 from mattrt.calibration.synthetic import write_dataset
 from mattrt.errors import InputError
-from mattrt.imageio import read_alpha, read_image, write_bytes, write_rgb
+from mattrt.imageio import quantise, read_alpha, read_image, write_bytes, write_rgb
 from mattrt.runtime.foreground import composite, estimate_foreground
 from mattrt.runtime.infer import InferOptions, output_path, run_inference
 from mattrt.runtime.pipeline import Pipeline
@@ -104,7 +104,7 @@ def _sheet_row(image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarra
     """One contact-sheet row: image | GT | prediction | 4 x |error| | cutout over a checkerboard."""
 
     h, w = gt.shape
-    grey = lambda a: np.repeat((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731
+    grey = lambda a: np.repeat(quantise(np.clip(a, 0, 1), 8)[..., None], 3, axis=2)  # noqa: E731
     yy, xx = np.mgrid[0:h, 0:w]
     checker = np.where(((yy // 16) + (xx // 16)) % 2 == 0, 0.85, 0.55).astype(np.float32)[..., None].repeat(3, axis=2)
     cutout = composite(estimate_foreground(image, pred), pred, checker, out_dtype=np.uint8)

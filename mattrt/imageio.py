@@ -129,8 +129,9 @@ def to_float32(array: np.ndarray) -> np.ndarray:
 def quantise(values: np.ndarray, bit_depth: int, what: str = "values") -> np.ndarray:
     """Float values in [0, 1] (or integer pixels) as uint8/uint16 pixels of `bit_depth`.
 
-    Floats are rounded to the nearest level (round half to even). uint8 input is exact at both
-    depths (x257 for 16 bit); uint16 input is refused at 8 bit because it would lose precision.
+    Floats are rounded to the nearest level (round half to even): mattrt's one float-to-integer
+    rule (kernels/stitch.cu's rintf and the foreground estimate use it too). uint8 input is exact
+    at both depths (x257 for 16 bit); uint16 input is refused at 8 bit because it would lose precision.
     """
     if bit_depth not in (8, 16):
         raise InputError(f"bit_depth must be 8 or 16, got {bit_depth!r}")

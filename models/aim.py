@@ -343,8 +343,6 @@ class AimModel(MattingModel):
 
     def __init__(self, settings: AimSettings):
         super().__init__(settings)
-        if settings.fusion not in FUSIONS:
-            raise InputError(f"aim: unknown fusion {settings.fusion!r}; choose one of {', '.join(FUSIONS)}")
         for field_name in ("semantic_size", "tile_size"):
             size = getattr(settings, field_name)
             if size <= 0 or size % settings.stride_multiple:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mattrt.errors import CheckpointError, InputError
+from mattrt.fusion_kinds import fusion_kind
 from mattrt.models.checkpoints import NATIVE_LAYOUT, load_checkpoint
 from mattrt.models.settings import ModelSettings
 
@@ -82,6 +83,7 @@ class MattingModel(nn.Module):
 
     def __init__(self, settings: ModelSettings):
         super().__init__()
+        fusion_kind(settings.fusion)  # every model checks its fusion kind once, against the core table
         self.settings = settings
         # sha256 of the checkpoint file the weights came from ({part: sha256} when loaded from
         # several files); None while untrained.
@@ -134,8 +136,13 @@ class MattingModel(nn.Module):
         raise NotImplementedError
 
     # -- input checks shared by every model ---------------------------------------------
+    @property
+    def whole_image_multiple(self) -> int:
+        """What forward() needs the image's height and width to be multiples of."""
+        return self.settings.stride_multiple
+
     def check_image(self, image: torch.Tensor) -> None:
-        check_image(image, self.settings.stride_multiple, what=f"{self.settings.name} input")
+        check_image(image, self.whole_image_multiple, what=f"{self.settings.name} input")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -3,7 +3,8 @@
 Every function takes `trimap` (N x 3 x H x W probabilities in (background, unknown,
 foreground) order) and `detail` (N x 1 x H x W raw alpha) and returns alpha (N x 1 x H x W).
 They are plain torch ops, so they export to native ONNX ops, and the CUDA fusion kernel is
-checked against them.
+checked against them. The kinds themselves (names, kernel codes, meanings) are the core table
+mattrt/fusion_kinds.py; FUSIONS holds one torch formula per row of it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 
 from mattrt.errors import InputError
+from mattrt.fusion_kinds import FUSION_KINDS, fusion_kind
 
 
 def _split(trimap: torch.Tensor, detail: torch.Tensor):
@@ -63,15 +65,10 @@ def argmax_trimap(trimap: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
     return torch.where(is_foreground, torch.ones_like(detail), alpha)
 
 
-FUSIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "unknown_blend": unknown_blend,
-    "aim_soft": aim_soft,
-    "argmax_trimap": argmax_trimap,
-}
+_FORMULAS = {"unknown_blend": unknown_blend, "aim_soft": aim_soft, "argmax_trimap": argmax_trimap}
+# One formula per kind of the table (a kind without a formula fails here, at import).
+FUSIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {name: _FORMULAS[name] for name in FUSION_KINDS}
 
 
 def get_fusion(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    try:
-        return FUSIONS[kind]
-    except KeyError:
-        raise InputError(f"unknown fusion kind {kind!r}; known: {', '.join(FUSIONS)}") from None
+    return FUSIONS[fusion_kind(kind).name]

@@ -279,8 +279,6 @@ class SalientModel(MattingModel):
                 f"(guidance 'trimap', 3 channels); got guidance {settings.guidance!r} with "
                 f"{settings.guidance_channels} channels"
             )
-        if settings.fusion not in FUSIONS:
-            raise InputError(f"unknown fusion {settings.fusion!r}; known: {', '.join(FUSIONS)}")
         self.stn = U2Net(3, len(TRIMAP_CLASSES), width=settings.width)
         self.matting = DensePNMatting(settings)
 

@@ -338,8 +338,6 @@ class ShmModel(MattingModel):
 
     def __init__(self, settings: ShmSettings):
         super().__init__(settings)
-        if settings.fusion not in FUSIONS:
-            raise InputError(f"shm: unknown fusion {settings.fusion!r}; choose one of {', '.join(FUSIONS)}")
         if settings.guidance != "trimap" or settings.guidance_channels != 3:
             raise InputError(
                 "shm: M-Net reads the image and the 3 trimap probabilities (guidance 'trimap', 3 channels), "

@@ -611,9 +611,6 @@ class SimModel(MattingModel):
         """forward() runs the trimap model on the whole image, so its stride counts too."""
         return math.lcm(self.settings.stride_multiple, self.trimap_settings.stride_multiple)
 
-    def check_image(self, image: torch.Tensor) -> None:
-        check_image(image, self.whole_image_multiple, what=f"{self.settings.name} input")
-
     def train(self, mode: bool = True):
         super().train(mode)
         # The semantic stage may be a wrapper around what we hold (e.g. a renormaliser).

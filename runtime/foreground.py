@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from mattrt.errors import InputError
+from mattrt.imageio import quantise
 from mattrt.runtime.ops import check_rgb, unit_scale
 
 DEFAULT_WINDOWS = (91, 7)
@@ -143,10 +144,10 @@ def estimate_foreground(
 
 
 def _quantised(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 values in [0, 1] as `dtype` (float32 kept; uint8/uint16 by imageio.quantise's rule)."""
     if dtype == np.float32:
         return values
-    top = 255.0 if dtype == np.uint8 else 65535.0
-    return np.rint(values * np.float32(top)).astype(dtype)
+    return quantise(values, 8 if dtype == np.uint8 else 16, "foreground")
 
 
 # -- compositing --------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""The pipeline's per-pixel work, one small NumPy function each.
+"""The pipeline's per-pixel work on the host, one small NumPy function each.
 
 Each function has a plain NumPy-in/NumPy-out signature so that a GPU kernel can replace it
-behind the same signature (kernels/ holds CUDA versions of tile preprocessing, stitching and
-fusion with these semantics, bit for bit; runtime/pixel_ops.py picks one or the other). All of them work on bounded pieces of an image (a batch of tiles,
-a band of rows), never on float copies of the whole image.
+behind the same signature (runtime/pixel_ops.py picks one or the other). An op that has a CUDA
+kernel has exactly one NumPy implementation: the kernel's reference in kernels/<op>.py, which is
+checked against the kernel bit for bit and which this module re-exports under the pipeline's
+names (preprocess_tiles, stitch_accumulate, stitch_normalize, bilinear_taps, upsample_region,
+reflect_indices). What has no kernel lives here: antialiased resizing, plane crops, upsampled
+guidance tiles. All of them work on bounded pieces of an image (a batch of tiles, a band of
+rows), never on float copies of the whole image.
 
 Conventions
 - Images are H x W x 3 arrays: uint8 (/255), uint16 (/65535) or float32 already in [0, 1].
@@ -16,27 +20,17 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.kernels.fusion import bilinear_taps, resample, trimap_fusion_reference, upsample_region
+from mattrt.kernels.preprocess import preprocess_tiles_reference as preprocess_tiles
+from mattrt.kernels.preprocess import reflect_indices, tile_indices
+from mattrt.kernels.stitch import stitch_accumulate_reference as stitch_accumulate
+from mattrt.kernels.stitch import stitch_finalize_reference
 
 # Rows converted to float at a time while resizing (bounds the temporary memory).
 RESIZE_CHUNK_ROWS = 256
-
-
-# -- coordinates -------------------------------------------------------------------------------
-def reflect_indices(indices: np.ndarray, size: int) -> np.ndarray:
-    """Map integer coordinates onto [0, size) by reflection without edge repeat (period 2 (size - 1))."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if size < 1:
-        raise InputError(f"reflect_indices: size must be positive, got {size}")
-    if size == 1:
-        return np.zeros_like(indices)
-    period = 2 * (size - 1)
-    folded = np.mod(indices, period)
-    return np.where(folded < size, folded, period - folded)
 
 
 def unit_scale(dtype: np.dtype) -> float:
@@ -58,41 +52,6 @@ def check_rgb(image: np.ndarray, what: str = "image") -> None:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"{what}: the image has zero size ({image.shape[1]}x{image.shape[0]})")
     unit_scale(image.dtype)
-
-
-# -- bilinear upsampling of a small map, evaluated on any set of output pixels -----------------
-def bilinear_taps(indices: np.ndarray, in_size: int, out_size: int):
-    """Source taps of output coordinates `indices` when resizing in_size -> out_size bilinearly
-    (align_corners=False): lower index, upper index and their weights, in PyTorch's float32 rule
-    src = max((in / out) * (dst + 0.5) - 0.5, 0), lo = floor(src), hi = min(lo + 1, in - 1)."""
-    indices = np.asarray(indices, dtype=np.int64)
-    scale = np.float32(in_size) / np.float32(out_size)
-    # PyTorch's CPU kernel evaluates scale * (dst + 0.5) - 0.5 as one fused multiply-add: the
-    # float64 product of two float32 values is exact, so rounding once to float32 matches it.
-    half_steps = (indices.astype(np.float32) + np.float32(0.5)).astype(np.float64)
-    src = (np.float64(scale) * half_steps - 0.5).astype(np.float32)
-    src = np.maximum(src, np.float32(0))
-    lo = np.minimum(src.astype(np.int64), in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    w_hi = (src - lo.astype(np.float32)).astype(np.float32)
-    w_lo = (np.float32(1) - w_hi).astype(np.float32)
-    return lo, hi, w_lo, w_hi
-
-
-def upsample_region(low: np.ndarray, out_height: int, out_width: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """C x h x w map -> C x len(rows) x len(cols): the pixels (rows x cols) of the map resized to
-    out_height x out_width, i.e. F.interpolate(low[None], (out_height, out_width), mode="bilinear",
-    align_corners=False)[0][:, rows][:, :, cols] without building the full-size map."""
-    if low.ndim != 3:
-        raise InputError(f"upsample_region: expected a C x h x w map, got shape {low.shape}")
-    low = np.asarray(low, dtype=np.float32)
-    y_lo, y_hi, wy_lo, wy_hi = bilinear_taps(rows, low.shape[1], out_height)
-    x_lo, x_hi, wx_lo, wx_hi = bilinear_taps(cols, low.shape[2], out_width)
-    top = low[:, y_lo]
-    bottom = low[:, y_hi]
-    top = top[:, :, x_lo] * wx_lo + top[:, :, x_hi] * wx_hi
-    bottom = bottom[:, :, x_lo] * wx_lo + bottom[:, :, x_hi] * wx_hi
-    return (wy_lo[:, None] * top + wy_hi[:, None] * bottom).astype(np.float32)
 
 
 # -- antialiased resizing of a whole image in row chunks ---------------------------------------
@@ -154,155 +113,58 @@ def resize_image(image: np.ndarray, out_height: int, out_width: int, chunk_rows:
 
 
 # -- tiles --------------------------------------------------------------------------------------
-def tile_shape(tile) -> tuple[int, int]:
-    """A tile size given as T (square) or (height, width)."""
-    if isinstance(tile, (tuple, list)):
-        th, tw = (int(v) for v in tile)
-    else:
-        th = tw = int(tile)
-    if th < 1 or tw < 1:
-        raise InputError(f"tile size must be positive, got {tile!r}")
-    return th, tw
-
-
-def _tile_indices(offsets: np.ndarray, tile, height: int, width: int):
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    th, tw = tile_shape(tile)
-    rows = reflect_indices(offsets[:, :1] + np.arange(th, dtype=np.int64), height)  # B x th
-    cols = reflect_indices(offsets[:, 1:] + np.arange(tw, dtype=np.int64), width)  # B x tw
-    return offsets, rows, cols
-
-
-def preprocess_tiles(
-    image: np.ndarray,
-    offsets: np.ndarray,
-    tile: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    dtype=np.float32,
-) -> np.ndarray:
-    """Crop tiles and normalise them: H x W x 3 image, B x 2 (top, left) offsets ->
-    B x 3 x T x T with out[b, c] = (pixel / unit - mean[c]) / std[c]; pixels outside the image
-    come from reflection (kernels/preprocess.cu computes the same, bit for bit, for uint8,
-    uint16 and float32 images)."""
-    check_rgb(image, "preprocess_tiles")
-    offsets, rows, cols = _tile_indices(offsets, tile, image.shape[0], image.shape[1])
-    unit = np.float32(unit_scale(image.dtype))
-    mean = np.asarray(mean, dtype=np.float32)
-    std = np.asarray(std, dtype=np.float32)
-    out = np.empty((len(offsets), 3, rows.shape[1], cols.shape[1]), dtype=dtype)
-    for b in range(len(offsets)):
-        crop = image[rows[b][:, None], cols[b][None, :]].astype(np.float32)  # T x T x 3
-        # a division, not a product with 1 / unit: the kernel's arithmetic, so both agree bit for bit
-        crop /= unit
-        crop -= mean
-        crop /= std
-        out[b] = crop.transpose(2, 0, 1)
-    return out
-
-
 def crop_planes(planes: np.ndarray, offsets: np.ndarray, tile: int) -> np.ndarray:
     """C x H x W planes (e.g. a full-resolution guidance) -> B x C x T x T crops at the offsets,
     reflected outside the planes."""
     if planes.ndim != 3:
         raise InputError(f"crop_planes: expected C x H x W, got shape {planes.shape}")
-    offsets, rows, cols = _tile_indices(offsets, tile, planes.shape[1], planes.shape[2])
+    offsets, rows, cols = tile_indices(offsets, tile, planes.shape[1], planes.shape[2], "crop_planes")
     out = np.empty((len(offsets), planes.shape[0], rows.shape[1], cols.shape[1]), dtype=np.float32)
     for b in range(len(offsets)):
         out[b] = planes[:, rows[b][:, None], cols[b][None, :]]
     return out
 
 
-def upsampled_tiles(low: np.ndarray, out_height: int, out_width: int, offsets: np.ndarray, tile: int) -> np.ndarray:
-    """B x C x T x T crops of `low` upsampled to out_height x out_width (bilinear), at tile
-    offsets over that size; coordinates outside it are reflected, as the image crops are."""
-    offsets, rows, cols = _tile_indices(offsets, tile, out_height, out_width)
-    out = np.empty((len(offsets), low.shape[0], rows.shape[1], cols.shape[1]), dtype=np.float32)
+def upsampled_tiles(low, out_height: int, out_width: int, offsets: np.ndarray, tile, xp=np):
+    """B x C x T x T crops of the C x h x w float32 map `low` upsampled to out_height x out_width
+    (bilinear), at tile offsets over that size; coordinates outside it are reflected, as the image
+    crops are. Each tile is upsample_region's resampling at its reflected rows and columns. `low`
+    may live on the GPU (xp = CuPy, the device pixel ops): the taps are computed on the host and
+    uploaded, the gathers and products run where `low` is."""
+    offsets, rows, cols = tile_indices(offsets, tile, out_height, out_width, "upsampled_tiles")  # B x th, B x tw
+    row_taps = [xp.asarray(t) for t in bilinear_taps(rows, low.shape[1], out_height)]
+    col_taps = [xp.asarray(t) for t in bilinear_taps(cols, low.shape[2], out_width)]
+    out = xp.empty((len(offsets), low.shape[0], rows.shape[1], cols.shape[1]), dtype=np.float32)
     for b in range(len(offsets)):
-        out[b] = upsample_region(low, out_height, out_width, rows[b], cols[b])
+        out[b] = resample(low, [t[b] for t in row_taps], [t[b] for t in col_taps])
     return out
 
 
-# -- stitching ----------------------------------------------------------------------------------
-def stitch_accumulate(
-    acc: np.ndarray,
-    weight_sum: np.ndarray,
-    tiles: np.ndarray,
-    window: np.ndarray,
-    offsets: np.ndarray,
-    window_index: np.ndarray | None = None,
-) -> None:
-    """In place, in batch order: acc += window_b * tile_b and weight_sum += window_b over the
-    pixels tile b covers. acc, weight_sum: H x W float32; tiles: B x T x T; window: T x T (one
-    for all tiles), B x T x T (one per tile), or K x T x T with window_index (B indices into
-    the stack; kernels/stitch.cu takes the same forms); offsets: B x 2 (top, left), tiles
-    reaching past an edge are clipped."""
-    if acc.shape != weight_sum.shape or acc.ndim != 2:
-        raise InputError(f"stitch_accumulate: acc and weight_sum must be one H x W shape, got {acc.shape}, {weight_sum.shape}")
-    tiles = np.asarray(tiles)
-    if tiles.ndim != 3:
-        raise InputError(f"stitch_accumulate: tiles must be B x T x T, got {tiles.shape}")
-    batch, th, tw = tiles.shape
-    stacked = window.ndim == 3
-    if window_index is None:
-        index = np.arange(batch) if stacked else None
-        fits = not stacked or window.shape[0] == batch
-    else:
-        index = np.asarray(window_index, dtype=np.int64).reshape(-1)
-        fits = stacked and index.shape == (batch,) and (index.size == 0 or (index.min() >= 0 and index.max() < window.shape[0]))
-    if window.shape[-2:] != (th, tw) or not fits:
-        raise InputError(
-            f"stitch_accumulate: window must be T x T, B x T x T, or K x T x T with B window indices in [0, K), "
-            f"for tiles {tiles.shape}; got {window.shape}" + ("" if window_index is None else f" and indices {np.asarray(window_index).tolist()}")
-        )
-    height, width = acc.shape
-    for b, (top, left) in enumerate(np.asarray(offsets, dtype=np.int64).reshape(-1, 2).tolist()):
-        y0, x0 = max(top, 0), max(left, 0)
-        y1, x1 = min(top + th, height), min(left + tw, width)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        ty, tx = slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
-        w = window[index[b], ty, tx] if stacked else window[ty, tx]
-        acc[y0:y1, x0:x1] += tiles[b, ty, tx].astype(np.float32) * w
-        weight_sum[y0:y1, x0:x1] += w
-
-
+# -- stitching and fusion -------------------------------------------------------------------------
 def stitch_normalize(acc: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
-    """acc / weight_sum (float32, not clamped: a raw alpha may leave [0, 1] before fusion).
-    A pixel no tile covered is a bug in the tiling plan and raises."""
-    covered = weight_sum > 0
-    if not covered.all():
-        y, x = np.unravel_index(int(np.flatnonzero(~covered)[0]), acc.shape)
-        raise InputError(f"stitching: pixel (y={y}, x={x}) of the band has zero blending weight; no tile covered it")
-    return (acc / weight_sum).astype(np.float32)
+    """acc / weight_sum (float32, not clamped: a raw alpha may leave [0, 1] before fusion); a
+    pixel no tile covered is a bug in the tiling plan and raises (the kernel's unclamped finalize)."""
+    return stitch_finalize_reference(acc, weight_sum, np.float32, clamp=False)
 
 
-# -- fusion -------------------------------------------------------------------------------------
-def fuse(trimap: np.ndarray, detail: np.ndarray, kind: str) -> np.ndarray:
-    """3 x H x W trimap probabilities and H x W raw alpha -> H x W alpha by models/fusion.py's
-    FUSIONS[kind], clamped to [0, 1]."""
-    import torch
-
-    from mattrt.models.fusion import get_fusion
-
-    function = get_fusion(kind)
-    with torch.inference_mode():
-        alpha = function(torch.from_numpy(np.ascontiguousarray(trimap))[None], torch.from_numpy(np.ascontiguousarray(detail))[None, None])
-    return np.clip(alpha[0, 0].numpy(), 0.0, 1.0).astype(np.float32)
+def fuse_band(low: np.ndarray, detail_rows: np.ndarray, first_row: int, height: int, kind: str) -> np.ndarray:
+    """Clamped alpha of image rows [first_row, first_row + rows) of a height x W image: the 3 x h x w
+    trimap probabilities upsampled to height x W, fused with the rows x W raw alpha by the fusion
+    kind (the trimap_fusion kernel's reference, band form)."""
+    return trimap_fusion_reference(low[None], detail_rows[None, None], kind, band=(first_row, height), clamp=True)[0, 0]
 
 
 __all__ = [
     "bilinear_taps",
     "check_rgb",
     "crop_planes",
-    "fuse",
+    "fuse_band",
     "preprocess_tiles",
     "reflect_indices",
     "resize_image",
     "resize_weights",
     "stitch_accumulate",
     "stitch_normalize",
-    "tile_shape",
     "unit_scale",
     "upsample_region",
     "upsampled_tiles",

@@ -4,7 +4,8 @@ kernels (kernels/) on the device.
 The per-pixel work of a run is: cropping and normalising the detail tiles, cropping the
 guidance tiles, stitching the detail outputs (accumulate, then normalise a band of rows), and
 fusing the stitched raw alpha with the upsampled trimap. `HostPixelOps` does it with the NumPy
-functions of runtime/ops.py; `KernelPixelOps` with the kernels' launchers on a kernels backend:
+functions of runtime/ops.py (for the ops that have a kernel, that kernel's NumPy reference);
+`KernelPixelOps` with the kernels' launchers on a kernels backend:
 
 - "device": the CuPy backend. The detail image is uploaded once, tiles are cut and normalised
   on the GPU (preprocess.cu), fed to a torch CUDA engine without a copy (DLPack, engine
@@ -17,7 +18,7 @@ functions of runtime/ops.py; `KernelPixelOps` with the kernels' launchers on a k
   tests and for checking the device path on a machine without a GPU. Slow.
 
 Both give the host result bit for bit: every kernel here does the same float32 operations in the
-same order as runtime/ops.py (no fused multiply-adds, correctly rounded divisions), which the
+same order as its NumPy reference (no fused multiply-adds, correctly rounded divisions), which the
 tests check by running whole pipelines on the emulation. The GPU path is only as different as
 the CUDA and NumPy libraries' IEEE arithmetic is (not at all for these operations).
 
@@ -64,8 +65,10 @@ class HostPixelOps:
     def upload(self, array: np.ndarray) -> np.ndarray:
         return array
 
-    def upload_image(self, image: np.ndarray) -> np.ndarray:
-        return image
+    def upload_image(self, image: np.ndarray):
+        """The image in this implementation's memory, in a dtype tile preprocessing reads
+        (uint8, uint16 or float32: a float64 image becomes float32, the values each crop had)."""
+        return self.upload(image.astype(np.float32) if image.dtype == np.float64 else image)
 
     def to_host(self, array: Any) -> np.ndarray:
         return np.asarray(array)
@@ -93,12 +96,10 @@ class HostPixelOps:
     def fuse_rows(self, low_host: np.ndarray, low: Any, detail_rows, first_row: int, height: int, width: int,
                   kind: str, out) -> None:
         """out (rows x W) = fused, clamped alpha of image rows [first_row, first_row + rows)."""
-        cols = np.arange(width)
         for offset in range(0, detail_rows.shape[0], FUSION_ROWS):
             part = detail_rows[offset : offset + FUSION_ROWS]
             y0 = first_row + offset
-            trimap = ops.upsample_region(low_host, height, width, np.arange(y0, y0 + part.shape[0]), cols)
-            out[offset : offset + part.shape[0]] = ops.fuse(trimap, part, kind)
+            out[offset : offset + part.shape[0]] = ops.fuse_band(low_host, part, y0, height, kind)
 
 
 class KernelPixelOps(HostPixelOps):
@@ -139,12 +140,6 @@ class KernelPixelOps(HostPixelOps):
     def upload(self, array: np.ndarray):
         return self.xp.asarray(np.ascontiguousarray(array))
 
-    def upload_image(self, image: np.ndarray):
-        """The image in device memory, in a dtype the preprocessing kernel reads."""
-        if image.dtype == np.float64:  # the host path converts each crop to float32: the same values
-            image = image.astype(np.float32)
-        return self.upload(image)
-
     def to_host(self, array: Any) -> np.ndarray:
         return self.backend.to_host(array)
 
@@ -155,23 +150,8 @@ class KernelPixelOps(HostPixelOps):
         return preprocess.launch(self.backend, image, offsets, tile, mean, std, np.float32)
 
     def guidance_tiles(self, low_host: np.ndarray, low: Any, out_height: int, out_width: int, offsets, tile):
-        """ops.upsampled_tiles on the device: the same taps and float32 operations, for the whole
-        batch at once (gathers from the low-resolution trimap, which stays on the device)."""
-        xp = self.xp
-        th, tw = ops.tile_shape(tile)
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        rows = ops.reflect_indices(offsets[:, :1] + np.arange(th), out_height)  # B x th
-        cols = ops.reflect_indices(offsets[:, 1:] + np.arange(tw), out_width)  # B x tw
-        y_lo, y_hi, wy_lo, wy_hi = (xp.asarray(t) for t in ops.bilinear_taps(rows, low_host.shape[1], out_height))
-        x_lo, x_hi, wx_lo, wx_hi = (xp.asarray(t) for t in ops.bilinear_taps(cols, low_host.shape[2], out_width))
-        # low[:, rows][:, :, cols] for every tile: C x B x th x tw
-        top_lo, top_hi = low[:, y_lo[:, :, None], x_lo[:, None, :]], low[:, y_lo[:, :, None], x_hi[:, None, :]]
-        bottom_lo, bottom_hi = low[:, y_hi[:, :, None], x_lo[:, None, :]], low[:, y_hi[:, :, None], x_hi[:, None, :]]
-        wx_lo, wx_hi = wx_lo[:, None, :], wx_hi[:, None, :]
-        top = top_lo * wx_lo + top_hi * wx_hi
-        bottom = bottom_lo * wx_lo + bottom_hi * wx_hi
-        blended = wy_lo[:, :, None] * top + wy_hi[:, :, None] * bottom
-        return xp.ascontiguousarray(blended.transpose(1, 0, 2, 3), dtype=np.float32)
+        """ops.upsampled_tiles gathering from the low-resolution trimap where it stays (the device)."""
+        return ops.upsampled_tiles(low, out_height, out_width, offsets, tile, xp=self.xp)
 
     def crop_planes(self, planes: np.ndarray, offsets, tile):
         return self.upload(ops.crop_planes(planes, offsets, tile))

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mattrt.errors import InputError
+from mattrt.fusion_kinds import FUSION_KINDS
+from mattrt.imageio import quantise
 from mattrt.kernels import attention_pool, emulate, fusion, max_unpool, morphology, preprocess, stitch
 from mattrt.kernels.launch import Backend
 
@@ -146,7 +148,7 @@ def test_attention_rejects_odd_sizes_and_mismatches(host):
 # trimap fusion
 
 
-@pytest.mark.parametrize("kind", list(fusion.KINDS))
+@pytest.mark.parametrize("kind", list(FUSION_KINDS))
 @pytest.mark.parametrize("logits", [True, False])
 @pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.float16, np.float32), (np.float32, np.float16)])
 def test_trimap_fusion_matches_reference(host, rng, kind, logits, dtypes):
@@ -241,14 +243,27 @@ def test_stitch_finalize_matches_reference(host, rng, dtype):
     np.testing.assert_array_equal(got, want)
 
 
-def test_stitch_finalize_rounds_half_up(host):
-    values = np.array([[0.5 / 255, 1.5 / 255, 0.49 / 255, 1.0, 0.0, 2.0, -1.0]], dtype=np.float32)
+def _ties(scale: int, levels: list[int]) -> np.ndarray:
+    """float32 alphas whose float32 product with scale is exactly level + 0.5."""
+    values = ((np.array(levels) + 0.5) / scale).astype(np.float32)
+    assert (values * np.float32(scale) == np.array(levels, np.float32) + np.float32(0.5)).all()
+    return values
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_stitch_finalize_rounds_like_imageio_quantise_half_to_even(host, dtype):
+    scale = 255 if dtype == np.uint8 else 65535
+    ties = _ties(scale, [0, 1, 2, 3, 100, 101])
+    # alpha * 255 = 0.49999997: floor(x + 0.5) in float32 gives 1 there, the nearest level is 0
+    below_half = np.nextafter(np.float32(0.5), np.float32(0)) / np.float32(scale)
+    values = np.concatenate([ties, np.float32([below_half, 0.49 / scale, 1.0, 0.0, 2.0, -1.0])])[None].astype(np.float32)
     weight = np.ones_like(values)
-    got = stitch.launch_finalize(host, values, weight, np.uint8)
-    want = np.floor(np.clip(values, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    got = stitch.launch_finalize(host, values, weight, dtype)
+    want = quantise(np.clip(values, 0, 1), 8 if dtype == np.uint8 else 16)
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got, stitch.stitch_finalize_reference(values, weight, np.uint8))
-    assert got[0, 3] == 255 and got[0, 5] == 255 and got[0, 6] == 0
+    np.testing.assert_array_equal(got, stitch.stitch_finalize_reference(values, weight, dtype))
+    np.testing.assert_array_equal(got[0, : len(ties)], np.rint(ties * np.float32(scale)))  # ties to even
+    assert list(got[0, len(ties):]) == [0, 0, scale, 0, scale, 0]
 
 
 def test_stitch_finalize_uncovered_pixels(host):

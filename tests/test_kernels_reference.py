@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mattrt.errors import InputError
+from mattrt.fusion_kinds import FUSION_KINDS, fusion_kind
 from mattrt.kernels import (
     attention_pool2d_reference,
     attention_unpool2d_reference,
@@ -23,7 +24,8 @@ from mattrt.kernels import (
     stitch_finalize_reference,
     trimap_fusion_reference,
 )
-from mattrt.models.fusion import FUSIONS
+from mattrt.kernels.fusion import NUMPY_FUSIONS, fuse, upsample_region
+from mattrt.models.fusion import FUSIONS, get_fusion
 
 
 @pytest.fixture
@@ -120,12 +122,31 @@ def test_trimap_fusion_reference_equals_interpolate_and_models_fusion(rng, kind,
 
 
 def test_bilinear_upsampling_equals_interpolate_exactly_enough(rng):
-    from mattrt.kernels.fusion import upsample_bilinear
-
     low = rng.standard_normal((1, 3, 13, 17)).astype(np.float32)
     for size in [(100, 37), (13, 17), (6, 40)]:
         want = F.interpolate(torch.from_numpy(low), size=size, mode="bilinear", align_corners=False).numpy()
-        np.testing.assert_allclose(upsample_bilinear(low, *size), want, rtol=1e-6, atol=1e-6)
+        got = upsample_region(low, *size, np.arange(size[0]), np.arange(size[1]))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_one_fusion_table_for_torch_numpy_and_the_kernel():
+    assert list(FUSIONS) == list(NUMPY_FUSIONS) == list(FUSION_KINDS)
+    assert sorted(kind.code for kind in FUSION_KINDS.values()) == list(range(len(FUSION_KINDS)))
+    # the same message wherever an unknown kind is met
+    for reject in (fusion_kind, get_fusion, lambda k: fuse(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.float32), k),
+                   lambda k: trimap_fusion_reference(np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.float32), k)):
+        with pytest.raises(InputError, match=r"^unknown fusion kind 'blend'; known: unknown_blend, aim_soft, argmax_trimap$"):
+            reject("blend")
+
+
+@pytest.mark.parametrize("kind", list(FUSION_KINDS))
+def test_numpy_fusion_formulas_equal_the_torch_formulas_bit_for_bit(rng, kind):
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(2, 3, 9, 11)).astype(np.float32)) * 3, dim=1)
+    probabilities[0, :, 0, :3] = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.0, 0.5]])  # argmax ties
+    detail = torch.from_numpy(rng.uniform(-0.3, 1.3, size=(2, 1, 9, 11)).astype(np.float32))
+    got = fuse(probabilities.numpy(), detail.numpy(), kind)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, FUSIONS[kind](probabilities, detail).numpy())
 
 
 def test_preprocess_reference_equals_torch_reflect_pad(rng):

@@ -3,8 +3,8 @@ emulation of the same .cu sources:
 
 - the kernel extensions the pipeline needs (a stack of blending windows + a window index per
   tile, the unclamped stitched ratio, banded and clamped trimap fusion, uint16/float32 images):
-  emulation against the NumPy reference, and the reference against the pipeline's own NumPy
-  functions (runtime/ops.py); NVRTC compiles them in test_kernels_compile.py;
+  emulation against the NumPy reference, which is also the pipeline's host implementation
+  (runtime/ops.py); NVRTC compiles them in test_kernels_compile.py;
 - the torch engine's kernel routing (mattrt custom ops in place of F.max_unpool2d and AlphaNet's
   attention functions): same outputs as eager PyTorch, and the custom ops really ran;
 - whole pipelines whose per-pixel work runs through the kernels (pixel_ops="emulate", the code
@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mattrt.availability import available
 from mattrt.errors import InputError, MissingDependencyError
+from mattrt.fusion_kinds import FUSION_KINDS
 from mattrt.kernels import emulate, fusion, preprocess, stitch
 from mattrt.kernels.emulate import HostEmulationBackend
 from mattrt.kernels.backends import get_backend
@@ -110,7 +111,7 @@ def test_stitch_window_forms_and_their_errors(host, rng):
 
 
 @needs_emulation
-@pytest.mark.parametrize("kind", sorted(fusion.KINDS))
+@pytest.mark.parametrize("kind", sorted(FUSION_KINDS))
 def test_banded_clamped_fusion_is_the_pipelines_cpu_fusion(host, rng, kind):
     low = rng.random((3, 13, 17)).astype(np.float32)
     low /= low.sum(axis=0, keepdims=True)
@@ -121,8 +122,7 @@ def test_banded_clamped_fusion_is_the_pipelines_cpu_fusion(host, rng, kind):
         got = fusion.launch(host, low[None], band[None, None].copy(), kind, band=(first, height), clamp=True)
         want = fusion.trimap_fusion_reference(low[None], band[None, None], kind, band=(first, height), clamp=True)
         np.testing.assert_array_equal(got, want)
-        trimap = ops.upsample_region(low, height, width, np.arange(first, first + rows), np.arange(width))
-        np.testing.assert_array_equal(got[0, 0], ops.fuse(trimap, band, kind))  # the pipeline's host fusion
+        np.testing.assert_array_equal(got[0, 0], ops.fuse_band(low, band, first, height, kind))  # the pipeline's host fusion
     whole = fusion.launch(host, low[None], detail[None, None].copy(), kind)
     np.testing.assert_array_equal(whole, fusion.trimap_fusion_reference(low[None], detail[None, None], kind))
     if kind != "argmax_trimap":
@@ -140,7 +140,6 @@ def test_preprocess_reads_8_and_16_bit_and_float_images_like_the_pipeline(host, 
     offsets = np.array([[0, 0], [-9, 40], [30, -12], [-70, 90]])
     got = preprocess.launch(host, image, offsets, 24, MEAN, STD)
     np.testing.assert_array_equal(got, preprocess.preprocess_tiles_reference(image, offsets, 24, MEAN, STD))
-    np.testing.assert_array_equal(got, ops.preprocess_tiles(image, offsets, 24, MEAN, STD))
     half = preprocess.launch(host, image, offsets, 24, MEAN, STD, np.float16)
     np.testing.assert_array_equal(half, preprocess.preprocess_tiles_reference(image, offsets, 24, MEAN, STD, np.float16))
 
@@ -342,7 +341,7 @@ def test_pipeline_on_emulated_kernels_equals_the_host_pipeline(tiny_models, monk
         described = pipeline.describe()
     assert described["pixel_ops"] == "emulate" and described["kernels"] is kernels
     assert got.plan["pixel_ops"] == "emulate" and "upload" in got.timings
-    # Bit for bit: the kernels do runtime/ops.py's float32 operations in its order. AlphaNet's
+    # Bit for bit: the kernels do their NumPy references' float32 operations in their order. AlphaNet's
     # routed attention pooling (a softmax with max subtraction instead of the model's ratio of
     # exp means) moves its raw alpha by float rounding.
     tolerance = 1e-5 if kernels and name.startswith("alphanet") else 0.0
@@ -399,6 +398,6 @@ def test_cli_options_reach_the_engines_and_the_pixel_ops(tmp_path):
 
     Image.fromarray(_image(np.random.default_rng(3), 45, 70)).save(tmp_path / "in.png")
     args = ["infer", str(tmp_path / "in.png"), "--out", str(tmp_path / "out"), "--model", "aim_tiny", "--no-progress"]
-    assert main([*args, "--kernels", "--pixel-ops", "emulate"]) == 0
+    assert main([*args, "--backend", "torch", "--kernels", "--pixel-ops", "emulate"]) == 0  # --kernels: torch engines
     described = json.loads((tmp_path / "out" / "summary.json").read_text())["pipeline"]
     assert described["kernels"] is True and described["pixel_ops"] == "emulate"

@@ -107,22 +107,6 @@ def test_stage_modules_share_the_model_parameters(tiny):
     assert all(k.startswith(("stn.", "matting.")) for k in tiny.state_dict())
 
 
-def test_forward_equals_stages_run_by_hand(tiny):
-    x = image(2, (96, 128), seed=3)  # not the stage sizes: every network is fully convolutional
-    with torch.no_grad():
-        out = tiny(x)
-        stages = tiny.stages()
-        semantic, trimap = stages["semantic"].module(x)
-        guidance = tiny.guidance(x, trimap)
-        (detail,) = stages["detail"].module(x, guidance)
-        alpha = unknown_blend(trimap, detail)
-    assert set(out) == {"semantic", "trimap", "detail", "alpha"}
-    assert out["semantic"].shape == (2, 3, 96, 128) and out["alpha"].shape == (2, 1, 96, 128)
-    assert torch.equal(guidance, trimap)
-    for name, value in (("semantic", semantic), ("trimap", trimap), ("detail", detail), ("alpha", alpha)):
-        assert torch.allclose(out[name], value, atol=1e-6), name
-
-
 def test_fusion_is_foreground_plus_unknown_times_detail(tiny):
     x = image(1, 64, seed=4)
     with torch.no_grad():

@@ -494,16 +494,6 @@ def test_authors_layout_round_trip(tmp_path, tiny, tiny_out):
     assert set(loaded.checkpoint_sha256) == {"matting", "classifier", "trimap"}
 
 
-def test_native_single_file_loads_the_whole_model(tmp_path, tiny, tiny_out):
-    path = tmp_path / "semantic_tiny.pth"
-    torch.save(tiny.state_dict(), path)
-    loaded = create_model(TINY, checkpoint=path)
-    with torch.no_grad():
-        out = loaded(image(2, 64, seed=3))
-    assert torch.equal(out["alpha"], tiny_out["alpha"]) and torch.equal(out["detail"], tiny_out["detail"])
-    assert isinstance(loaded.checkpoint_sha256, str)
-
-
 def test_bad_checkpoints_raise(tmp_path, tiny):
     paths = save_parts(tiny, tmp_path)
     matting = torch.load(paths["matting"])["state_dict"]

@@ -1,5 +1,6 @@
-"""mattrt.runtime.ops: coordinates, resampling, tile crops, stitching and fusion against
-PyTorch and the kernels' NumPy references."""
+"""mattrt.runtime.ops, the host pipeline's per-pixel ops (for ops with a kernel, the kernel's
+NumPy reference): coordinates, resampling, tile crops, stitching and fusion against PyTorch,
+np.pad and plain loops, including the forms only the host path takes (rectangular tiles)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from mattrt.errors import InputError
-from mattrt.kernels.preprocess import preprocess_tiles_reference
-from mattrt.kernels.stitch import stitch_accumulate_reference
 from mattrt.models.fusion import FUSIONS
 from mattrt.runtime import ops
 
@@ -76,14 +75,20 @@ def test_resize_rejects_bad_sizes():
         ops.resize_image(np.zeros((4, 4, 3), np.uint8), 0, 3)
 
 
-def test_preprocess_tiles_matches_the_kernel_reference():
+@pytest.mark.parametrize("tile", [32, (20, 36)])
+def test_preprocess_tiles_are_normalised_crops_of_the_reflect_padded_image(tile):
     rng = _rng(3)
     image = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)
-    offsets = np.array([[0, 0], [-10, 50], [30, -20], [20, 64], [-100, 140]])
+    offsets = np.array([[0, 0], [-10, 50], [30, -20], [20, 64], [-100, 140]])  # far outside too
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    got = ops.preprocess_tiles(image, offsets, 32, mean, std)
-    expected = preprocess_tiles_reference(image, offsets, 32, mean, std)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    got = ops.preprocess_tiles(image, offsets, tile, mean, std)
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    assert got.shape == (len(offsets), 3, th, tw)
+    padded = np.pad(image, ((110, 110), (110, 110), (0, 0)), mode="reflect").astype(np.float32)
+    normalised = (padded / np.float32(255) - np.float32(mean)) / np.float32(std)
+    for (top, left), crop in zip(offsets, got):
+        want = normalised[top + 110 : top + 110 + th, left + 110 : left + 110 + tw].transpose(2, 0, 1)
+        np.testing.assert_array_equal(crop, want)
 
 
 def test_preprocess_tiles_scales_16_bit_and_float_like_8_bit():
@@ -99,24 +104,33 @@ def test_preprocess_tiles_scales_16_bit_and_float_like_8_bit():
 def test_preprocess_tiles_rejects_non_rgb():
     with pytest.raises(InputError, match="H x W x 3"):
         ops.preprocess_tiles(np.zeros((8, 8), np.uint8), np.zeros((1, 2)), 8, (0, 0, 0), (1, 1, 1))
-    with pytest.raises(InputError, match="uint8, uint16 or float32"):
+    with pytest.raises(InputError, match="uint8 or uint16 or float32"):
         ops.preprocess_tiles(np.zeros((8, 8, 3), np.int32), np.zeros((1, 2)), 8, (0, 0, 0), (1, 1, 1))
 
 
-def test_stitch_accumulate_matches_the_kernel_reference_and_takes_per_tile_windows():
+@pytest.mark.parametrize("tile", [(16, 16), (12, 20)])
+def test_stitch_accumulate_sums_in_batch_order_and_takes_every_window_form(tile):
     rng = _rng(5)
-    tiles = rng.random((4, 16, 16), dtype=np.float32)
-    window = rng.random((16, 16), dtype=np.float32)
+    tiles = rng.random((4, *tile), dtype=np.float32)
+    window = rng.random(tile, dtype=np.float32)
     offsets = np.array([[0, 0], [8, 8], [-4, 20], [25, -6]])
     acc, weight = np.zeros((30, 30), np.float32), np.zeros((30, 30), np.float32)
     ops.stitch_accumulate(acc, weight, tiles, window, offsets)
-    acc_ref, weight_ref = np.zeros_like(acc), np.zeros_like(weight)
-    stitch_accumulate_reference(acc_ref, weight_ref, tiles, window, offsets)
-    np.testing.assert_array_equal(acc, acc_ref)
-    np.testing.assert_array_equal(weight, weight_ref)
-    acc_b, weight_b = np.zeros_like(acc), np.zeros_like(weight)
-    ops.stitch_accumulate(acc_b, weight_b, tiles, np.repeat(window[None], 4, 0), offsets)
-    np.testing.assert_array_equal(acc_b, acc)
+    acc_loop, weight_loop = np.zeros_like(acc), np.zeros_like(weight)
+    for b, (top, left) in enumerate(offsets):  # pixel by pixel, tiles in batch order
+        for ty in range(tile[0]):
+            for tx in range(tile[1]):
+                y, x = top + ty, left + tx
+                if 0 <= y < 30 and 0 <= x < 30:
+                    acc_loop[y, x] += tiles[b, ty, tx] * window[ty, tx]
+                    weight_loop[y, x] += window[ty, tx]
+    np.testing.assert_array_equal(acc, acc_loop)
+    np.testing.assert_array_equal(weight, weight_loop)
+    for stack, index in ((np.repeat(window[None], 4, 0), None), (window[None], np.zeros(4, np.int64))):
+        acc_b, weight_b = np.zeros_like(acc), np.zeros_like(weight)
+        ops.stitch_accumulate(acc_b, weight_b, tiles, stack, offsets, index)
+        np.testing.assert_array_equal(acc_b, acc)
+        np.testing.assert_array_equal(weight_b, weight)
 
 
 def test_stitch_normalize_refuses_uncovered_pixels():
@@ -128,10 +142,11 @@ def test_stitch_normalize_refuses_uncovered_pixels():
 
 
 @pytest.mark.parametrize("kind", sorted(FUSIONS))
-def test_fuse_is_models_fusion_clamped(kind):
+def test_fuse_band_is_models_fusion_of_the_upsampled_trimap_clamped(kind):
     rng = _rng(6)
-    trimap = torch.softmax(torch.from_numpy(rng.normal(size=(1, 3, 9, 11)).astype(np.float32)) * 3, dim=1)
-    detail = torch.from_numpy(rng.uniform(-0.3, 1.3, size=(1, 1, 9, 11)).astype(np.float32))
-    expected = FUSIONS[kind](trimap, detail)[0, 0].clamp(0, 1).numpy()
-    got = ops.fuse(trimap[0].numpy(), detail[0, 0].numpy(), kind)
-    np.testing.assert_array_equal(got, expected)
+    low = torch.softmax(torch.from_numpy(rng.normal(size=(3, 7, 5)).astype(np.float32)) * 3, dim=0).numpy()
+    height, width, first, rows = 30, 11, 5, 9
+    detail = rng.uniform(-0.3, 1.3, size=(rows, width)).astype(np.float32)
+    trimap = torch.from_numpy(ops.upsample_region(low, height, width, np.arange(first, first + rows), np.arange(width)))
+    expected = FUSIONS[kind](trimap[None], torch.from_numpy(detail)[None, None])[0, 0].clamp(0, 1).numpy()
+    np.testing.assert_array_equal(ops.fuse_band(low, detail, first, height, kind), expected)
