@@ -25,7 +25,10 @@ writes, beside each stage's FP32 graph `<stage>.onnx`:
 - `<stage>.int8.calib.npz`: the calibration inputs (a bounded, evenly spaced subset).
 The manifest lists each new graph under its precision in the stage's `files` (what TensorRT and
 the lint read), the CPU graph under `backend_files["onnxruntime"]["int8"]` (what the onnxruntime
-backend runs for --precision int8, on either device: one graph per backend), and records per
+backend runs for --precision int8 on either device: backend_files is keyed by backend only; on
+a GPU the INT8 path is TensorRT with the symmetric graph, and onnxruntime's CUDA provider is
+there for checking, where running the same graph as on the CPU keeps one onnxruntime INT8
+result per export), and records per
 precision (in the stage's `parity` dictionary, the manifest's free-form per-graph record; the CPU
 graph under "int8_cpu") the error against FP32 on the calibration inputs, the FP32 nodes of the
 FP16 graph and the calibration settings and files. The fusion graph stays FP32.
@@ -747,7 +750,7 @@ def finish_int8(path: Path):
 # the cheap ops between them, asymmetrically, from the same ranges file.
 CPU_INT8_BACKEND = "onnxruntime"
 CPU_INT8_RECORD = "int8_cpu"  # key of the CPU graph's record in a stage's `parity`
-CPU_INT8_OPS = (*WEIGHTED_OPS, "Relu", "Add", "Concat", "MaxPool", "Resize")
+CPU_INT8_OPS = (*WEIGHTED_OPS, "Relu", "MaxPool", "Resize")
 # Operator types whose inputs and outputs calibration records: both INT8 graphs' tensors.
 CALIBRATED_OPS = tuple(dict.fromkeys((*WEIGHTED_OPS, *CPU_INT8_OPS)))
 _REMOVABLE_ACTIVATIONS = ("Relu", "Clip")  # folded into the producer's quantisation by onnxruntime
@@ -839,8 +842,13 @@ def _restore_fp32_reads(model, fp32, nodes: set[str]) -> None:
     """Make `nodes` read the FP32 tensors they read in the FP32 graph, not dequantised copies
     (onnxruntime's Q/DQ pairs feed every consumer of a quantised tensor)."""
     bypass_activation_qdq(model, lambda node: node.name in nodes)
-    expected = {node.name: list(node.input) for node in fp32.graph.node if node.name in nodes}
-    got = {node.name: list(node.input) for node in model.graph.node if node.name in nodes}
+    def reads(graph) -> dict[str, list]:
+        made_by = {out: node.name for node in graph.node for out in node.output}
+        return {node.name: [(name, made_by.get(name)) for name in node.input] for node in graph.node if node.name in nodes}
+
+    # same tensor names made by the same nodes (a Relu folded into its producer's quantisation would
+    # leave its output's name on the pre-activation tensor)
+    expected, got = reads(fp32.graph), reads(model.graph)
     wrong = sorted(name for name in expected if got.get(name) != expected[name])
     if wrong:
         raise CalibrationError(f"the CPU INT8 graph changed the inputs of FP32 node(s) {', '.join(wrong[:5])}")

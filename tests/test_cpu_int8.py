@@ -157,9 +157,10 @@ def test_cpu_graph_runs_close_to_fp32_but_quantised(export_dir):
         for ref, out, trt in zip(reference, got, tensorrt_form):
             rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
             rel_trt = np.linalg.norm(trt - ref) / np.linalg.norm(ref)
-            # random weights: loose, but wrong scales or zero points would exceed it (or be exact)
-            assert 0 < rel < 0.15, (stage, rel)
-            assert rel < 3 * rel_trt, (stage, rel, rel_trt)  # not far worse than the TensorRT form
+            assert not np.array_equal(out, trt)  # a graph of its own
+            # random weights: loose, but wrong scales or zero points would exceed it (or be exact);
+            # the CPU graph quantises more tensors (convolution outputs) than the TensorRT form
+            assert 0 < rel < 0.05, (stage, rel, rel_trt)
 
 
 def test_open_artifacts_runs_the_cpu_graph_for_int8(export_dir):
