@@ -75,7 +75,11 @@ def versions() -> dict:
 def graphs_to_time(export: Path, stage: str, work: Path, calibration: str, log) -> tuple[dict[str, Path], dict]:
     """{variant: graph path} for `stage` and how the INT8 graphs came about."""
     from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
-    from mattrt.calibration.precision import build_cpu_int8, build_int8, calibrate_ranges
+    from mattrt.calibration.precision import (
+        build_cpu_int8,
+        build_int8,
+        calibrate_ranges,
+    )
     from mattrt.manifest import Manifest
 
     manifest = Manifest.load(export)

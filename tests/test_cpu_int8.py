@@ -137,7 +137,7 @@ def test_one_calibration_pass_serves_both_graphs(export_dir, tmp_path):
                       op_types=CALIBRATED_OPS)
     narrow, wide = load_tensors_data(weighted_only), load_tensors_data(both)
     assert set(narrow.keys()) < set(wide.keys())
-    for name in narrow.keys():
+    for name in narrow:
         assert narrow[name].range_value == wide[name].range_value, name
     excluded = _stage(export_dir, "detail")["parity"]["int8"]["int8"]["unquantised"]["excluded_nodes"]
     a = build_int8(fp32_path, weighted_only, tmp_path / "a.onnx", exclude=excluded)
