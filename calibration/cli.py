@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Convert every stage graph of an export directory to FP16 (mixed precision, FP32 where "
                     "measurement says it is needed) and/or INT8 (explicit symmetric Q/DQ for TensorRT, calibrated "
                     "on the runtime's real stage inputs), lint them for TensorRT and list them in the manifest. "
-                    "`mattrt export --precision ...` does the same right after exporting.")
+                    "INT8 also writes <stage>.int8_cpu.onnx from the same calibration: an asymmetric U8S8 Q/DQ graph "
+                    "that onnxruntime fuses into integer kernels, which the onnxruntime backend runs for "
+                    "--precision int8. `mattrt export --precision ...` does the same right after exporting.")
     p.add_argument("directory", type=Path, help="export directory (written by `mattrt export`)")
     p.add_argument("--force", action="store_true", help="replace graphs of these precisions that already exist")
     from mattrt.calibration.precision import add_precision_arguments
@@ -70,7 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="evaluation images (default synthetic:24, calibration.synthetic seed 3, which neither "
                         "training nor default calibration uses)")
     p.add_argument("--seed", type=int, default=None, help="seed of synthetic data (default 3)")
-    p.add_argument("--precisions", default=None, help="comma-separated subset (default: every precision the export has)")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated subset of fp32,fp16,int8,int8_cpu (default: every one the export has; int8 "
+                        "is the TensorRT-form graph, int8_cpu onnxruntime's CPU graph)")
     p.add_argument("--json", type=Path, default=None, help="write the report to this JSON file")
     p.add_argument("--figure", type=Path, default=None, help="write a PNG of error maps")
     p.add_argument("--batch", type=int, default=4, help="detail tiles per call (default 4)")

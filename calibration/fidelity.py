@@ -4,9 +4,13 @@ truth and against FP32.
     report = fidelity_report("exports/aim_synthetic", data="synthetic:24")
     write_figure(report_images, "fidelity.png")
 
-For every precision whose graphs the manifest lists for all stages (fp32 first), the runtime's
-`Pipeline` over onnxruntime sessions of that precision's stage graphs (letterboxed semantic
-pass, tiled detail pass, stitching, fusion) produces each image's alpha. Figures:
+For every graph variant the manifest lists for all stages (fp32 first), the runtime's
+`Pipeline` over onnxruntime sessions of that variant's stage graphs (letterboxed semantic
+pass, tiled detail pass, stitching, fusion) produces each image's alpha. Variants: "fp32",
+"fp16", "int8" (the TensorRT-form Q/DQ graph, `files["int8"]`, run by onnxruntime: what TensorRT
+computes, up to its kernels' rounding) and "int8_cpu" (onnxruntime's CPU INT8 graph,
+`backend_files["onnxruntime"]["int8"]`, opened exactly as `mattrt infer --precision int8` opens
+it). Figures:
 - against the ground truth (calibration.metrics.evaluate: SAD, MSE, gradient, connectivity on
   the whole image, and over the unknown band of a trimap from the ground truth);
 - against FP32: delta SAD % = 100 (SAD_p - SAD_fp32) / SAD_fp32 of the set's summed SAD against
@@ -31,9 +35,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mattrt.calibration.precision import CPU_INT8_BACKEND
 from mattrt.errors import InputError
+from mattrt.manifest import Manifest
+from mattrt.runtime.artifacts import ModelSpec
+from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
+from mattrt.runtime.pipeline import Pipeline
 
-TARGETS = {"fp16": 0.5, "int8": 3.0}  # |delta SAD %| vs FP32 the project aims for
+TARGETS = {"fp16": 0.5, "int8": 3.0, "int8_cpu": 3.0}  # |delta SAD %| vs FP32 the project aims for
+VARIANTS = ("fp32", "fp16", "int8", "int8_cpu")
+CPU_INT8 = "int8_cpu"
 FIGURE_ROWS = 4
 
 
@@ -84,27 +95,57 @@ def evaluation_images(data: str | Path, *, seed: int | None = None, size: tuple[
     return result
 
 
-def available_precisions(directory: str | Path) -> list[str]:
-    from mattrt.manifest import Manifest
+def variant_graphs(manifest, variant: str) -> dict[str, str] | None:
+    """stage -> graph file of a variant (see the module docstring), None unless every stage has one."""
+    if variant == CPU_INT8:
+        files = {e.name: e.backend_files.get(CPU_INT8_BACKEND, {}).get("int8") for e in manifest.stages}
+    else:
+        files = {e.name: e.files.get(variant) for e in manifest.stages}
+    return files if all(files.values()) else None
 
+
+def available_precisions(directory: str | Path) -> list[str]:
+    """The variants (VARIANTS) whose graphs every stage of the export has."""
     manifest = Manifest.load(directory)
-    found = []
-    for precision in ("fp32", "fp16", "int8"):
-        if all(precision in entry.files for entry in manifest.stages):
-            found.append(precision)
+    found = [variant for variant in VARIANTS if variant_graphs(manifest, variant) is not None]
     if "fp32" not in found:
         raise InputError(f"{directory}: the export has no fp32 graphs for every stage; fidelity compares against them")
     return found
 
 
+def open_variant(directory: str | Path, variant: str, *, batch: int = 4, threads: int | None = None) -> Pipeline:
+    """A Pipeline over a variant's graphs. "int8_cpu" (and fp32, fp16) through the onnxruntime
+    backend as `mattrt infer` opens it; "int8" over `files["int8"]` even where the backend runs
+    the CPU graph instead."""
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
+    graphs = variant_graphs(manifest, variant)
+    if graphs is None:
+        raise InputError(f"{directory} has no {variant} graph for every stage")
+    precision = "int8" if variant == CPU_INT8 else variant
+    if variant == CPU_INT8 or all(e.file_for(variant, CPU_INT8_BACKEND) == graphs[e.name] for e in manifest.stages):
+        pipeline = Pipeline.from_artifacts(directory, precision=precision, threads=threads, batch=batch)
+        opened = {name: engine.loader.path.name for name, engine in pipeline.engines.items()}
+        if opened != graphs:
+            raise InputError(f"{directory}: onnxruntime opened {opened} for {variant}, the manifest names {graphs}")
+        return pipeline
+    spec = ModelSpec.from_manifest(manifest, source=str(directory))
+    engines = {
+        entry.name: OnnxRuntimeEngine(SessionLoader(directory / graphs[entry.name], threads=threads), name=entry.name,
+                                      precision=precision, max_batch=int(manifest.max_batch),
+                                      inputs=tuple(t.meta() for t in entry.inputs),
+                                      outputs=tuple(t.meta() for t in entry.outputs))
+        for entry in manifest.stages
+    }
+    return Pipeline(spec, engines, batch=batch)
+
+
 def run_precision(directory: str | Path, precision: str, images: Sequence[EvalImage], *, batch: int = 4,
                   threads: int | None = None) -> tuple[list[np.ndarray], float]:
-    """Alphas of every image through the full pipeline over `precision`'s graphs, and the seconds spent."""
-    from mattrt.runtime.pipeline import Pipeline
-
+    """Alphas of every image through the full pipeline over a variant's graphs, and the seconds spent."""
     started = time.perf_counter()
     alphas = []
-    with Pipeline.from_artifacts(directory, precision=precision, threads=threads, batch=batch) as pipeline:
+    with open_variant(directory, precision, batch=batch, threads=threads) as pipeline:
         for item in images:
             alphas.append(pipeline.run(item.image).alpha)
     return alphas, time.perf_counter() - started
@@ -113,11 +154,17 @@ def run_precision(directory: str | Path, precision: str, images: Sequence[EvalIm
 def _variant_summary(entry) -> dict:
     """How each reduced-precision graph of a stage was made (from the manifest's records)."""
     summary = {}
-    for precision in ("fp16", "int8"):
+    for precision in ("fp16", "int8", CPU_INT8):
         record = entry.parity.get(precision) if isinstance(entry.parity, dict) else None
         if not isinstance(record, dict):
             continue
         details = record.get(precision, {})
+        if precision == CPU_INT8:
+            summary[precision] = {"calibration_data": record.get("calibration_data"), "method": details.get("method"),
+                                  "ranges": details.get("ranges"), "quantised_ops": details.get("quantised_ops"),
+                                  "excluded_nodes": len(details.get("unquantised", [])), "qdq": details.get("qdq"),
+                                  "stage_error_vs_fp32": record.get("vs_fp32")}
+            continue
         plan = details.get("unquantised", details) if precision == "int8" else details
         item = {"calibration_data": record.get("calibration_data"),
                 "excluded_groups": plan.get("excluded_groups"),
@@ -150,12 +197,14 @@ def fidelity_report(directory: str | Path, data: str | Path = "synthetic:24", *,
     """(report dict, the images, {precision: alphas}); see the module docstring."""
     from mattrt.calibration.metrics import evaluate, mean_metrics
     from mattrt.calibration.synthetic import default_trimap_radius, make_trimap
-    from mattrt.manifest import Manifest
 
     directory = Path(directory)
     manifest = Manifest.load(directory)
     found = available_precisions(directory)
     chosen = found if precisions is None else ["fp32", *[p for p in precisions if p != "fp32"]]
+    unknown = [p for p in chosen if p not in VARIANTS]
+    if unknown:
+        raise InputError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     missing = [p for p in chosen if p not in found]
     if missing:
         raise InputError(f"{directory} has no {', '.join(missing)} graphs (it has {', '.join(found)}); "
@@ -184,7 +233,7 @@ def fidelity_report(directory: str | Path, data: str | Path = "synthetic:24", *,
                                   "psnr": _psnr(alpha, reference[index]),
                                   "pixels_over_0.1": int((difference > 0.1).sum()), "pixels": int(difference.size)}
             rows.append(row)
-        entry: dict = {"seconds": round(seconds[precision], 2)}
+        entry: dict = {"seconds": round(seconds[precision], 2), "graphs": variant_graphs(manifest, precision)}
         if has_truth:
             entry["vs_gt_mean"] = mean_metrics([r["vs_gt"] for r in rows])
         if precision != "fp32":

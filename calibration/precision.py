@@ -12,14 +12,26 @@ writes, beside each stage's FP32 graph `<stage>.onnx`:
   sigmoid, in the fusion graph or in the max-unpool index arithmetic (which compares pooled
   values with their windows; quantised copies would tie and move the unpooling positions).
   Weighted layers whose quantisation measurably hurts stay unquantised (below).
-- `<stage>.int8.ranges.json`: the calibrated ranges (onnxruntime's calibration cache format);
-  `rebuild_int8` turns the FP32 graph and this file back into the identical INT8 graph with no
-  calibration data.
+- `<stage>.int8_cpu.onnx`: the INT8 graph for onnxruntime's CPU provider (U8S8: uint8
+  activations with zero points, int8 per-channel symmetric weights, Q/DQ on the inputs and
+  outputs of the weighted layers and of the ops in CPU_INT8_OPS, so that the provider fuses them
+  into integer kernels; the TensorRT form runs no faster than FP32 there). Built from the same
+  ranges file, with the same weighted layers unquantised and the same FP32 index arithmetic.
+  Not a TensorRT graph: TensorRT's explicit quantization needs zero point 0.
+- `<stage>.int8.ranges.json`: the calibrated ranges (onnxruntime's calibration cache format) of
+  every tensor either INT8 graph quantises (min/max per tensor, clipped by the calibration
+  method); `rebuild_int8` / `rebuild_cpu_int8` turn the FP32 graph and this file back into the
+  identical INT8 graphs with no calibration data.
 - `<stage>.int8.calib.npz`: the calibration inputs (a bounded, evenly spaced subset).
-The manifest lists each new graph under its precision in the stage's `files`, and records per
-precision (in the stage's `parity` dictionary, the manifest's free-form per-graph record) the
-error against FP32 on the calibration inputs, the FP32 nodes of the FP16 graph and the
-calibration settings and files. The fusion graph stays FP32.
+The manifest lists each new graph under its precision in the stage's `files` (what TensorRT and
+the lint read), the CPU graph under `backend_files["onnxruntime"]["int8"]` (what the onnxruntime
+backend runs for --precision int8 on either device: backend_files is keyed by backend only; on
+a GPU the INT8 path is TensorRT with the symmetric graph, and onnxruntime's CUDA provider is
+there for checking, where running the same graph as on the CPU keeps one onnxruntime INT8
+result per export), and records per
+precision (in the stage's `parity` dictionary, the manifest's free-form per-graph record; the CPU
+graph under "int8_cpu") the error against FP32 on the calibration inputs, the FP32 nodes of the
+FP16 graph and the calibration settings and files. The fusion graph stays FP32.
 
 Exclusions, measured per stage (`plan_fp16`, `plan_int8`): build the variant with nothing
 excluded, measure the error of the stage outputs against FP32 on the calibration inputs, then
@@ -58,9 +70,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from mattrt.errors import InputError, MattrtError
+from mattrt.lazy import lazy_import
 
-if TYPE_CHECKING:  # numpy is imported where it is used: `mattrt --help` imports this module
+if TYPE_CHECKING:
     import numpy as np
+else:  # loaded on first use: `mattrt --help` imports this module
+    np = lazy_import("numpy")
+onnx = lazy_import("onnx", probe="onnxruntime")
+ort_quantization = lazy_import("onnxruntime.quantization", probe="onnxruntime")
 
 PRECISIONS = ("fp16", "int8")
 CALIBRATION_METHODS = ("entropy", "percentile", "max")
@@ -308,23 +325,30 @@ def convert_fp16(model, block_nodes: Iterable[str] = ()):
     return converted
 
 
+def unpool_index_nodes(model) -> dict[str, set[str]]:
+    """Per max-pool input tensor: the nodes of the index arithmetic that unpools it (the pool,
+    the comparisons of its windows, the scatter), empty for a pool nobody unpools."""
+    nodes = list(model.graph.node)
+    pool_inputs = [n.input[0] for n in nodes if n.op_type == "MaxPool"]
+    index_nodes_of_pool: dict[str, set[str]] = {name: set() for name in pool_inputs}
+    for scatter in (n for n in nodes if n.op_type in ("ScatterElements", "ScatterND")):
+        index_nodes = _ancestors(model, [scatter.input[1]], stop=set(pool_inputs))
+        read = {t for n in nodes if n.name in index_nodes for t in n.input} & set(pool_inputs)
+        for pool_input in read:
+            index_nodes_of_pool[pool_input] |= index_nodes | {scatter.name}
+    return index_nodes_of_pool
+
+
 def fp16_candidate_groups(model) -> list[NodeGroup]:
     """The node groups `plan_fp16` may keep in FP32 (see the module docstring)."""
     nodes = list(model.graph.node)
     producers = _producers(model)
     pools = [n for n in nodes if n.op_type == "MaxPool"]
     pool_inputs = [p.input[0] for p in pools]
-    scatters = [n for n in nodes if n.op_type in ("ScatterElements", "ScatterND")]
     groups: list[NodeGroup] = []
     claimed: set[str] = set()
     # Which pool each scatter's indices come from: the pool inputs its index arithmetic reads.
-    index_nodes_of_pool: dict[str, set[str]] = {p.input[0]: set() for p in pools}
-    for scatter in scatters:
-        index_input = scatter.input[1]
-        index_nodes = _ancestors(model, [index_input], stop=set(pool_inputs))
-        read = {t for n in nodes if n.name in index_nodes for t in n.input} & set(pool_inputs)
-        for pool_input in read:
-            index_nodes_of_pool[pool_input] |= index_nodes | {scatter.name}
+    index_nodes_of_pool = unpool_index_nodes(model)
     for k, pool in enumerate(pools):
         pool_input = pool.input[0]
         index_nodes = index_nodes_of_pool.get(pool_input, set())
@@ -491,7 +515,11 @@ def _quiet_quantize(**kwargs) -> None:
 
 
 def _int8_from_ranges(fp32_path: Path, ranges: Path, method: str, exclude: Sequence[str], out: Path,
-                      reader: _FeedReader | None = None, batch: int = DEFAULT_CALIBRATION_BATCH) -> None:
+                      reader: _FeedReader | None = None, batch: int = DEFAULT_CALIBRATION_BATCH,
+                      op_types: Sequence[str] = WEIGHTED_OPS) -> None:
+    """The TensorRT-form graph from a ranges file; with a reader, calibrate first and write the
+    ranges of every tensor `op_types` read or write (quantize_static calibrates the op types it
+    quantises; the graph written then is scratch)."""
     from onnxruntime.quantization import QuantFormat, QuantType
 
     options = _quantize_options(method)
@@ -499,7 +527,7 @@ def _int8_from_ranges(fp32_path: Path, ranges: Path, method: str, exclude: Seque
         options["CalibStridedMinMax"] = batch
     _quiet_quantize(
         model_input=str(fp32_path), model_output=str(out), calibration_data_reader=reader,
-        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHTED_OPS), per_channel=True,
+        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
         reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         calibrate_method=_calibration_method(method), nodes_to_exclude=list(exclude),
         calibration_cache_path=str(ranges), extra_options=options,
@@ -510,11 +538,18 @@ def restrict_qdq_to_weighted_inputs(model) -> int:
     """Keep Q/DQ only where a weighted layer reads it: other consumers of a dequantised
     activation are switched back to the FP32 tensor, and Q/DQ pairs nobody reads any more are
     removed. Returns the number of rewired inputs."""
+    return bypass_activation_qdq(model, lambda node: node.op_type not in WEIGHTED_OPS)
+
+
+def bypass_activation_qdq(model, reads_fp32: Callable[[object], bool]) -> int:
+    """Switch the inputs of every node for which `reads_fp32(node)` holds from a dequantised
+    activation (DequantizeLinear(QuantizeLinear(x))) back to x, then remove the Q/DQ pairs and
+    initializers nobody reads any more. Returns the number of rewired inputs."""
     producers = _producers(model)
     constants = _constants(model)
     rewired = 0
     for node in model.graph.node:
-        if node.op_type in WEIGHTED_OPS or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not reads_fp32(node):
             continue
         for i, name in enumerate(node.input):
             dq = producers.get(name)
@@ -617,8 +652,9 @@ def _check_ranges(path: Path, stage: str) -> int:
 
 def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], ranges: str | Path, *,
                      method: str = "entropy", batch: int = DEFAULT_CALIBRATION_BATCH, stage: str = "graph") -> int:
-    """Calibrate every tensor the weighted layers read on `feeds` (single samples, collected
-    `batch` at a time) and write the ranges file; returns the number of calibrated tensors."""
+    """Calibrate on `feeds` (single samples, collected `batch` at a time) every tensor that
+    CALIBRATED_OPS read or write (both INT8 graphs' tensors: the TensorRT form reads those of the
+    weighted layers) and write the ranges file; returns the number of calibrated tensors."""
     import numpy as np
     feeds = list(feeds)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -636,7 +672,8 @@ def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndar
         ranges.unlink()
     with tempfile.TemporaryDirectory(prefix="mattrt-calibration-") as scratch:
         try:
-            _int8_from_ranges(Path(fp32_path), ranges, method, (), Path(scratch) / "int8.onnx", _FeedReader(feeds), batch)
+            _int8_from_ranges(Path(fp32_path), ranges, method, (), Path(scratch) / "int8.onnx", _FeedReader(feeds), batch,
+                              op_types=CALIBRATED_OPS)
         except (ValueError, RuntimeError) as exc:
             ranges.unlink(missing_ok=True)
             raise CalibrationError(f"stage {stage!r}: onnxruntime calibration failed: {exc}") from exc
@@ -705,6 +742,177 @@ def finish_int8(path: Path):
     return model
 
 
+# -- INT8 for onnxruntime's CPU provider ---------------------------------------------------------
+# The TensorRT-form graph gives onnxruntime's CPU provider nothing to fuse: its integer kernels
+# (QLinearConv, QLinearAdd, ...) replace DequantizeLinear -> op -> QuantizeLinear groups, so a
+# convolution needs its output quantised too, and they are fastest with uint8 activations and
+# int8 weights (U8S8). The CPU graph therefore quantises the outputs of the weighted layers and
+# the cheap ops between them, asymmetrically, from the same ranges file.
+CPU_INT8_BACKEND = "onnxruntime"
+CPU_INT8_RECORD = "int8_cpu"  # key of the CPU graph's record in a stage's `parity`
+CPU_INT8_OPS = (*WEIGHTED_OPS, "Relu", "MaxPool", "Resize")
+# Operator types whose inputs and outputs calibration records: both INT8 graphs' tensors.
+CALIBRATED_OPS = tuple(dict.fromkeys((*WEIGHTED_OPS, *CPU_INT8_OPS)))
+_REMOVABLE_ACTIVATIONS = ("Relu", "Clip")  # folded into the producer's quantisation by onnxruntime
+
+
+def cpu_graph_file(stage: str) -> str:
+    return f"{stage}.int8_cpu.onnx"
+
+
+def cpu_int8_fp32_nodes(model) -> set[str]:
+    """Nodes the CPU graph keeps on exact FP32 tensors (the TensorRT-form graph never quantises
+    them either): every unpooling max-pool with its index arithmetic (quantised windows tie and
+    move the unpooled positions), and the Relu/Clip that produce what they read (onnxruntime would
+    otherwise fold those into the upstream quantisation, leaving no FP32 tensor to read)."""
+    protected: set[str] = set()
+    for index_nodes in unpool_index_nodes(model).values():
+        protected |= index_nodes
+    producers = _producers(model)
+    read = {name for node in model.graph.node if node.name in protected for name in node.input}
+    protected |= {producers[name].name for name in read
+                  if name in producers and producers[name].op_type in _REMOVABLE_ACTIVATIONS}
+    return protected
+
+
+def _cpu_quantize_options() -> dict:
+    return {
+        "ActivationSymmetric": False,  # uint8 with a zero point: the range each tensor really has
+        "WeightSymmetric": True,  # int8 weights, zero point 0, one scale per output channel
+    }
+
+
+def _tensors_to_calibrate(model, op_types: Sequence[str], skip: set[str] = frozenset()) -> set[str]:
+    """Activations read or written by nodes of `op_types` (not in `skip`): the ranges the CPU
+    graph needs, a subset of what calibration records (the same rule as onnxruntime's)."""
+    constants = _constants(model)
+    graph_inputs = {i.name for i in model.graph.input}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {v.name for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+              if v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    names = set()
+    for node in model.graph.node:
+        if node.op_type in op_types and node.name not in skip:
+            names |= {n for n in [*node.input, *node.output] if n and n not in constants}
+    return {n for n in names if n in floats or n in graph_inputs}
+
+
+def build_cpu_int8(fp32_path: str | Path, ranges: str | Path, out: str | Path, *, method: str = "entropy",
+                   exclude: Sequence[str] = ()):
+    """onnxruntime's CPU INT8 graph (U8S8 Q/DQ, per-channel weights) from the FP32 graph and the
+    ranges file `calibrate_ranges` wrote, leaving the weighted layers in `exclude` (the INT8 plan's)
+    unquantised: the same inputs always give the same graph. Returns the ModelProto (also written
+    to `out`)."""
+    fp32_path, ranges, out = Path(fp32_path), Path(ranges), Path(out)
+    if not ranges.is_file():
+        raise InputError(f"ranges file {ranges} does not exist")
+    fp32 = onnx.load(str(fp32_path))
+    fixed = cpu_int8_fp32_nodes(fp32)
+    skipped = fixed | set(exclude)
+    recorded = set(ort_quantization.calibrate.load_tensors_data(ranges).keys())
+    missing = sorted(_tensors_to_calibrate(fp32, CPU_INT8_OPS, skipped) - recorded)
+    if missing:
+        raise CalibrationError(
+            f"{ranges.name} has no ranges for {len(missing)} tensor(s) the CPU INT8 graph quantises "
+            f"({', '.join(missing[:5])}); it was calibrated for the TensorRT-form graph only. Calibrate again: "
+            "`mattrt precision DIR --precision int8 --force`"
+        )
+    try:
+        _quiet_quantize(
+            model_input=str(fp32_path), model_output=str(out), calibration_data_reader=None,
+            quant_format=ort_quantization.QuantFormat.QDQ, op_types_to_quantize=list(CPU_INT8_OPS),
+            per_channel=True, reduce_range=False, activation_type=ort_quantization.QuantType.QUInt8,
+            weight_type=ort_quantization.QuantType.QInt8, calibrate_method=_calibration_method(method),
+            nodes_to_exclude=sorted(skipped), calibration_cache_path=str(ranges), extra_options=_cpu_quantize_options(),
+        )
+    except (KeyError, ValueError) as exc:
+        raise CalibrationError(f"onnxruntime could not quantise {fp32_path.name} for the CPU: {exc}") from exc
+    model = onnx.load(str(out))
+    _restore_fp32_reads(model, fp32, fixed)
+    check_cpu_qdq(model, fixed)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(out))
+    return model
+
+
+rebuild_cpu_int8 = build_cpu_int8
+
+
+def _restore_fp32_reads(model, fp32, nodes: set[str]) -> None:
+    """Make `nodes` read the FP32 tensors they read in the FP32 graph, not dequantised copies
+    (onnxruntime's Q/DQ pairs feed every consumer of a quantised tensor)."""
+    bypass_activation_qdq(model, lambda node: node.name in nodes)
+    def reads(graph) -> dict[str, list]:
+        made_by = {out: node.name for node in graph.node for out in node.output}
+        return {node.name: [(name, made_by.get(name)) for name in node.input] for node in graph.node if node.name in nodes}
+
+    # same tensor names made by the same nodes (a Relu folded into its producer's quantisation would
+    # leave its output's name on the pre-activation tensor)
+    expected, got = reads(fp32.graph), reads(model.graph)
+    wrong = sorted(name for name in expected if got.get(name) != expected[name])
+    if wrong:
+        raise CalibrationError(f"the CPU INT8 graph changed the inputs of FP32 node(s) {', '.join(wrong[:5])}")
+
+
+def check_cpu_qdq(model, fp32_nodes: Iterable[str] = ()) -> dict:
+    """Facts of a CPU INT8 graph; raises CalibrationError when a rule is broken.
+
+    Rules: activations are uint8 (any zero point), weights int8 with zero point 0 and one scale
+    per output channel, every scale finite and positive, and the nodes in `fp32_nodes` read no
+    dequantised tensor. Counted: Q/DQ nodes, weighted layers and those with dequantised inputs and a
+    quantised output (what the CPU provider fuses into integer kernels)."""
+    producers = _producers(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    fp32_nodes = set(fp32_nodes)
+    facts = {"quantize": 0, "dequantize": 0, "weighted": 0, "weighted_integer": 0, "per_channel_weights": 0,
+             "fp32_nodes": len(fp32_nodes)}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            facts["quantize" if node.op_type == "QuantizeLinear" else "dequantize"] += 1
+            scale = initializers.get(node.input[1])
+            values = np.asarray(onnx.numpy_helper.to_array(scale)) if scale is not None else None
+            if values is None or not np.isfinite(values).all() or (values <= 0).any():
+                problems.append(f"{node.name}: scale is not a finite positive constant")
+            zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
+            weight = node.op_type == "DequantizeLinear" and node.input[0] in initializers
+            if weight:
+                data = initializers[node.input[0]]
+                if data.data_type == onnx.TensorProto.INT32:
+                    continue  # a bias: int32, scale = input scale x weight scale
+                if (zero_point is None or zero_point.data_type != onnx.TensorProto.INT8
+                        or onnx.numpy_helper.to_array(zero_point).any()):
+                    problems.append(f"{node.name}: weight zero point is not an int8 zero")
+                users = consumers.get(node.output[0], [])
+                axis = _output_channel_axis(users[0], len(data.dims)) if users else 0
+                channels = data.dims[axis] if data.dims else 1
+                if channels > 1 and (values is None or values.size != channels):
+                    problems.append(f"{node.name}: weight scales are not per output channel")
+                elif values is not None and values.size > 1:
+                    facts["per_channel_weights"] += 1
+            elif zero_point is None or zero_point.data_type != onnx.TensorProto.UINT8:
+                problems.append(f"{node.name}: activation is not quantised to uint8")
+        elif node.op_type in WEIGHTED_OPS:
+            facts["weighted"] += 1
+            inputs = [producers.get(n) for n in node.input[:2]]
+            readers = consumers.get(node.output[0], [])
+            if (all(p is not None and p.op_type == "DequantizeLinear" for p in inputs)
+                    and len(readers) == 1 and readers[0].op_type == "QuantizeLinear"):
+                facts["weighted_integer"] += 1
+        if node.name in fp32_nodes:
+            read = [n for n in node.input if n in producers and producers[n].op_type == "DequantizeLinear"
+                    and producers[n].input[0] not in initializers]
+            if read:
+                problems.append(f"{node.name}: reads dequantised {read[0]} (must read FP32)")
+    if problems:
+        raise CalibrationError("CPU INT8 graph breaks its Q/DQ rules:\n  " + "\n  ".join(problems[:20]))
+    return facts
+
+
 # -- an export directory -------------------------------------------------------------------------
 def _check_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
     chosen = []
@@ -768,6 +976,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.precision-", dir=directory.parent))
     try:
         written: list[tuple[str, str, object]] = []  # (stage, file, proto)
+        cpu_written: list[tuple[str, object]] = []  # (file, proto): onnxruntime's CPU graphs, not for TensorRT
         for entry in manifest.stages:
             fp32_path = directory / entry.files["fp32"]
             stage_feeds = feeds[entry.name]
@@ -808,6 +1017,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                         "calibration_batch": stage_batch,
                         "calibration_batch_requested": batch,
                         "calibrated_tensors": tensors,
+                        "calibrated_ops": list(CALIBRATED_OPS),
                         "activations": "int8 symmetric per tensor (zero point 0)",
                         "weights": "int8 symmetric per output channel",
                         "placement": f"inputs of {', '.join(WEIGHTED_OPS)} only",
@@ -830,13 +1040,15 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                 entry.files[precision] = graph_file(entry.name, precision)
                 if precision == "int8":
                     entry.side_files["int8"] = [ranges_file(entry.name), calib_file(entry.name)]
+                    cpu_written.append(_add_cpu_int8(entry, fp32_path, ranges, staging, method, plan.excluded,
+                                                     reference, samples, record, log))
                 written.append((entry.name, entry.files[precision], proto))
 
         report = lint_models((name, proto) for _, name, proto in written)
         if not report.passed:
             raise CalibrationError(report.summary() + "\nnothing was written to " + str(directory))
         log(report.summary())
-        for _, name, proto in written:
+        for name, proto in [(name, proto) for _, name, proto in written] + cpu_written:
             embed_manifest(proto, manifest)
             onnx.save_model(proto, str(staging / name))
         # Publish: graphs and side files first, the manifest (which names them) last.
@@ -852,6 +1064,53 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
         shutil.rmtree(staging, ignore_errors=True)
     log(f"added {', '.join(chosen)} to {directory} ({time.perf_counter() - started:.1f} s)")
     return manifest
+
+
+def _add_cpu_int8(entry, fp32_path: Path, ranges: Path, staging: Path, method: str, excluded: Sequence[str],
+                  reference: Sequence[np.ndarray], samples: Sequence[Mapping[str, np.ndarray]], int8_record: dict,
+                  log: Callable[[str], None]) -> tuple[str, object]:
+    """Build a stage's CPU INT8 graph beside its TensorRT-form graph (same ranges, same unquantised
+    layers), measure it against FP32 and name it in the manifest entry: backend_files and the
+    parity record CPU_INT8_RECORD. Returns (file name, ModelProto) for the caller to publish."""
+    started = time.perf_counter()
+    name = cpu_graph_file(entry.name)
+    log(f"  {entry.name} -> int8 for {CPU_INT8_BACKEND} on the CPU")
+    fp32_nodes = cpu_int8_fp32_nodes(onnx.load(str(fp32_path)))
+    proto = build_cpu_int8(fp32_path, ranges, staging / name, method=method, exclude=excluded)
+    outputs = [o.name for o in proto.graph.output]
+    errors = output_errors(reference, _run(_session(proto), samples), outputs)
+    if not all(e["finite"] for e in errors.values()):
+        raise CalibrationError(f"stage {entry.name!r}: the CPU INT8 graph produces NaN or infinite outputs")
+    log("    int8 (cpu) vs fp32: " + ", ".join(_describe_error(k, v) for k, v in errors.items()))
+    entry.backend_files.setdefault(CPU_INT8_BACKEND, {})["int8"] = name
+    entry.parity[CPU_INT8_RECORD] = {
+        "backend": CPU_INT8_BACKEND,
+        "precision": "int8",
+        "file": name,
+        "calibration_data": int8_record["calibration_data"],
+        "samples": int8_record["samples"],
+        "int8_cpu": {
+            "method": method,
+            "ranges": ranges_file(entry.name),
+            "tensors": calib_file(entry.name),
+            "activations": "uint8 asymmetric per tensor (scale and zero point from the calibrated range)",
+            "weights": "int8 symmetric per output channel; int32 biases",
+            "quantised_ops": list(CPU_INT8_OPS),
+            "unquantised": sorted(excluded),
+            "unquantised_from": "the int8 plan (int8.unquantised.excluded_nodes): the same layers stay FP32",
+            "fp32_nodes": len(fp32_nodes),
+            "fp32_rule": "every unpooling max-pool, its index arithmetic and the Relu/Clip producing what they "
+                         "read run on FP32 tensors, as in the TensorRT-form graph",
+            "rebuild": "calibration.precision.build_cpu_int8(fp32 graph, ranges, out, method=method, "
+                       "exclude=unquantised)",
+            "qdq": check_cpu_qdq(proto, fp32_nodes),
+            "tensorrt": "not a TensorRT graph (uint8 activations with zero points); TensorRT and `mattrt lint` use "
+                        "files['int8']",
+        },
+        "vs_fp32": errors,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return name, proto
 
 
 def subsample_feeds(samples: Sequence, limit: int) -> list:

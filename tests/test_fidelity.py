@@ -28,11 +28,16 @@ def test_fidelity_cli_writes_json_and_figure(export_dir, tmp_path, capsys):
     assert "fp16" in printed and "int8" in printed
     report = json.loads(report_path.read_text())
     assert report["images"] == 3 and report["ground_truth"] is True
-    assert list(report["precisions"]) == ["fp32", "fp16", "int8"]
+    assert list(report["precisions"]) == ["fp32", "fp16", "int8", "int8_cpu"]
+    # int8 is the TensorRT-form graph, int8_cpu onnxruntime's CPU graph (what `infer --precision int8` runs)
+    assert report["precisions"]["int8"]["graphs"] == {"semantic": "semantic.int8.onnx", "detail": "detail.int8.onnx"}
+    assert report["precisions"]["int8_cpu"]["graphs"] == {"semantic": "semantic.int8_cpu.onnx",
+                                                         "detail": "detail.int8_cpu.onnx"}
+    assert report["variants"]["detail"]["int8_cpu"]["ranges"] == "detail.int8.ranges.json"
     fp32 = report["precisions"]["fp32"]
     for key in ("sad", "mse", "grad", "conn", "sad_trimap"):
         assert fp32["vs_gt_mean"][key] >= 0
-    for precision in ("fp16", "int8"):
+    for precision in ("fp16", "int8", "int8_cpu"):
         entry = report["precisions"][precision]
         close = entry["vs_fp32"]
         # the variants really differ from FP32 (argmax fusion may flip a pixel fully) and the figures agree
@@ -41,8 +46,10 @@ def test_fidelity_cli_writes_json_and_figure(export_dir, tmp_path, capsys):
         assert close["delta_sad_percent"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
         assert abs(close["delta_sad_percent"]) <= close["sad_to_fp32_percent"] + 1e-9
         assert entry["target"]["abs_delta_sad_percent_at_most"] in (0.5, 3.0)
-    fp16, int8 = (report["precisions"][p]["vs_fp32"] for p in ("fp16", "int8"))
+    fp16, int8, cpu = (report["precisions"][p]["vs_fp32"] for p in ("fp16", "int8", "int8_cpu"))
     assert fp16["sad_to_fp32_percent"] < int8["sad_to_fp32_percent"] and fp16["psnr_mean"] > int8["psnr_mean"]
+    assert fp16["sad_to_fp32_percent"] < cpu["sad_to_fp32_percent"]
+    assert report["precisions"]["int8_cpu"]["images"] != report["precisions"]["int8"]["images"]  # two graphs
     image = Image.open(figure_path)
     assert image.format == "PNG" and image.width > 5 * 150 and image.height > 3 * 150
     pixels = np.asarray(image.convert("RGB"))
@@ -69,6 +76,10 @@ def test_fidelity_needs_the_requested_precisions(export_dir, tmp_path):
     fp32_only = export_dir.parent / "fp32_only"
     with pytest.raises(InputError, match="no fp16"):
         fidelity_report(fp32_only, "synthetic:1", precisions=["fp16"])
+    with pytest.raises(InputError, match="no int8_cpu"):
+        fidelity_report(fp32_only, "synthetic:1", precisions=["int8_cpu"])
+    with pytest.raises(InputError, match="unknown precision int4"):
+        fidelity_report(export_dir, "synthetic:1", precisions=["int4"])
 
 
 def test_heat_map_and_grid():
