@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "mattrt.calibration.cli",
     "mattrt.export.cli",
     "mattrt.infer_cli",
+    "mattrt.serving.cli",
 ]
 
 

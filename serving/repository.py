@@ -36,16 +36,14 @@ from pathlib import Path
 from mattrt import __version__
 from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
+from mattrt.runtime.triton_client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
 
 TARGETS = ("cpu", "gpu")
 RECORD_FILE = "mattrt_repository.json"
 RECORD_FORMAT = 1
-# The pipeline model's tensors (the client reads these names).
-IMAGE_INPUT = "IMAGE"  # UINT8 H x W x 3
-ENCODED_INPUT = "IMAGE_ENCODED"  # UINT8 [n]: the bytes of a PNG, JPEG or WebP file
-MATTE_OUTPUT = "MATTE"  # UINT8 H x W x C: C = 1 (alpha) or 4 (RGBA)
-PNG_OUTPUT = "MATTE_PNG"  # UINT8 [n]: the matte as a PNG file
-PIPELINE_ROLE = "pipeline"
+# The pipeline model's tensors (names shared with the client, runtime/triton_client.py):
+# IMAGE UINT8 H x W x 3 | IMAGE_ENCODED UINT8 [n] (PNG/JPEG/WebP file bytes) ->
+# MATTE UINT8 H x W x C (C = 1 alpha, 4 RGBA) | MATTE_PNG UINT8 [n] (the matte as a PNG file).
 STAGE_ROLE = "stage"
 # 8K (7680 x 4320) is 33 megapixels; a raw 64-megapixel image is 192 MB in the server.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -177,9 +175,9 @@ def stage_config(model_name: str, entry: GraphEntry, options: RepositoryOptions,
         # One CUDA graph per batch size (TensorRT backend: graphs are captured per shape).
         specs = []
         for b in sizes:
-            dims = ", ".join(f"key: {_quote(t.name)} value: {{ dim: [ {', '.join(str(d) for d in _item_dims(entry, t))} ] }}"
-                             for t in entry.inputs)
-            specs.append(f"      {{ batch_size: {b} input {{ {dims} }} }}")
+            dims = " ".join(f"input {{ key: {_quote(t.name)} value: {{ dim: [ {', '.join(str(d) for d in _item_dims(entry, t))} ] }} }}"
+                            for t in entry.inputs)
+            specs.append(f"      {{ batch_size: {b} {dims} }}")
         lines += ["optimization {", "  cuda {", "    graphs: true", "    graph_spec [", ",\n".join(specs), "    ]", "  }", "}"]
         warmups = []
         for b in sizes:
@@ -193,7 +191,7 @@ def stage_config(model_name: str, entry: GraphEntry, options: RepositoryOptions,
     return "\n".join(lines) + "\n"
 
 
-def pipeline_config(name: str, stage_models: dict[str, str], options: RepositoryOptions) -> str:
+def pipeline_config(name: str, stage_models: dict[str, str], options: RepositoryOptions, manifest: Manifest) -> str:
     """config.pbtxt of the BLS pipeline model: any image size, raw or encoded."""
     lines = [
         f"name: {_quote(name)}",
@@ -215,6 +213,8 @@ def pipeline_config(name: str, stage_models: dict[str, str], options: Repository
             "stage_models": json.dumps(stage_models, separators=(",", ":")),
             "max_pixels": str(options.max_pixels),
             "min_side": str(MIN_SIDE),
+            # Clients build the model's spec from this (runtime/triton_client.py, model_spec).
+            "manifest": json.dumps(manifest.to_dict(), separators=(",", ":")),
         }),
     ]
     return "\n".join(lines) + "\n"
@@ -332,7 +332,7 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
         (pipeline_dir / "1").mkdir(parents=True)
         (pipeline_dir / "1" / "model.py").write_text(PIPELINE_SHIM)
         (pipeline_dir / "1" / MANIFEST_FILE).write_text(manifest.to_json() + "\n")
-        (pipeline_dir / "config.pbtxt").write_text(pipeline_config(name, stage_models, options))
+        (pipeline_dir / "config.pbtxt").write_text(pipeline_config(name, stage_models, options, manifest))
         text = json.dumps(record, indent=2) + "\n"
         for model in ours:
             (staging / model / RECORD_FILE).write_text(text)

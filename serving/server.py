@@ -43,9 +43,9 @@ from pathlib import Path
 import mattrt
 from mattrt.availability import probe, tritonserver_binary
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
+from mattrt.runtime.triton_client import KEY_HEADER, key_headers
 from mattrt.serving.repository import check_repository
 
-KEY_HEADER = "mattrt-key"
 KEY_ENV = "MATTRT_TRITON_KEY"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 LOOPBACK = "127.0.0.1"
@@ -323,10 +323,9 @@ class TritonServer:
         shown = f"[{host}]" if ":" in host else host
         return {kind: f"{shown}:{port}" for kind, port in self.ports.items()}
 
-    @property
-    def headers(self) -> dict[str, str]:
-        """The header that unlocks the restricted APIs (shared memory included)."""
-        return {KEY_HEADER: self.key} if self.key else {}
+    def headers(self, protocol: str = "http") -> dict[str, str]:
+        """The header that unlocks the restricted APIs (shared memory included); gRPC prefixes it."""
+        return key_headers(protocol, self.key)
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.is_file():

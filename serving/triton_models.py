@@ -18,9 +18,10 @@ The MATTE output is the raw UINT8 matte; requesting MATTE_PNG returns the same m
 Numpy 2 inside the stub (the 2.51 stub's pybind11 predates numpy 2): `pb_utils.Tensor(name,
 array)` yields empty tensors and `Tensor.as_numpy()` returns arrays with the right shape but the
 wrong contents (checked against a 2.51 server with numpy 2.4). DLPack works both ways, so every
-tensor goes out through `pb_utils.Tensor.from_dlpack` and comes in through `np.from_dlpack`. The
-stub's capsule deleter then logs "PyCapsule_GetPointer called with incorrect name" for consumed
-capsules: harmless (numpy owns the consumed tensor and frees it).
+tensor goes out through `pb_utils.Tensor.from_dlpack` and comes in through `np.from_dlpack`. Each
+`Tensor.from_dlpack` then reports "PyCapsule_GetPointer called with incorrect name" from a
+capsule destructor (the stub renames the capsule it consumed); the data is right, so that one
+message is dropped from the unraisable-exception hook (anything else still reaches the log).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,24 @@ PARAMETERS = ("output", "overlap", "tile_size", "batch")
 PNG_COMPRESS_LEVEL = 3
 
 
+CONSUMED_CAPSULE_MESSAGE = "PyCapsule_GetPointer called with incorrect name"
+
+
+def _drop_consumed_capsule_reports() -> None:
+    """Drop the one unraisable ValueError every from_dlpack causes in the stub (module docstring)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "mattrt_filter", False):
+        return
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, ValueError) and CONSUMED_CAPSULE_MESSAGE in str(unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    hook.mattrt_filter = True
+    sys.unraisablehook = hook
+
+
 def _config_parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
@@ -78,7 +98,10 @@ def _error(message: str, invalid: bool) -> Any:
 
 
 def _tensor(name: str, array: np.ndarray) -> Any:
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # DLPack 0.x (the stub's) cannot mark a tensor read-only
+        array = array.copy()
+    return pb_utils.Tensor.from_dlpack(name, array)
 
 
 def _array(tensor: Any) -> np.ndarray:
@@ -97,6 +120,7 @@ class StageModel:
     """Triton Python model: one stage graph on onnxruntime (module docstring)."""
 
     def initialize(self, args: dict) -> None:
+        _drop_consumed_capsule_reports()
         config = json.loads(args["model_config"])
         params = _config_parameters(config)
         model_dir, version_dir = _model_dir(args)
@@ -181,6 +205,7 @@ class PipelineModel:
     """Triton Python model: the mattrt pipeline over BLS stage calls (module docstring)."""
 
     def initialize(self, args: dict) -> None:
+        _drop_consumed_capsule_reports()
         config = json.loads(args["model_config"])
         params = _config_parameters(config)
         model_dir, version_dir = _model_dir(args)
