@@ -30,8 +30,10 @@ from PIL import Image
 from mattrt.availability import available, skip_reason
 from mattrt.errors import InputError
 from mattrt.export.parity import generated_image
+from mattrt.imageio import read_alpha
 from mattrt.lazy import lazy_import
 from mattrt.runtime.backends import get_backend
+from mattrt.runtime.infer import InferOptions, run_inference
 from mattrt.runtime.pipeline import Pipeline
 from mattrt.runtime.triton_client import KEY_HEADER, ServerUnavailableError, TritonMattingClient
 from mattrt.serving.repository import RECORD_FILE, RepositoryOptions, build_repository
@@ -139,7 +141,12 @@ def test_rgba_output_png_files_and_the_registry_entry(server, reference, tmp_pat
     with backend.pipeline_opener(server.endpoints["grpc"], protocol="grpc") as remote_pipeline:
         assert remote_pipeline.spec.name == "shm_tiny" and remote_pipeline.describe()["backend"] == "triton"
         result = remote_pipeline.run(rgb)
-    assert np.abs(np.rint(result.alpha * 255).astype(int) - reference(rgb)).max() <= 1
+        assert np.abs(np.rint(result.alpha * 255).astype(int) - reference(rgb)).max() <= 1
+        # the infer command's machinery runs it as it runs an in-process Pipeline
+        summary = run_inference(remote_pipeline, [str(path)], tmp_path / "out", InferOptions(progress=False), log=None)
+    assert summary["processed"] == 1 and not summary["failed"]
+    written = np.rint(read_alpha(tmp_path / "out" / "photo_alpha.png") * 255)  # float in [0, 1]
+    assert np.abs(written.astype(int) - reference(rgb)).max() <= 1
 
 
 # -- bad requests ---------------------------------------------------------------------------------
