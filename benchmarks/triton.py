@@ -39,9 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 from checkout import ensure_mattrt_importable  # noqa: E402
 
+# This file is named triton.py: keep its folder off the path so it cannot shadow the `triton`
+# package (OpenAI Triton) that torch's ONNX exporter probes for.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 ensure_mattrt_importable()
 
 from PIL import Image  # noqa: E402

@@ -456,7 +456,7 @@ def open_remote_pipeline(url: str, *, device: str = "cpu", precision: str = "fp3
     """The triton backend's pipeline_opener (device and precision are the server's business:
     they were fixed when its repository was generated)."""
     check_choice(device, DEVICES, "device")
-    if not isinstance(url, str) or not url or "/" in url.split(":", 1)[0]:
+    if not isinstance(url, str) or not url or "/" in url or ":" not in url:
         raise InputError(f"--url must be HOST:PORT of a Triton server, got {url!r}")
     client = TritonMattingClient(url, model=model, protocol=protocol, transfer=transfer, shm=shm,
                                  concurrency=concurrency, api_key=api_key, retries=retries, timeout=timeout)
