@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Starts tritonserver (from the nvidia-pytriton wheel or --tritonserver), waits until the models are "
             "ready, prints the endpoints, and stops on Ctrl-C or SIGTERM. Binds to 127.0.0.1 unless --host; model "
             f"control is off; the repository, shared-memory, trace and logging APIs need the header '{KEY_HEADER}' "
-            f"with the key from ${KEY_ENV}, --key-file, or a generated key file (its path is printed, never the key)."
+            f"(gRPC: 'triton-grpc-protocol-{KEY_HEADER}') with the key from --key-file, ${KEY_ENV}, or a generated key "
+            "file (its path is printed, never the key)."
         ),
     )
     s.add_argument("repository", type=Path, metavar="REPO")
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--grpc-port", type=int, metavar="P", help="default: a free port")
     s.add_argument("--metrics-port", type=int, metavar="P", help="default: a free port")
     s.add_argument("--tritonserver", type=Path, metavar="PATH", help="tritonserver binary (default: the nvidia-pytriton wheel's)")
-    s.add_argument("--key-file", type=Path, metavar="FILE", help=f"file holding the API key (else ${KEY_ENV}, else generated)")
+    s.add_argument("--key-file", type=Path, metavar="FILE", help=f"file holding the API key (default: ${KEY_ENV}, else a generated key file)")
     s.add_argument("--ready-timeout", type=float, default=180.0, metavar="S", help="seconds to wait for the models (default 180)")
     s.set_defaults(run=run_serve)
 

@@ -14,9 +14,11 @@ apply the PYTHONPATH passed here (the tree this mattrt was imported from).
 Security: the server binds to 127.0.0.1 unless told otherwise, runs with model control off
 (`--model-control-mode=none`: nothing is loaded or unloaded through the API), and the
 model-repository, shared-memory, trace and logging APIs of HTTP and gRPC answer only requests
-carrying the header `mattrt-key: <key>` (Triton's `--http-restricted-api` and
-`--grpc-restricted-protocol`). The key comes from $MATTRT_TRITON_KEY, a key file, or is generated
-into a private file (mode 0600) whose path is reported; mattrt never prints the key itself.
+carrying the header `mattrt-key: <key>` (gRPC: `triton-grpc-protocol-mattrt-key`; Triton's
+`--http-restricted-api` and `--grpc-restricted-protocol`). The key comes from a key file,
+$MATTRT_TRITON_KEY, or is generated into a private file (mode 0600) whose path is reported;
+mattrt never prints the key itself. (Triton takes the key as a command-line flag, so local users
+who can read the server's /proc/<pid>/cmdline can see it.)
 
 Nothing hangs: readiness is polled with a deadline (a server that never becomes ready is
 stopped and its log tail shown), and stopping escalates from SIGTERM to SIGKILL of the whole
@@ -111,8 +113,6 @@ def read_key(options: ServerOptions) -> tuple[str | None, str]:
     """(key, where it came from) from the options, the environment or the key file."""
     if options.key:
         return options.key, "the given key"
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV], f"${KEY_ENV}"
     if options.key_file is not None:
         path = Path(options.key_file)
         try:
@@ -122,6 +122,8 @@ def read_key(options: ServerOptions) -> tuple[str | None, str]:
         if not key:
             raise InputError(f"the key file {path} is empty")
         return key, str(path)
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV], f"${KEY_ENV}"
     return None, ""
 
 
