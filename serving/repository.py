@@ -142,8 +142,7 @@ def batch_sizes(max_batch: int) -> list[int]:
     return sizes
 
 
-def stage_config(model_name: str, entry: GraphEntry, options: RepositoryOptions, max_batch: int,
-                 threads_note: str = "") -> str:
+def stage_config(model_name: str, entry: GraphEntry, options: RepositoryOptions, max_batch: int) -> str:
     """config.pbtxt of one stage model for the chosen target."""
     inputs = [_tensor(t.name, _triton_type(t.dtype, entry.name), _item_dims(entry, t)) for t in entry.inputs]
     outputs = [_tensor(t.name, _triton_type(t.dtype, entry.name), _item_dims(entry, t)) for t in entry.outputs]

@@ -245,8 +245,8 @@ class PipelineModel:
         output = params.get("output", "alpha")
         if output not in OUTPUT_KINDS:
             raise InputError(f"parameter output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
-        tile = _int_parameter(params, "tile_size", self.tile_size, self.tile_size)
-        del tile  # only the exported size is valid: the stage graphs have fixed shapes
+        # Validated only: the stage graphs have fixed shapes, so the exported size is the one valid value.
+        _int_parameter(params, "tile_size", self.tile_size, self.tile_size)
         return {
             "output": output,
             "overlap": _int_parameter(params, "overlap", 0, self.max_overlap),
