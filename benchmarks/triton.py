@@ -127,7 +127,8 @@ def perf_analyzer_section(server: TritonServer, model: str, height: int, width: 
         "--input-data", str(data), "--shape", f"IMAGE:{height},{width},3",
         "--concurrency-range", "1:4", "--measurement-interval", "10000", "--percentile", "99",
     ]
-    record = {"command": " ".join(command[:9] + ["<perf_analyzer_input.json: one photo-like image, b64>"] + command[10:])}
+    record = {"command": " ".join(command).replace(str(data), data.name),
+              "input_data": f"{data.name}: one {height} x {width} photo-like image as b64 (written by this script)"}
     binary = shutil.which("perf_analyzer")
     if binary is None:
         record["ran"] = False
@@ -160,7 +161,8 @@ def main() -> int:
         "machine": {"cpu_cores": os.cpu_count(), "platform": platform.platform(),
                     "load_average_at_start": list(os.getloadavg())},
         "versions": {"mattrt": __version__, "python": platform.python_version(), "numpy": np.__version__,
-                     "tritonserver": probe("tritonserver").version, "tritonclient": probe("tritonclient").version,
+                     "nvidia_pytriton": probe("tritonserver").version, "tritonserver": "2.51.0 (nvidia-pytriton 0.7.0)"
+                     if probe("tritonserver").version == "0.7.0" else None, "tritonclient": probe("tritonclient").version,
                      "onnxruntime": probe("onnxruntime").version},
     }
     try:

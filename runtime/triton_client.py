@@ -425,6 +425,21 @@ class RemotePipeline:
             plan={"tiles": None, "remote": f"{self.client.protocol}://{self.client.url}/{self.client.model}"},
         )
 
+    def run_many(self, images: Sequence[np.ndarray]) -> list:
+        """MattingResults of many images, `concurrency` requests in flight, in order."""
+        started = time.perf_counter()
+        mattes = self.client.matte_many(images, output="alpha")
+        seconds = (time.perf_counter() - started) / max(1, len(mattes))
+        return [
+            pipeline_module.MattingResult(
+                alpha=matte[..., 0].astype(np.float32) / np.float32(255),
+                trimap=np.zeros((3, 0, 0), dtype=np.float32),
+                timings={"remote_mean": seconds},
+                plan={"tiles": None, "remote": f"{self.client.protocol}://{self.client.url}/{self.client.model}"},
+            )
+            for matte in mattes
+        ]
+
     def describe(self) -> dict:
         return {
             "model": self.spec.name,
@@ -452,14 +467,16 @@ class RemotePipeline:
 
 def open_remote_pipeline(url: str, *, device: str = "cpu", precision: str = "fp32", protocol: str = "http",
                          shm: str = "none", concurrency: int = 1, transfer: str = "raw", model: str | None = None,
-                         api_key: str | None = None, retries: int = 3, timeout: float = 300.0) -> RemotePipeline:
+                         api_key: str | None = None, retries: int = 3, timeout: float = 300.0,
+                         overlap: int | None = None, batch: int | None = None) -> RemotePipeline:
     """The triton backend's pipeline_opener (device and precision are the server's business:
     they were fixed when its repository was generated)."""
     check_choice(device, DEVICES, "device")
     if not isinstance(url, str) or not url or "/" in url or ":" not in url:
         raise InputError(f"--url must be HOST:PORT of a Triton server, got {url!r}")
     client = TritonMattingClient(url, model=model, protocol=protocol, transfer=transfer, shm=shm,
-                                 concurrency=concurrency, api_key=api_key, retries=retries, timeout=timeout)
+                                 concurrency=concurrency, api_key=api_key, retries=retries, timeout=timeout,
+                                 overlap=overlap, batch=batch)
     try:
         return RemotePipeline(client)
     except BaseException:
@@ -482,7 +499,7 @@ BACKEND = Backend(
     precisions=("fp32", "fp16", "int8"),
     artifacts="url",
     opener=_no_stage_engines,
-    options=("protocol", "shm", "concurrency", "transfer", "model", "api_key", "retries", "timeout"),
+    options=("protocol", "shm", "concurrency", "transfer", "model", "api_key", "retries", "timeout", "overlap", "batch"),
     pipeline_opener=open_remote_pipeline,
 )
 

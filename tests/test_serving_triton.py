@@ -142,6 +142,9 @@ def test_rgba_output_png_files_and_the_registry_entry(server, reference, tmp_pat
         assert remote_pipeline.spec.name == "shm_tiny" and remote_pipeline.describe()["backend"] == "triton"
         result = remote_pipeline.run(rgb)
         assert np.abs(np.rint(result.alpha * 255).astype(int) - reference(rgb)).max() <= 1
+        many = remote_pipeline.run_many([rgb, rgb[:64, :80].copy()])
+        assert [r.alpha.shape for r in many] == [(120, 140), (64, 80)]
+        assert np.array_equal(many[0].alpha, result.alpha)
         # the infer command's machinery runs it as it runs an in-process Pipeline
         summary = run_inference(remote_pipeline, [str(path)], tmp_path / "out", InferOptions(progress=False), log=None)
     assert summary["processed"] == 1 and not summary["failed"]
