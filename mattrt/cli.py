@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "mattrt.infer_cli",
     "mattrt.runtime.build_cli",
     "mattrt.bench",
+    "mattrt.serving.cli",
 ]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mattrt.errors import InputError, MissingDependencyError
-from mattrt.runtime import onnx_engine, tensorrt_engine, torch_engine
+from mattrt.runtime import onnx_engine, tensorrt_engine, torch_engine, triton_client
 from mattrt.runtime.engine import Backend
 
 AUTO = "auto"
@@ -27,6 +27,7 @@ _ENTRIES: tuple[Backend, ...] = (
     torch_engine.BACKEND,
     onnx_engine.BACKEND,
     tensorrt_engine.BACKEND,
+    triton_client.BACKEND,
 )
 BACKENDS: dict[str, Backend] = {entry.name: entry for entry in _ENTRIES}
 

@@ -92,6 +92,10 @@ class Backend:
     device_arrays: bool = False  # its engines on cuda take and return device arrays (Engine.run_device)
     prepare: Callable[..., dict] | None = None
     identity: Callable[[str], dict[str, Any]] = lambda device: {}
+    # Backends whose server runs the whole pipeline (artifacts "url"): pipeline_opener(source,
+    # **options) returns an object with run(rgb) -> MattingResult, describe(), spec, and a context
+    # manager; `opener` then explains that stage engines are not available in this process.
+    pipeline_opener: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if self.artifacts not in ARTIFACT_KINDS:

@@ -13,6 +13,10 @@ import subprocess
 import pytest
 import torch
 
+from mattrt.export.exporter import export_model
+from mattrt.models import create_model
+from mattrt.runtime.diagnostics import calibrated_random_weights
+
 torch.set_num_threads(1)
 
 
@@ -63,3 +67,13 @@ def single_thread_default(monkeypatch):
     from mattrt.runtime import threads
 
     monkeypatch.setattr(threads, "available_cores", lambda: 1)
+
+
+@pytest.fixture(scope="session")
+def serving_export(tmp_path_factory):
+    """shm_tiny with calibrated random weights (mattes far from constant), exported once per
+    session for the serving tests (max batch 4)."""
+    directory = tmp_path_factory.mktemp("serving") / "shm_tiny"
+    export_model(calibrated_random_weights(create_model("shm_tiny"), seed=1), directory, max_batch=4,
+                 simplify=False, log=None)
+    return directory

@@ -1,0 +1,114 @@
+"""`mattrt triton-repo` (write a Triton model repository) and `mattrt serve` (run Triton over it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mattrt.errors import InputError
+from mattrt.manifest import PRECISIONS
+from mattrt.serving.repository import DEFAULT_MAX_PIXELS, TARGETS, RepositoryOptions, build_repository
+from mattrt.serving.server import KEY_ENV, KEY_HEADER, LOOPBACK, ServerError, ServerOptions, TritonServer
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "triton-repo",
+        help="write a Triton model repository (stage models + a BLS pipeline model) from an export directory",
+        description=(
+            "From an export directory's manifest: N_<stage> models (CPU: Python models on onnxruntime; GPU: "
+            "tensorrt_plan with dynamic batching, warmup and CUDA graphs) and N, a Python BLS model that runs the "
+            "tiled pipeline on one image of any size (raw UINT8 H x W x 3 or encoded PNG/JPEG/WebP bytes)."
+        ),
+    )
+    p.add_argument("export", type=Path, metavar="DIR", help="export directory written by `mattrt export`")
+    p.add_argument("--out", type=Path, required=True, metavar="REPO", help="model repository folder (created if missing)")
+    p.add_argument("--target", choices=TARGETS, default="cpu", help="cpu (onnxruntime in Python models, default) or gpu (TensorRT plans)")
+    p.add_argument("--name", metavar="N", help="pipeline model name (default: the exported model's name)")
+    p.add_argument("--instances", type=_positive_int, default=1, metavar="K",
+                   help="instances per stage model (CPU: each gets cores // K intra-op threads; default 1)")
+    p.add_argument("--max-batch", type=_positive_int, metavar="B", help="stage max batch (default: the export's)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="graph precision (default fp32)")
+    p.add_argument("--plans", type=Path, metavar="DIR", help="gpu target: directory with <stage>.plan files from `mattrt build`")
+    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"largest image the pipeline model accepts, in pixels (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--overwrite", action="store_true", help="replace this model's directories if REPO has them")
+    p.set_defaults(run=run_triton_repo)
+
+    s = subparsers.add_parser(
+        "serve",
+        help="run Triton Inference Server over a repository written by `mattrt triton-repo`",
+        description=(
+            "Starts tritonserver (from the nvidia-pytriton wheel or --tritonserver), waits until the models are "
+            "ready, prints the endpoints, and stops on Ctrl-C or SIGTERM. Binds to 127.0.0.1 unless --host; model "
+            f"control is off; the repository, shared-memory, trace and logging APIs need the header '{KEY_HEADER}' "
+            f"(gRPC: 'triton-grpc-protocol-{KEY_HEADER}') with the key from --key-file, ${KEY_ENV}, or a generated key "
+            "file (its path is printed, never the key)."
+        ),
+    )
+    s.add_argument("repository", type=Path, metavar="REPO")
+    s.add_argument("--host", default=LOOPBACK, help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the server)")
+    s.add_argument("--http-port", type=int, metavar="P", help="default: a free port")
+    s.add_argument("--grpc-port", type=int, metavar="P", help="default: a free port")
+    s.add_argument("--metrics-port", type=int, metavar="P", help="default: a free port")
+    s.add_argument("--tritonserver", type=Path, metavar="PATH", help="tritonserver binary (default: the nvidia-pytriton wheel's)")
+    s.add_argument("--key-file", type=Path, metavar="FILE", help=f"file holding the API key (default: ${KEY_ENV}, else a generated key file)")
+    s.add_argument("--ready-timeout", type=float, default=180.0, metavar="S", help="seconds to wait for the models (default 180)")
+    s.set_defaults(run=run_serve)
+
+
+def run_triton_repo(args: argparse.Namespace) -> int:
+    options = RepositoryOptions(
+        target=args.target, name=args.name, instances=args.instances, max_batch=args.max_batch,
+        precision=args.precision, plans=args.plans, max_pixels=args.max_pixels, overwrite=args.overwrite,
+    )
+    build_repository(args.export, args.out, options)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.ready_timeout <= 0:
+        raise InputError(f"--ready-timeout must be positive, got {args.ready_timeout}")
+    options = ServerOptions(
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        binary=args.tritonserver, key_file=args.key_file, ready_timeout=args.ready_timeout,
+    )
+    server = TritonServer(args.repository, options)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        server.start()
+        print(json.dumps({
+            "status": "ready",
+            **server.endpoints,
+            "restricted_apis_key_header": KEY_HEADER,
+            "key_from": server.key_source,
+            "log": str(server.log_path),
+        }), flush=True)
+        while server.running:
+            time.sleep(0.5)
+        raise ServerError(f"tritonserver exited with code {server.process.returncode}; log tail:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        code = server.stop()
+        print(json.dumps({"status": "stopped", "exit_code": code}), file=sys.stderr, flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()

@@ -1,0 +1,384 @@
+"""Start, watch and stop a Triton Inference Server over a mattrt model repository.
+
+    with TritonServer("repo", ServerOptions(http_port=8000)) as server:
+        print(server.endpoints)           # {"http": "127.0.0.1:8000", "grpc": ..., "metrics": ...}
+
+The binary comes from `mattrt.availability.tritonserver_binary()` (the `nvidia-pytriton` wheel's
+tritonserver 2.51 here) or a given path. The wheel ships the Python backend without its stub
+process: the stub for this interpreter's Python version is linked into a private backend
+directory, as pytriton itself does. The stub embeds the Python that `python3` on PATH belongs
+to, so the server's PATH starts with this interpreter's bin directory (mattrt's virtual
+environment); the embedded interpreter ignores PYTHONPATH, so the generated model.py shims
+apply the PYTHONPATH passed here (the tree this mattrt was imported from).
+
+Security: the server binds to 127.0.0.1 unless told otherwise, runs with model control off
+(`--model-control-mode=none`: nothing is loaded or unloaded through the API), and the
+model-repository, shared-memory, trace and logging APIs of HTTP and gRPC answer only requests
+carrying the header `mattrt-key: <key>` (gRPC: `triton-grpc-protocol-mattrt-key`; Triton's
+`--http-restricted-api` and `--grpc-restricted-protocol`). The key comes from a key file,
+$MATTRT_TRITON_KEY, or is generated into a private file (mode 0600) whose path is reported;
+mattrt never prints the key itself. (Triton takes the key as a command-line flag, so local users
+who can read the server's /proc/<pid>/cmdline can see it.)
+
+Nothing hangs: readiness is polled with a deadline (a server that never becomes ready is
+stopped and its log tail shown), and stopping escalates from SIGTERM to SIGKILL of the whole
+process group (the server and its stub processes).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import mattrt
+from mattrt.availability import probe, tritonserver_binary
+from mattrt.errors import InputError, MattrtError, MissingDependencyError
+from mattrt.runtime.triton_client import KEY_HEADER, key_headers
+from mattrt.serving.repository import check_repository
+
+KEY_ENV = "MATTRT_TRITON_KEY"
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+LOOPBACK = "127.0.0.1"
+# The Python backend's per-stub shared memory: start big enough for a tile batch and grow in
+# large steps (a raw 4K image is 25 MB; the default 1 MB steps cost many remaps).
+PYTHON_SHM_DEFAULT = 16 * 1024 * 1024
+PYTHON_SHM_GROWTH = 64 * 1024 * 1024
+
+
+class ServerError(MattrtError):
+    """The server failed to start, never became ready, or died."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = LOOPBACK
+    http_port: int | None = None  # None: a free port
+    grpc_port: int | None = None
+    metrics_port: int | None = None
+    binary: Path | None = None  # None: availability.tritonserver_binary()
+    key: str | None = None  # None: $MATTRT_TRITON_KEY, key_file, or a generated key
+    key_file: Path | None = None
+    ready_timeout: float = 180.0
+    exit_timeout: int = 10  # seconds the server waits for in-flight requests when stopped
+    max_input_bytes: int = 512 * 1024 * 1024  # --http-max-input-size, where the binary has it
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As servers bind: a port whose old connections linger in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _connect_host(host: str) -> str:
+    """Where a local client reaches a server bound to `host`."""
+    return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(host, host)
+
+
+@functools.cache
+def binary_flags(binary: str, env_items: tuple) -> str:
+    """The binary's --help text (flags differ between Triton releases)."""
+    try:
+        done = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60, env=dict(env_items))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServerError(f"{binary} --help failed: {exc}") from None
+    return done.stdout + done.stderr
+
+
+def read_key(options: ServerOptions) -> tuple[str | None, str]:
+    """(key, where it came from) from the options, the environment or the key file."""
+    if options.key:
+        return options.key, "the given key"
+    if options.key_file is not None:
+        path = Path(options.key_file)
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise InputError(f"cannot read the key file {path}: {exc}") from None
+        if not key:
+            raise InputError(f"the key file {path} is empty")
+        return key, str(path)
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV], f"${KEY_ENV}"
+    return None, ""
+
+
+def _check_key(key: str) -> None:
+    if len(key) < 16 or any(c.isspace() or c in ",:=" for c in key):
+        raise InputError("the API key must have at least 16 characters and no spaces, ',', ':' or '='")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class TritonServer:
+    """A tritonserver process over one repository (module docstring)."""
+
+    def __init__(self, repository: str | Path, options: ServerOptions = ServerOptions()):
+        self.repository = Path(repository).resolve()
+        self.options = options
+        self.process: subprocess.Popen | None = None
+        self.workdir: Path | None = None
+        self.log_path: Path | None = None
+        self.key: str | None = None
+        self.key_source = ""
+        self.key_file: Path | None = None
+        self.ports: dict[str, int] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _binary(self) -> Path:
+        binary = Path(self.options.binary) if self.options.binary else tritonserver_binary()
+        if binary is None:
+            raise MissingDependencyError(f"no tritonserver found: {probe('tritonserver').detail}; "
+                                         "`pip install --no-deps nvidia-pytriton==0.7.0` or pass --tritonserver PATH")
+        if not binary.is_file() or not os.access(binary, os.X_OK):
+            raise InputError(f"{binary} is not an executable tritonserver")
+        return binary
+
+    def _backend_directory(self, binary: Path) -> Path:
+        """A backend directory whose python backend has the stub for this Python version."""
+        shipped = binary.parent.parent / "backends"
+        if (shipped / "python" / "triton_python_backend_stub").is_file():
+            return shipped  # a regular Triton install
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = binary.parent.parent / "python_backend_stubs" / version / "triton_python_backend_stub"
+        library = shipped / "python" / "libtriton_python.so"
+        if not stub.is_file() or not library.is_file():
+            raise MissingDependencyError(
+                f"{binary} has no Python backend stub for Python {version} (looked for {stub}); "
+                "use a Python version the nvidia-pytriton wheel ships stubs for (3.8-3.13)"
+            )
+        python = self.workdir / "backends" / "python"
+        python.mkdir(parents=True)
+        for item in (shipped / "python").iterdir():
+            if item.is_file():
+                (python / item.name).symlink_to(item)
+        (python / "triton_python_backend_stub").symlink_to(stub)
+        return self.workdir / "backends"
+
+    def _environment(self, binary: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        # The stub embeds the Python of `python3` on PATH: this interpreter's environment.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        source_root = str(Path(mattrt.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [source_root, env.get("PYTHONPATH", "")] if p)
+        libraries = binary.resolve().parents[3] / "nvidia_pytriton.libs" if len(binary.resolve().parents) > 3 else None
+        if libraries is not None and libraries.is_dir():
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [str(libraries), env.get("LD_LIBRARY_PATH", "")] if p)
+        # Threads are set per stage instance (serving/triton_models.py); keep libraries from
+        # starting one OpenMP thread per core in every stub process.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def _pick_ports(self) -> None:
+        host = self.options.host
+        chosen: dict[str, int] = {}
+        for kind in ("http", "grpc", "metrics"):
+            port = getattr(self.options, f"{kind}_port")
+            if port is None:
+                port = free_port(host)
+                while port in chosen.values():
+                    port = free_port(host)
+            elif not (0 < port < 65536):
+                raise InputError(f"--{kind}-port must lie in 1..65535, got {port}")
+            elif not _port_free(host, port):
+                raise InputError(f"{kind} port {port} on {host} is in use; choose another or omit --{kind}-port "
+                                 "to use a free one")
+            chosen[kind] = port
+        if len(set(chosen.values())) != 3:
+            raise InputError(f"the http, grpc and metrics ports must differ, got {chosen}")
+        self.ports = chosen
+
+    def command(self, binary: Path, backends: Path, flags: str) -> list[str]:
+        host, ports = self.options.host, self.ports
+        restricted = f"{','.join(RESTRICTED_APIS)}:{KEY_HEADER}={self.key}"
+        command = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=none",
+            "--strict-readiness=true",
+            "--disable-auto-complete-config",
+            f"--exit-timeout-secs={self.options.exit_timeout}",
+            f"--http-address={host}", f"--http-port={ports['http']}",
+            f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
+            "--allow-metrics=true", "--allow-gpu-metrics=false",
+            f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+            "--pinned-memory-pool-byte-size=0",
+            f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT}",
+            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH}",
+        ]
+        # Newer releases only: 2.51 has no input-size limit flag and no client-shm switch.
+        if "--http-max-input-size" in flags:
+            command.append(f"--http-max-input-size={self.options.max_input_bytes}")
+        if "--allow-client-shm" in flags:
+            command.append("--allow-client-shm=true")
+        return command
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "TritonServer":
+        if self.process is not None:
+            raise ServerError("this server is already started")
+        check_repository(self.repository)
+        binary = self._binary()
+        self.key, self.key_source = read_key(self.options)
+        self.workdir = Path(tempfile.mkdtemp(prefix="mattrt-triton-"))
+        if self.key is None:
+            self.key = secrets.token_urlsafe(24)
+            self.key_file = self.workdir / "api-key"
+            self.key_file.touch(mode=0o600)
+            self.key_file.write_text(self.key + "\n")
+            self.key_source = str(self.key_file)
+        _check_key(self.key)
+        backends = self._backend_directory(binary)
+        env = self._environment(binary)
+        flags = binary_flags(str(binary), tuple(sorted(env.items())))
+        self._pick_ports()
+        self.log_path = self.workdir / "tritonserver.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(binary, backends, flags), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+            )
+        try:
+            self.wait_ready(self.options.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        url = f"http://{self.endpoints['http']}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}")
+            time.sleep(0.25)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        host = _connect_host(self.options.host)
+        shown = f"[{host}]" if ":" in host else host
+        return {kind: f"{shown}:{port}" for kind, port in self.ports.items()}
+
+    def headers(self, protocol: str = "http") -> dict[str, str]:
+        """The header that unlocks the restricted APIs (shared memory included); gRPC prefixes it."""
+        return key_headers(protocol, self.key)
+
+    def log_tail(self, lines: int = 60) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        # NVML/DCGM complain on machines without a GPU driver: not the story.
+        kept = [line for line in text if "NVML" not in line and "DCGM" not in line and "dcgm" not in line]
+        return "\n".join(kept[-lines:])
+
+    def memory(self) -> dict[int, int]:
+        """RSS in bytes of the server and each of its stub processes."""
+        if not self.running:
+            return {}
+        return {pid: rss_bytes(pid) for pid in process_tree(self.process.pid)}
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL of the process group after the exit timeout; the exit code."""
+        if self.process is None:
+            return None
+        process = self.process
+        if process.poll() is None:
+            try:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=self.options.exit_timeout + 15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # leftovers: the server or its stubs
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        return process.returncode
+
+    def close(self) -> None:
+        """Stop and remove the private directory (log, backend links, generated key)."""
+        self.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["KEY_ENV", "KEY_HEADER", "RESTRICTED_APIS", "ServerError", "ServerOptions", "TritonServer", "free_port",
+           "process_tree", "read_key", "rss_bytes"]

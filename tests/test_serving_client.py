@@ -1,0 +1,65 @@
+"""The Triton client's own argument handling and retry bound, without a server (nothing listens
+on the port used here); its work against a real server is in test_serving_triton.py."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from mattrt.availability import available, skip_reason
+from mattrt.errors import InputError
+from mattrt.runtime.backends import get_backend
+from mattrt.runtime.triton_client import ServerUnavailableError, TritonMattingClient, key_headers
+from mattrt.serving.server import free_port
+
+pytestmark = pytest.mark.skipif(not available("tritonclient"), reason=skip_reason("tritonclient"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"protocol": "rest"}, "unknown protocol 'rest'"),
+    ({"transfer": "zip"}, "unknown transfer 'zip'"),
+    ({"shm": "cuda"}, "unknown shared memory mode 'cuda'"),
+    ({"shm": "system"}, "needs the server's API key"),
+    ({"concurrency": 0}, "concurrency must be an integer of at least 1"),
+    ({"retries": -1}, "retries must be an integer of at least 0"),
+    ({"output": "composite"}, "unknown output 'composite'"),
+])
+def test_bad_client_options_are_input_errors(options, message):
+    with pytest.raises(InputError, match=message):
+        TritonMattingClient("127.0.0.1:1", model="m", **options)
+
+
+def test_bad_images_are_refused_before_any_request():
+    client = TritonMattingClient("127.0.0.1:1", model="m")
+    with pytest.raises(InputError, match="expected H x W x 3 uint8 or uint16"):
+        client.matte(np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputError, match="encoded bytes need transfer='encoded'"):
+        client.matte(b"\x89PNG")
+    with pytest.raises(InputError, match="no such file"):
+        client.matte("/nonexistent/photo.png")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_absent_server_fails_after_the_bounded_retries(protocol):
+    port = free_port()
+    client = TritonMattingClient(f"127.0.0.1:{port}", model="m", protocol=protocol, retries=2, retry_wait=0.05,
+                                 timeout=5)
+    started = time.perf_counter()
+    with pytest.raises(ServerUnavailableError, match="after 3 attempts.*image #7 was not processed"):
+        client.matte(np.zeros((16, 16, 3), np.uint8), index=7)
+    assert time.perf_counter() - started < 30
+    client.close()
+
+
+def test_registry_entry_and_key_headers():
+    backend = get_backend("triton")
+    assert backend.artifacts == "url" and backend.probes == ("tritonclient",)
+    with pytest.raises(InputError, match="HOST:PORT"):
+        backend.pipeline_opener("http://host/path")
+    with pytest.raises(InputError, match="takes no option"):
+        backend.open("127.0.0.1:1", device="cpu", precision="fp32", threads=2)
+    assert key_headers("http", "k") == {"mattrt-key": "k"}
+    assert key_headers("grpc", "k") == {"triton-grpc-protocol-mattrt-key": "k"}
+    assert key_headers("grpc", None) == {}
