@@ -34,7 +34,7 @@ _EXPORTS = {
     "choose_auto": "mattrt.runtime.backends",
     "TilePlan": "mattrt.runtime.tiling",
     "Pipeline": "mattrt.runtime.pipeline",
-    "MattingResult": "mattrt.runtime.pipeline",
+    "MattingResult": "mattrt.runtime.artifacts",
     "estimate_foreground": "mattrt.runtime.foreground",
     "composite": "mattrt.runtime.foreground",
 }

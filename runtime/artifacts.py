@@ -5,13 +5,15 @@ guidance kind, stride, canvas and tile sizes, the full settings for model-specif
 it is built from a model's settings or from an export manifest, so an export directory is run
 through its manifest alone, with no Python model class. Backends (runtime/backends.py) return a
 ModelSpec with their stage engines; `check_engines` checks the pair against the pipeline's
-contract.
+contract. `MattingResult` is what a pipeline returns, in this process or from a server.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
 
 from mattrt.errors import InputError
 from mattrt.runtime.engine import Engine
@@ -110,4 +112,13 @@ def check_engines(spec: ModelSpec, engines: Mapping[str, Engine]) -> None:
         )
 
 
-__all__ = ["ModelSpec", "check_engines"]
+@dataclass
+class MattingResult:
+    alpha: np.ndarray  # H x W float32 in [0, 1]
+    trimap: np.ndarray  # 3 x h x w: trimap probabilities of the content region at semantic resolution
+    timings: dict[str, float]  # seconds per step
+    plan: dict  # the tiling plan (TilePlan.describe) and sizes
+    detail: np.ndarray | None = None  # stitched raw alpha at detail resolution (keep_detail=True)
+
+
+__all__ = ["MattingResult", "ModelSpec", "check_engines"]

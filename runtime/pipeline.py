@@ -55,10 +55,9 @@ import numpy as np
 from mattrt.errors import InputError
 from mattrt.imageio import pixel_count
 from mattrt.resources import require_memory
-from mattrt.runtime import ops
-from mattrt.runtime import backends
+from mattrt.runtime import backends, ops
 from mattrt.runtime import threads as thread_settings
-from mattrt.runtime.artifacts import ModelSpec, check_engines
+from mattrt.runtime.artifacts import MattingResult, ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
 from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
 from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
@@ -78,15 +77,6 @@ TILE_BYTES_PER_PIXEL = 256
 DEFAULT_TILE_BATCH = 4
 
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass
-class MattingResult:
-    alpha: np.ndarray  # H x W float32 in [0, 1]
-    trimap: np.ndarray  # 3 x h x w: trimap probabilities of the content region at semantic resolution
-    timings: dict[str, float]  # seconds per step
-    plan: dict  # the tiling plan (TilePlan.describe) and sizes
-    detail: np.ndarray | None = None  # stitched raw alpha at detail resolution (keep_detail=True)
 
 
 @dataclass

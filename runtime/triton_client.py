@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import os
 import threading
 import time
@@ -41,15 +40,13 @@ from mattrt.errors import InputError, MattrtError
 from mattrt.imageio import decode_image, encode_png16
 from mattrt.lazy import lazy_import
 from mattrt.manifest import Manifest
-from mattrt.runtime.artifacts import ModelSpec
+from mattrt.runtime.artifacts import MattingResult, ModelSpec
 from mattrt.runtime.engine import DEVICES, Backend, check_choice
 
 tritonhttp = lazy_import("tritonclient.http", probe="tritonclient")
 tritongrpc = lazy_import("tritonclient.grpc", probe="tritonclient")
 tritonutils = lazy_import("tritonclient.utils", probe="tritonclient")
 triton_shm = lazy_import("tritonclient.utils.shared_memory", probe="tritonclient")
-# MattingResult; bound lazily because the pipeline imports the backend registry, which lists this module.
-pipeline_module = lazy_import("mattrt.runtime.pipeline")
 
 PROTOCOLS = ("http", "grpc")
 TRANSFERS = ("raw", "encoded")
@@ -409,7 +406,7 @@ class RemotePipeline:
         self.client = client
         self.spec = client.model_spec()
 
-    def run(self, image: np.ndarray, *, progress=None, **options) -> "pipeline_module.MattingResult":
+    def run(self, image: np.ndarray, *, progress=None, **options) -> MattingResult:
         if options:
             raise InputError(f"the triton backend takes no run option(s) {', '.join(sorted(options))}")
         started = time.perf_counter()
@@ -418,7 +415,7 @@ class RemotePipeline:
         seconds = time.perf_counter() - started
         if progress is not None:
             progress(1, 1)
-        return pipeline_module.MattingResult(
+        return MattingResult(
             alpha=alpha,
             trimap=np.zeros((3, 0, 0), dtype=np.float32),
             timings={"remote": seconds},
@@ -431,7 +428,7 @@ class RemotePipeline:
         mattes = self.client.matte_many(images, output="alpha")
         seconds = (time.perf_counter() - started) / max(1, len(mattes))
         return [
-            pipeline_module.MattingResult(
+            MattingResult(
                 alpha=matte[..., 0].astype(np.float32) / np.float32(255),
                 trimap=np.zeros((3, 0, 0), dtype=np.float32),
                 timings={"remote_mean": seconds},
