@@ -7,8 +7,19 @@ Registering is cheap: NumPy, SciPy and Pillow are imported inside the run functi
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
+
+from mattrt.errors import InputError
+from mattrt.imageio import list_images, read_alpha, read_matte, write_bytes
+from mattrt.lazy import lazy_import
+
+# Bound lazily: registering the commands must stay cheap (`mattrt --help` imports no torch or onnx).
+fidelity = lazy_import("mattrt.calibration.fidelity")
+metrics = lazy_import("mattrt.calibration.metrics")
+precision = lazy_import("mattrt.calibration.precision")
+synthetic = lazy_import("mattrt.calibration.synthetic")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,9 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--precision int8. `mattrt export --precision ...` does the same right after exporting.")
     p.add_argument("directory", type=Path, help="export directory (written by `mattrt export`)")
     p.add_argument("--force", action="store_true", help="replace graphs of these precisions that already exist")
-    from mattrt.calibration.precision import add_precision_arguments
 
-    add_precision_arguments(p, required=True)
+    precision.add_precision_arguments(p, required=True)
     p.set_defaults(run=run_precision)
 
     p = subparsers.add_parser(
@@ -84,10 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from mattrt.calibration.synthetic import KINDS, parse_size, write_dataset
-
-    kinds = KINDS if args.kinds is None else [k.strip() for k in args.kinds.split(",") if k.strip()]
-    manifest = write_dataset(args.out, args.count, parse_size(args.size), args.seed, kinds=kinds,
+    kinds = synthetic.KINDS if args.kinds is None else [k.strip() for k in args.kinds.split(",") if k.strip()]
+    manifest = synthetic.write_dataset(args.out, args.count, synthetic.parse_size(args.size), args.seed, kinds=kinds,
                              trimap_radius=args.trimap_radius, overwrite=args.overwrite,
                              progress=not args.no_progress)
     width, height = manifest["size"]
@@ -96,24 +104,18 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_precision(args: argparse.Namespace) -> int:
-    from mattrt.calibration.precision import apply_precision_arguments
-
-    apply_precision_arguments(args, args.directory)
+    precision.apply_precision_arguments(args, args.directory)
     return 0
 
 
 def run_fidelity(args: argparse.Namespace) -> int:
-    import json
 
-    from mattrt.calibration.fidelity import fidelity_report, write_figure
-    from mattrt.errors import InputError
-    from mattrt.imageio import write_bytes
 
     for target in (args.json, args.figure):
         if target is not None and target.exists() and not args.overwrite:
             raise InputError(f"{target} already exists; pass --overwrite to replace it")
     precisions = None if args.precisions is None else [p.strip() for p in args.precisions.split(",") if p.strip()]
-    report, images, alphas = fidelity_report(args.directory, args.data, precisions=precisions, batch=args.batch,
+    report, images, alphas = fidelity.fidelity_report(args.directory, args.data, precisions=precisions, batch=args.batch,
                                              threads=args.threads, seed=args.seed, log=print)
     _print_fidelity(report)
     if args.json is not None:
@@ -123,7 +125,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
     if args.figure is not None:
         if args.figure.suffix.lower() != ".png":
             raise InputError(f"--figure {args.figure}: the figure is a PNG; use a .png name")
-        write_figure(report, images, alphas, args.figure)
+        fidelity.write_figure(report, images, alphas, args.figure)
         print(f"wrote {args.figure}")
     return 0
 
@@ -155,11 +157,7 @@ def _print_fidelity(report: dict) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import json
 
-    from mattrt.calibration.metrics import evaluate, mean_metrics
-    from mattrt.errors import InputError
-    from mattrt.imageio import list_images, read_alpha, read_matte, write_bytes
 
     channel = args.pred_channel if args.pred_channel in ("alpha", "auto") else _channel_index(args.pred_channel)
     if args.json is not None and args.json.exists() and not args.overwrite:
@@ -199,14 +197,14 @@ def run_eval(args: argparse.Namespace) -> int:
                 if trimap.shape != gt.shape:
                     raise InputError(f"size mismatch: trimap is {trimap.shape[1]}x{trimap.shape[0]}, "
                                      f"gt is {gt.shape[1]}x{gt.shape[0]}")
-            row.update(evaluate(pred, gt, trimap))
+            row.update(metrics.evaluate(pred, gt, trimap))
         except InputError as exc:
             row["error"] = str(exc)
         rows.append(row)
 
     labels = ("name", "error", "pred_channel", "gt_channel")
     scored = [{k: v for k, v in r.items() if k not in labels} for r in rows if "error" not in r]
-    means = mean_metrics(scored)
+    means = metrics.mean_metrics(scored)
     columns = ["sad", "mse", "mad", "grad", "conn", "psnr"]
     if trimap_files is not None:
         columns += [c + "_trimap" for c in ("sad", "mse", "mad", "grad", "conn")]
@@ -246,8 +244,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _channel_index(text: str) -> int:
-    from mattrt.errors import InputError
-
     try:
         return int(text)
     except ValueError:
@@ -261,7 +257,6 @@ INFER_SUFFIXES = ("_alpha", "_rgba")
 def _by_stem(files: list[Path], folder: Path, known: dict[str, Path] | None = None) -> dict[str, Path]:
     """Files by stem; with `known` (the ground truth), a stem that only matches it once an
     infer suffix is removed is keyed without the suffix."""
-    from mattrt.errors import InputError
 
     found: dict[str, Path] = {}
     for path in files:

@@ -35,8 +35,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mattrt.calibration.feeds import DEFAULT_SYNTHETIC_SIZE, FIDELITY_SEED, iter_samples, parse_data_source
+from mattrt.calibration.figures import grey, heat_map, image_grid
+from mattrt.calibration.metrics import evaluate, mean_metrics
 from mattrt.calibration.precision import CPU_INT8_BACKEND
+from mattrt.calibration.synthetic import default_trimap_radius, make_trimap
 from mattrt.errors import InputError
+from mattrt.imageio import list_images, read_alpha, read_image
 from mattrt.manifest import Manifest
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
@@ -56,21 +61,17 @@ class EvalImage:
 
 
 def data_source(data: str | Path, *, seed: int | None = None, size: tuple[int, int] | None = None):
-    from mattrt.calibration.feeds import DEFAULT_SYNTHETIC_SIZE, FIDELITY_SEED, parse_data_source
-
     return parse_data_source(data, seed=FIDELITY_SEED if seed is None else seed,
                              size=DEFAULT_SYNTHETIC_SIZE if size is None else size)
 
 
 def evaluation_images(data: str | Path, *, seed: int | None = None, size: tuple[int, int] | None = None) -> list[EvalImage]:
     """Images (with ground truth where there is some) of 'synthetic[:N]' or a folder."""
-    from mattrt.calibration.feeds import iter_samples
 
     source = data_source(data, seed=seed, size=size)
     if source.kind == "synthetic":
         return [EvalImage(f"synthetic-{source.seed}-{i:04d}-{s.kind}-{s.variant}", s.image, s.alpha)
                 for i, s in enumerate(iter_samples(source))]
-    from mattrt.imageio import list_images, read_alpha, read_image
 
     folder = source.folder
     image_folder, alpha_folder = folder / "images", folder / "alpha"
@@ -195,8 +196,6 @@ def fidelity_report(directory: str | Path, data: str | Path = "synthetic:24", *,
                     batch: int = 4, threads: int | None = None, seed: int | None = None,
                     log: Callable[[str], None] = lambda m: None) -> tuple[dict, list[EvalImage], dict[str, list[np.ndarray]]]:
     """(report dict, the images, {precision: alphas}); see the module docstring."""
-    from mattrt.calibration.metrics import evaluate, mean_metrics
-    from mattrt.calibration.synthetic import default_trimap_radius, make_trimap
 
     directory = Path(directory)
     manifest = Manifest.load(directory)
@@ -290,7 +289,6 @@ def write_figure(report: dict, images: Sequence[EvalImage], alphas: dict[str, li
     """A PNG grid: per image (up to `rows`, one per data kind first) the image, the ground truth,
     the FP32 alpha and heat maps of |alpha_p - alpha_fp32| for the other precisions (each map
     scaled to its own maximum, which is printed under it)."""
-    from mattrt.calibration.figures import grey, heat_map, image_grid
 
     if not images:
         raise InputError("no images to draw")

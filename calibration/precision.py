@@ -61,6 +61,9 @@ to the export directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import os
 import shutil
 import tempfile
@@ -69,8 +72,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from mattrt.errors import InputError, MattrtError
 from mattrt.lazy import lazy_import
+from mattrt.manifest import MANIFEST_FILE, Manifest, check_graph_file, embed_manifest
+
+onnx = lazy_import("onnx", probe="onnxruntime")
+ort = lazy_import("onnxruntime", probe="onnxruntime")
+float16 = lazy_import("onnxruntime.transformers.float16", probe="onnxruntime")
+quantization = lazy_import("onnxruntime.quantization", probe="onnxruntime")
+calibrate = lazy_import("onnxruntime.quantization.calibrate", probe="onnxruntime")
+# Bound lazily too: `mattrt export --help` reads this module's argument definitions.
+calibration_feeds = lazy_import("mattrt.calibration.feeds")
+lint = lazy_import("mattrt.runtime.lint")
+
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,7 +129,6 @@ def calib_file(stage: str) -> str:
 
 # -- graph helpers -----------------------------------------------------------------------------
 def _load(model):
-    import onnx
 
     if isinstance(model, (str, Path)):
         return onnx.load(str(model))
@@ -151,7 +166,6 @@ def _ancestors(model, tensors: Iterable[str], stop: set[str] = frozenset()) -> s
 
 
 def _session(model, threads: int | None = None):
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -162,7 +176,6 @@ def _session(model, threads: int | None = None):
 
 def _run(session, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Outputs of every feed (a list per graph output, concatenated over feeds)."""
-    import numpy as np
     names = [o.name for o in session.get_outputs()]
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for feed in feeds:
@@ -174,7 +187,6 @@ def _run(session, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[list[np.nda
 def output_errors(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], names: Sequence[str]) -> dict:
     """Per output: relative L2, max abs and mean abs error of candidate against reference
     (and for an output named "trimap", the fraction of pixels whose argmax class differs)."""
-    import numpy as np
     result = {}
     for name, ref, got in zip(names, reference, candidate):
         ref64 = ref.astype(np.float64)
@@ -240,8 +252,6 @@ def _fold_cast_round_trips(model) -> int:
     """Make consumers of Cast(FP16 -> FP32)(Cast(FP32 -> FP16)(x)) read x itself; returns how many.
     The converter wraps every blocked node in casts, so two adjacent FP32 nodes would otherwise
     exchange values rounded to FP16."""
-    import onnx
-    from onnx import TensorProto
 
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type
@@ -250,11 +260,11 @@ def _fold_cast_round_trips(model) -> int:
     producers = _producers(model)
     replace = {}
     for node in model.graph.node:
-        if node.op_type != "Cast" or _cast_target(node) != TensorProto.FLOAT:
+        if node.op_type != "Cast" or _cast_target(node) != onnx.TensorProto.FLOAT:
             continue
         source = producers.get(node.input[0])
-        if (source is not None and source.op_type == "Cast" and _cast_target(source) == TensorProto.FLOAT16
-                and types.get(source.input[0]) == TensorProto.FLOAT):
+        if (source is not None and source.op_type == "Cast" and _cast_target(source) == onnx.TensorProto.FLOAT16
+                and types.get(source.input[0]) == onnx.TensorProto.FLOAT):
             replace[node.output[0]] = source.input[0]
     graph_outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
@@ -304,8 +314,6 @@ def _remove_dead_nodes(model, keep: set[str]) -> None:
 def convert_fp16(model, block_nodes: Iterable[str] = ()):
     """The FP32 model converted to FP16 with FP32 inputs/outputs, keeping `block_nodes` in FP32
     (with exact FP32 values between adjacent blocked nodes)."""
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     source = _load(model)
     known = {node.name for node in source.graph.node}
@@ -313,8 +321,8 @@ def convert_fp16(model, block_nodes: Iterable[str] = ()):
     if unknown:
         raise CalibrationError(f"FP16 block list names nodes the graph does not have: {', '.join(unknown[:5])}")
     metadata = list(source.metadata_props)
-    converted = convert_float_to_float16(
-        source, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(set(block_nodes))
+    converted = float16.convert_float_to_float16(
+        source, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(set(block_nodes))
     )
     _dedupe_nodes(converted)
     _toposort(converted)
@@ -451,10 +459,9 @@ def plan_fp16(model, feeds: Sequence[Mapping[str, np.ndarray]], *, target: float
 
 # -- INT8 ----------------------------------------------------------------------------------------
 def _calibration_method(method: str):
-    from onnxruntime.quantization import CalibrationMethod
 
-    table = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
-             "max": CalibrationMethod.MinMax}
+    table = {"entropy": quantization.CalibrationMethod.Entropy, "percentile": quantization.CalibrationMethod.Percentile,
+             "max": quantization.CalibrationMethod.MinMax}
     if method not in table:
         raise InputError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     return table[method]
@@ -474,7 +481,7 @@ def _quantize_options(method: str) -> dict:
 
 class _FeedReader:
     """onnxruntime CalibrationDataReader over single-sample feeds, with the range interface
-    quantize_static's strided collection (CalibStridedMinMax) uses."""
+    quantization.quantize_static's strided collection (CalibStridedMinMax) uses."""
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]):
         self.feeds = list(feeds)
@@ -498,18 +505,14 @@ class _FeedReader:
 
 
 def _quiet_quantize(**kwargs) -> None:
-    import contextlib
-    import io
-    import logging
 
-    from onnxruntime.quantization import quantize_static
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static warns about pre-processing on every call
+    root.setLevel(logging.ERROR)  # quantization.quantize_static warns about pre-processing on every call
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # and prints calibration progress
-            quantize_static(**kwargs)
+            quantization.quantize_static(**kwargs)
     finally:
         root.setLevel(level)
 
@@ -518,17 +521,16 @@ def _int8_from_ranges(fp32_path: Path, ranges: Path, method: str, exclude: Seque
                       reader: _FeedReader | None = None, batch: int = DEFAULT_CALIBRATION_BATCH,
                       op_types: Sequence[str] = WEIGHTED_OPS) -> None:
     """The TensorRT-form graph from a ranges file; with a reader, calibrate first and write the
-    ranges of every tensor `op_types` read or write (quantize_static calibrates the op types it
+    ranges of every tensor `op_types` read or write (quantization.quantize_static calibrates the op types it
     quantises; the graph written then is scratch)."""
-    from onnxruntime.quantization import QuantFormat, QuantType
 
     options = _quantize_options(method)
     if reader is not None:
         options["CalibStridedMinMax"] = batch
     _quiet_quantize(
         model_input=str(fp32_path), model_output=str(out), calibration_data_reader=reader,
-        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
-        reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        quant_format=quantization.QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=True,
+        reduce_range=False, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
         calibrate_method=_calibration_method(method), nodes_to_exclude=list(exclude),
         calibration_cache_path=str(ranges), extra_options=options,
     )
@@ -586,7 +588,6 @@ def check_qdq(model) -> dict:
     weighted layers only; zero points are int8 zeros; weights with more than one output channel
     have one scale per output channel, on the layer's output-channel axis. Counted: weighted
     layers and those whose two inputs are both dequantised."""
-    from onnx import TensorProto, numpy_helper
 
     producers = _producers(model)
     initializers = {init.name: init for init in model.graph.initializer}
@@ -600,14 +601,14 @@ def check_qdq(model) -> dict:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             facts["quantize" if node.op_type == "QuantizeLinear" else "dequantize"] += 1
             zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-            if zero_point is None or zero_point.data_type != TensorProto.INT8 or numpy_helper.to_array(zero_point).any():
+            if zero_point is None or zero_point.data_type != onnx.TensorProto.INT8 or onnx.numpy_helper.to_array(zero_point).any():
                 problems.append(f"{node.name}: zero point is not an int8 zero")
             if node.op_type == "QuantizeLinear":
                 bad = [c.op_type for c in consumers.get(node.output[0], []) if c.op_type != "DequantizeLinear"]
                 if bad:
                     problems.append(f"{node.name}: quantised tensor read by {bad}")
             elif node.input[0] in initializers:
-                scale = numpy_helper.to_array(initializers[node.input[1]])
+                scale = onnx.numpy_helper.to_array(initializers[node.input[1]])
                 weight = initializers[node.input[0]]
                 users = consumers.get(node.output[0], [])
                 axis = _output_channel_axis(users[0], len(weight.dims)) if users else 0
@@ -633,10 +634,8 @@ def check_qdq(model) -> dict:
 
 
 def _check_ranges(path: Path, stage: str) -> int:
-    import numpy as np
-    from onnxruntime.quantization.calibrate import load_tensors_data
 
-    data = load_tensors_data(path)
+    data = calibrate.load_tensors_data(path)
     bad = []
     for name, value in data.items():
         low, high = (float(np.asarray(v).ravel()[0]) if np.asarray(v).size else 0.0 for v in value.range_value)
@@ -655,7 +654,6 @@ def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndar
     """Calibrate on `feeds` (single samples, collected `batch` at a time) every tensor that
     CALIBRATED_OPS read or write (both INT8 graphs' tensors: the TensorRT form reads those of the
     weighted layers) and write the ranges file; returns the number of calibrated tensors."""
-    import numpy as np
     feeds = list(feeds)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"the calibration batch must be a positive integer, got {batch!r}")
@@ -717,7 +715,6 @@ def plan_int8(fp32_path: str | Path, ranges: str | Path, feeds: Sequence[Mapping
     """Choose the weighted layers an INT8 graph leaves unquantised by measurement: the same
     greedy rule as FP16 over the weighted layers of the candidate groups, rebuilding from the
     ranges file for every trial."""
-    import onnx
 
     fp32 = onnx.load(str(fp32_path))
     names = [o.name for o in fp32.graph.output]
@@ -732,7 +729,6 @@ def plan_int8(fp32_path: str | Path, ranges: str | Path, feeds: Sequence[Mapping
 
 
 def finish_int8(path: Path):
-    import onnx
 
     model = onnx.load(str(path))
     restrict_qdq_to_weighted_inputs(model)
@@ -936,12 +932,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                    synthetic_size: tuple[int, int] | None = None, log: Callable[[str], None] | None = print):
     """Add FP16 and/or INT8 graphs of every stage to an export directory (module docstring);
     returns the updated manifest. Nothing in the directory changes unless every graph is made."""
-    import numpy as np
-    import onnx
 
-    from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
-    from mattrt.manifest import Manifest, check_graph_file, embed_manifest
-    from mattrt.runtime.lint import lint_models
 
     log = log or (lambda message: None)
     directory = Path(directory)
@@ -966,10 +957,10 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
         if "fp32" in entry.files:
             check_graph_file(entry, directory, entry.files["fp32"])
 
-    source = parse_data_source(calibration, **({"size": tuple(synthetic_size)} if synthetic_size else {}))
+    source = calibration_feeds.parse_data_source(calibration, **({"size": tuple(synthetic_size)} if synthetic_size else {}))
     started = time.perf_counter()
     log(f"calibration data: {source.describe()}")
-    feeds = collect_stage_feeds(directory, source, max_samples=max_samples)
+    feeds = calibration_feeds.collect_stage_feeds(directory, source, max_samples=max_samples)
     log(f"  recorded {', '.join(f'{s}: {f.recorded} samples' for s, f in feeds.items())} "
         f"({time.perf_counter() - started:.1f} s)")
 
@@ -1044,7 +1035,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                                                      reference, samples, record, log))
                 written.append((entry.name, entry.files[precision], proto))
 
-        report = lint_models((name, proto) for _, name, proto in written)
+        report = lint.lint_models((name, proto) for _, name, proto in written)
         if not report.passed:
             raise CalibrationError(report.summary() + "\nnothing was written to " + str(directory))
         log(report.summary())
@@ -1114,13 +1105,10 @@ def _add_cpu_int8(entry, fp32_path: Path, ranges: Path, staging: Path, method: s
 
 
 def subsample_feeds(samples: Sequence, limit: int) -> list:
-    from mattrt.calibration.feeds import subsample
-
-    return subsample(list(samples), max(1, limit))
+    return calibration_feeds.subsample(list(samples), max(1, limit))
 
 
 def _save_atomic(model, path: Path) -> None:
-    import onnx
 
     partial = path.with_name(f".{path.name}.partial")
     onnx.save_model(model, str(partial))
@@ -1128,7 +1116,6 @@ def _save_atomic(model, path: Path) -> None:
 
 
 def _write_manifest_atomic(manifest, directory: Path) -> None:
-    from mattrt.manifest import MANIFEST_FILE
 
     partial = directory / f".{MANIFEST_FILE}.partial"
     partial.write_text(manifest.to_json() + "\n")

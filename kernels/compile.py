@@ -17,6 +17,9 @@ from typing import Sequence
 
 from mattrt.availability import require
 from mattrt.kernels.launch import COMPILE_OPTIONS, SOURCES, kernel_names, source_text
+from mattrt.lazy import lazy_import
+
+nvrtc = lazy_import("cuda.bindings.nvrtc")
 
 ARCHITECTURES: tuple[str, ...] = ("sm_75", "sm_87", "sm_90")
 
@@ -69,8 +72,6 @@ def parse_ptxas_log(log: str, source: str, arch: str) -> list[KernelResources]:
 
 
 def _check(result, what: str) -> None:
-    from cuda.bindings import nvrtc
-
     err = result[0] if isinstance(result, tuple) else result
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise RuntimeError(f"NVRTC {what} failed: {err}")
@@ -79,7 +80,6 @@ def _check(result, what: str) -> None:
 def compile_source(source: str, arch: str, *, extra_options: Sequence[str] = ()) -> CompileResult:
     """Compile one source to a cubin for arch (e.g. "sm_90"); raises CompileError with the log."""
     require("nvrtc", "compiling the CUDA kernels")
-    from cuda.bindings import nvrtc
 
     err, program = nvrtc.nvrtcCreateProgram(source_text(source).encode(), source.encode(), 0, [], [])
     _check(err, "nvrtcCreateProgram")

@@ -23,7 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from mattrt.availability import require
-from mattrt.errors import InputError, MissingDependencyError
+from mattrt.errors import InputError
+from mattrt.lazy import lazy_import
+
+cupy = lazy_import("cupy")
 
 KERNEL_DIR = Path(__file__).resolve().parent
 
@@ -193,7 +196,6 @@ class CupyBackend(Backend):
 
     def __init__(self) -> None:
         require("cupy_device", "launching the mattrt CUDA kernels")
-        import cupy
 
         self.xp = cupy
         self._modules: dict[tuple[str, int], Any] = {}

@@ -21,6 +21,11 @@ import torch
 from torch import Tensor
 
 from mattrt.errors import InputError
+from mattrt.kernels import attention_pool, max_unpool
+from mattrt.kernels.launch import cupy_backend
+from mattrt.lazy import lazy_import
+
+cupy = lazy_import("cupy", probe="cupy")
 
 NAMESPACE = "mattrt"
 
@@ -89,10 +94,7 @@ def attention_unpool2d_eager(y: Tensor, a: Tensor) -> Tensor:
 
 
 def _on_cuda(launch: Callable[..., Any], out: Tensor, *inputs: Tensor, **kwargs: Any) -> Tensor:
-    from mattrt.kernels.launch import cupy_backend
-
     backend = cupy_backend()  # MissingDependencyError, naming what is missing, before importing CuPy
-    import cupy
 
     device = out.device
     stream_ptr = torch.cuda.current_stream(device).cuda_stream  # 0: the legacy default stream
@@ -115,8 +117,6 @@ def max_unpool2d(x: Tensor, indices: Tensor, output_height: int, output_width: i
 
 @max_unpool2d.register_kernel("cuda")
 def _max_unpool2d_cuda(x: Tensor, indices: Tensor, output_height: int, output_width: int) -> Tensor:
-    from mattrt.kernels import max_unpool
-
     out = x.new_empty((x.shape[0], x.shape[1], output_height, output_width))
 
     def run(backend, xs, idx, *, out):
@@ -139,8 +139,6 @@ def attention_pool2d(x: Tensor, a: Tensor) -> Tensor:
 
 @attention_pool2d.register_kernel("cuda")
 def _attention_pool2d_cuda(x: Tensor, a: Tensor) -> Tensor:
-    from mattrt.kernels import attention_pool
-
     out = x.new_empty((x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2))
     return _on_cuda(attention_pool.launch_pool, out, x, a)
 
@@ -158,8 +156,6 @@ def attention_unpool2d(y: Tensor, a: Tensor) -> Tensor:
 
 @attention_unpool2d.register_kernel("cuda")
 def _attention_unpool2d_cuda(y: Tensor, a: Tensor) -> Tensor:
-    from mattrt.kernels import attention_pool
-
     out = y.new_empty((y.shape[0], y.shape[1], 2 * y.shape[2], 2 * y.shape[3]))
     return _on_cuda(attention_pool.launch_unpool, out, y, a)
 

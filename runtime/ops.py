@@ -21,6 +21,7 @@ Conventions
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from mattrt.errors import InputError
 from mattrt.kernels.fusion import bilinear_taps, resample, trimap_fusion_reference, upsample_region
@@ -58,7 +59,6 @@ def check_rgb(image: np.ndarray, what: str = "image") -> None:
 def resize_weights(in_size: int, out_size: int):
     """Sparse (out_size x in_size) matrix of the antialiased bilinear filter along one axis
     (PyTorch's antialias=True / Pillow's BILINEAR: a triangle of support max(in/out, 1))."""
-    from scipy import sparse
 
     if in_size < 1 or out_size < 1:
         raise InputError(f"resize: sizes must be positive, got {in_size} -> {out_size}")

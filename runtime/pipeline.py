@@ -53,7 +53,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.fusion_kinds import fusion_kind
 from mattrt.imageio import pixel_count
+from mattrt.lazy import lazy_import
 from mattrt.resources import require_memory
 from mattrt.runtime import backends, ops
 from mattrt.runtime import threads as thread_settings
@@ -61,6 +63,10 @@ from mattrt.runtime.artifacts import MattingResult, ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
 from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
 from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
+
+# Semantic Image Matting's guidance (click maps, classifier score maps) lives with its model and
+# imports torch: bound lazily, so that the pipeline loads torch only for that model.
+sim = lazy_import("mattrt.models.sim")
 
 # Same limit as the image reader's decompression-bomb guard: 200 megapixels.
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -113,9 +119,8 @@ class Pipeline:
             raise InputError(
                 f"model {spec.name!r} needs guidance {spec.guidance!r}; this runtime builds: {', '.join(GUIDANCE_KINDS)}"
             )
-        from mattrt.models.fusion import get_fusion
 
-        get_fusion(spec.fusion)
+        fusion_kind(spec.fusion)
         self.spec = spec
         self.engines = dict(engines)
         detail = self.engines["detail"]
@@ -306,7 +311,6 @@ class Pipeline:
 
     def _sim_guidance(self, detail_image: np.ndarray, low: np.ndarray) -> np.ndarray:
         """The full "sim" guidance (G x Hd x Wd) from models/sim.py with the classifier engines."""
-        from mattrt.models.sim import classifier_stage_name, sim_guidance
 
         settings = self.spec.settings
         windows = tuple(int(w) for w in settings["classifier_windows"])
@@ -320,13 +324,13 @@ class Pipeline:
 
         def classify_window(crops: np.ndarray, levels: np.ndarray) -> np.ndarray:
             size = crops.shape[-1]
-            name = classifier_stage_name(size)
+            name = sim.classifier_stage_name(size)
             if name not in self.engines:
                 raise InputError(f"model {self.spec.name!r} has no classifier stage for {size} px windows")
             feeds = {"image": np.ascontiguousarray(crops, dtype=np.float32), "trimap_level": np.ascontiguousarray(levels, dtype=np.float32)}
             return run_in_chunks(self.engines[name], feeds)["cam"]
 
-        guidance = sim_guidance(
+        guidance = sim.sim_guidance(
             np.ascontiguousarray(image),
             trimap,
             classify_window,

@@ -37,7 +37,13 @@ import numpy as np
 
 from mattrt.availability import available
 from mattrt.errors import InputError
+from mattrt.kernels import fusion, preprocess, stitch
+from mattrt.kernels.backends import get_backend
+from mattrt.lazy import lazy_import
 from mattrt.runtime import ops
+
+cupy = lazy_import("cupy", probe="cupy")
+torch = lazy_import("torch", probe="torch")
 
 PIXEL_OPS = ("auto", "host", "device", "emulate")
 # Rows fused per step on the host (bounds the full-width trimap band: 3 x rows x W float32).
@@ -121,13 +127,7 @@ class KernelPixelOps(HostPixelOps):
         """Launch the kernels on torch's current CUDA stream, so they are ordered with the engine."""
         if self.memory != "cuda":
             return contextlib.nullcontext()
-        import cupy
-
-        try:
-            import torch
-        except ImportError:
-            return contextlib.nullcontext()
-        if not torch.cuda.is_available():
+        if not available("torch_cuda"):
             return contextlib.nullcontext()
         pointer = torch.cuda.current_stream().cuda_stream
         return cupy.cuda.Stream.null if pointer == 0 else cupy.cuda.ExternalStream(pointer)
@@ -145,8 +145,6 @@ class KernelPixelOps(HostPixelOps):
 
     # -- tiles ----------------------------------------------------------------------------------
     def preprocess_tiles(self, image, offsets, tile, mean, std):
-        from mattrt.kernels import preprocess
-
         return preprocess.launch(self.backend, image, offsets, tile, mean, std, np.float32)
 
     def guidance_tiles(self, low_host: np.ndarray, low: Any, out_height: int, out_width: int, offsets, tile):
@@ -166,20 +164,14 @@ class KernelPixelOps(HostPixelOps):
 
     # -- stitching and fusion -------------------------------------------------------------------
     def stitch_accumulate(self, acc, weight_sum, tiles, windows, offsets, window_index) -> None:
-        from mattrt.kernels import stitch
-
         stitch.launch_accumulate(self.backend, acc, weight_sum, self.xp.ascontiguousarray(tiles), windows, offsets,
                                  window_index)
 
     def stitch_normalize(self, acc, weight_sum):
-        from mattrt.kernels import stitch
-
         return stitch.launch_finalize(self.backend, acc, weight_sum, np.float32, clamp=False)
 
     def fuse_rows(self, low_host: np.ndarray, low: Any, detail_rows, first_row: int, height: int, width: int,
                   kind: str, out) -> None:
-        from mattrt.kernels import fusion
-
         rows = int(detail_rows.shape[0])
         fusion.launch(self.backend, low[None], self.xp.ascontiguousarray(detail_rows).reshape(1, 1, rows, width), kind,
                       band=(first_row, height), clamp=True, out=out.reshape(1, 1, rows, width))
@@ -187,7 +179,6 @@ class KernelPixelOps(HostPixelOps):
 
 def select_pixel_ops(choice: str, detail_engine) -> tuple[HostPixelOps, str]:
     """The pixel-ops implementation for the pipeline option `choice`, and why it was chosen."""
-    from mattrt.kernels.backends import get_backend
 
     if choice not in PIXEL_OPS:
         raise InputError(f"unknown pixel_ops {choice!r}; choose one of: {', '.join(PIXEL_OPS)}")

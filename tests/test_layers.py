@@ -214,16 +214,8 @@ def test_no_module_cycles():
 # A probe's job is to try an import and report what failed: mattrt.availability imports inside
 # its probe functions on purpose.
 TRIES_IMPORTS = {"mattrt.availability"}
-# Modules still being moved over while other work on them lands (emptied by the end of the change).
-PENDING = {
-    "mattrt.calibration.cli", "mattrt.calibration.fidelity", "mattrt.calibration.precision",
-    "mattrt.kernels.compile", "mattrt.kernels.launch", "mattrt.kernels.torch_ops",
-    "mattrt.runtime.ops",
-    "mattrt.runtime.pipeline", "mattrt.runtime.pixel_ops",
-}
 
-
-@pytest.mark.parametrize("module", sorted(set(MODULES) - TRIES_IMPORTS - PENDING))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - TRIES_IMPORTS))
 def test_imports_sit_at_module_top(module):
     """mattrt's own modules and the heavy libraries are imported at the top of each file (heavy
     ones through mattrt.lazy.lazy_import where the importer must stay cheap), never inside
