@@ -60,7 +60,7 @@ def _zero_points(model) -> list:
 
 
 def test_manifest_names_the_cpu_graph_for_onnxruntime(export_dir):
-    from mattrt.export.lint import lint_directory, lint_models
+    from mattrt.runtime.lint import lint_directory, lint_models
 
     for stage in STAGES:
         entry = _stage(export_dir, stage)
