@@ -380,11 +380,11 @@ class TritonServer:
         process = self.process
         regions = self._shared_memory_files()
         if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=self.options.exit_timeout + 15)
-            except subprocess.TimeoutExpired:
-                pass
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.options.exit_timeout + 15
+            while process.poll() is None and time.monotonic() < deadline:
+                regions |= self._shared_memory_files()  # stubs restarted while shutting down map new ones
+                time.sleep(0.2)
         deadline = time.monotonic() + 5  # stubs finish their own clean-up first
         while self._group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
