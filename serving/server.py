@@ -57,6 +57,10 @@ PYTHON_SHM_DEFAULT = 16 * 1024 * 1024
 PYTHON_SHM_GROWTH = 64 * 1024 * 1024
 
 
+SHM_DIR = "/dev/shm"
+PYTHON_SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
 class ServerError(MattrtError):
     """The server failed to start, never became ready, or died."""
 
@@ -345,17 +349,45 @@ class TritonServer:
             return {}
         return {pid: rss_bytes(pid) for pid in process_tree(self.process.pid)}
 
+    def _shared_memory_files(self) -> set[Path]:
+        """The Python backend's /dev/shm regions mapped by the server and its stubs."""
+        found: set[Path] = set()
+        if not self.running:
+            return found
+        for pid in process_tree(self.process.pid):
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            for line in maps.splitlines():
+                path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+                if path.startswith(f"{SHM_DIR}/{PYTHON_SHM_PREFIX}"):
+                    found.add(Path(path.removesuffix(" (deleted)")))
+        return found
+
+    def _group_alive(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL of the process group after the exit timeout; the exit code."""
+        """SIGTERM, then SIGKILL of the process group after the exit timeout; the exit code.
+        Shared-memory regions a killed stub could not remove are removed here."""
         if self.process is None:
             return None
         process = self.process
+        regions = self._shared_memory_files()
         if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=self.options.exit_timeout + 15)
-            except subprocess.TimeoutExpired:
-                pass
+            process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.options.exit_timeout + 15
+            while process.poll() is None and time.monotonic() < deadline:
+                regions |= self._shared_memory_files()  # stubs restarted while shutting down map new ones
+                time.sleep(0.2)
+        deadline = time.monotonic() + 5  # stubs finish their own clean-up first
+        while self._group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         try:
             os.killpg(process.pid, signal.SIGKILL)  # leftovers: the server or its stubs
         except (ProcessLookupError, PermissionError):
@@ -364,6 +396,8 @@ class TritonServer:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        for region in regions:
+            region.unlink(missing_ok=True)
         return process.returncode
 
     def close(self) -> None:

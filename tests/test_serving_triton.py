@@ -293,6 +293,7 @@ def test_serve_prints_endpoints_stops_on_sigterm_mid_run_and_client_retries_are_
     """`mattrt serve` in a subprocess: ready line without the key; SIGTERM while a client runs
     many images: serve exits 0, the client fails clearly after its retries (nothing hangs, no image
     silently dropped); a server back on the same ports within the retries serves the next image."""
+    regions_before = python_backend_regions()
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -350,6 +351,12 @@ def test_serve_prints_endpoints_stops_on_sigterm_mid_run_and_client_retries_are_
             remote.close()
         if restarted is not None:
             restarted.close()
+    # the stopped and the restarted server left no Python-backend shared memory behind
+    assert python_backend_regions() == regions_before
+
+
+def python_backend_regions() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")}
 
 
 def test_busy_ports_and_models_that_fail_to_load_are_clear_errors(repository, tmp_path):
