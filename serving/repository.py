@@ -36,6 +36,7 @@ from pathlib import Path
 from mattrt import __version__
 from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
+from mattrt.runtime.tensorrt_build import plan_file_name
 from mattrt.runtime.triton_client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
 
 TARGETS = ("cpu", "gpu")
@@ -88,7 +89,7 @@ class RepositoryOptions:
     instances: int = 1
     max_batch: int | None = None
     precision: str = "fp32"
-    plans: Path | None = None  # GPU target: a directory with <stage>.plan per stage (`mattrt build`)
+    plans: Path | None = None  # GPU target: the `mattrt build` output (<stage>-<precision>.plan per stage)
     max_pixels: int = DEFAULT_MAX_PIXELS
     queue_delay_us: int = 200  # how long a stage model waits for tiles of other requests
     overwrite: bool = False
@@ -257,9 +258,9 @@ def _stage_artifact(export_dir: Path, entry: GraphEntry, options: RepositoryOpti
     if options.plans is None:
         raise InputError(
             "the gpu target runs TensorRT plans: build them with `mattrt build` on the GPU machine and pass "
-            "--plans DIR (a directory holding <stage>.plan for each stage)"
+            "--plans DIR (the folder `mattrt build --out DIR` wrote: <stage>-<precision>.plan for each stage)"
         )
-    plan = Path(options.plans) / f"{entry.name}.plan"
+    plan = Path(options.plans) / plan_file_name(entry.name, options.precision)
     if not plan.is_file():
         raise InputError(
             f"no TensorRT plan for stage {entry.name!r} at {plan}; build the plans with `mattrt build` "

@@ -65,10 +65,10 @@ def test_gpu_target_configs_plans_warmup_and_cuda_graphs(serving_export, tmp_pat
         build_repository(serving_export, tmp_path / "r0", RepositoryOptions(target="gpu"), log=None)
     plans = tmp_path / "plans"
     plans.mkdir()
-    (plans / "semantic.plan").write_bytes(b"semantic plan bytes")
+    (plans / "semantic-fp32.plan").write_bytes(b"semantic plan bytes")
     with pytest.raises(InputError, match="no TensorRT plan for stage 'detail'.*mattrt build"):
         build_repository(serving_export, tmp_path / "r1", RepositoryOptions(target="gpu", plans=plans), log=None)
-    (plans / "detail.plan").write_bytes(b"detail plan bytes")
+    (plans / "detail-fp32.plan").write_bytes(b"detail plan bytes")
     repo = build_repository(serving_export, tmp_path / "repo",
                             RepositoryOptions(target="gpu", plans=plans, instances=2, name="g"), log=None)
     detail = parse_config(repo / "g_detail" / "config.pbtxt")
