@@ -33,7 +33,7 @@ class Deployment:
     backend: Backend
     device: str
     precision: str
-    source: Any  # what backend.open takes: a model name, an export or prepared directory
+    source: Any  # what backend.open takes: a model name, an export or prepared directory, a server URL
     checkpoint: Any = None  # weights for a backend that runs the model itself (torch)
     notes: dict[str, Any] = field(default_factory=dict)  # why this backend, cache use: recorded in summaries
 
@@ -42,6 +42,7 @@ def plan_deployment(
     *,
     model: str | None = None,
     artifacts: str | Path | None = None,
+    url: str | None = None,
     checkpoint: Any = None,
     backend: str = backends.AUTO,
     device: str | None = None,
@@ -55,6 +56,8 @@ def plan_deployment(
     """Choose the backend and device, and make (or reuse) what it runs. See the module docstring.
     backend_options (threads, kernels, ...) are checked against the chosen backend before any work."""
     log = log or (lambda message: None)
+    if url is not None:
+        return _server_deployment(url, backend, device, precision, model, artifacts, checkpoint, log)
     if (model is None) == (artifacts is None):
         raise InputError("give either a registered model (--model NAME) or an export directory (--artifacts DIR)")
     if artifacts is not None and checkpoint is not None:
@@ -97,9 +100,34 @@ def plan_deployment(
     return Deployment(chosen, device, precision, entry.path, notes=notes)
 
 
-def open_pipeline(deployment: Deployment, backend_options: Mapping[str, Any] | None = None, **pipeline_options) -> Pipeline:
-    """The Pipeline over the deployment's backend (backend_options: threads, kernels, ...)."""
+def _server_deployment(url, backend, device, precision, model, artifacts, checkpoint, log) -> Deployment:
+    """A backend whose server runs the whole pipeline (Backend.pipeline_opener): the model, its
+    weights and precision were fixed when the server's repository was made."""
+    servers = [b.name for b in backends.BACKENDS.values() if b.pipeline_opener is not None]
+    if backend not in servers:
+        raise InputError(f"--url is the address of a server: use it with --backend {' or '.join(servers)}")
+    if model is not None or artifacts is not None or checkpoint is not None:
+        raise InputError("with --url the server runs the model its repository holds: drop --model, --artifacts "
+                         "and --checkpoint")
+    chosen = backends.get_backend(backend)
+    device = device or chosen.devices[0]
+    chosen.check(device, precision)
+    log(f"backend: {chosen.name} at {url} (asked for with --backend {chosen.name})")
+    return Deployment(chosen, device, precision, url,
+                      notes={"backend": chosen.name, "url": url, "reason": f"asked for with --backend {chosen.name}"})
+
+
+def open_pipeline(deployment: Deployment, backend_options: Mapping[str, Any] | None = None, **pipeline_options):
+    """The Pipeline over the deployment's backend (backend_options: threads, kernels, ...), or, for
+    a backend whose server runs the pipeline, its client-side stand-in (same run/describe)."""
     options = dict(backend_options or {})
+    if deployment.backend.pipeline_opener is not None:
+        given = sorted(k for k, v in pipeline_options.items() if v is not None)
+        if given:
+            raise InputError(f"the {deployment.backend.name} backend tiles on the server; it takes no "
+                             + ", ".join("--" + k.replace("_", "-") for k in given))
+        return deployment.backend.pipeline_opener(deployment.source, device=deployment.device,
+                                                  precision=deployment.precision, **options)
     if deployment.checkpoint is not None:
         options["checkpoint"] = deployment.checkpoint
     pipeline = Pipeline.open(deployment.backend.name, deployment.source, device=deployment.device,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
 from mattrt.manifest import PRECISIONS
 from mattrt.runtime import backends
@@ -64,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
-    add_deployment_arguments(p)
+    add_deployment_arguments(p, source_required=False)
+    add_server_arguments(p)
     p.add_argument("--channels-last", action="store_true", help="torch: channels_last memory format")
     p.add_argument("--kernels", action="store_true",
                    help="torch: run max-unpooling and attention pooling with mattrt's custom ops (CuPy kernels on cuda)")
@@ -138,6 +141,18 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
 
 
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """--url and the Triton client's transfer options (--backend triton)."""
+    group = p.add_argument_group("a Triton server (--backend triton; `mattrt serve` starts one)")
+    group.add_argument("--url", metavar="HOST:PORT", help="the server's HTTP or gRPC address")
+    group.add_argument("--protocol", choices=("http", "grpc"), default="http", help="default: http")
+    group.add_argument("--transfer", choices=("raw", "encoded"), default="raw",
+                       help="raw pixels, or the file's bytes in and a PNG back (fewer bytes on the wire)")
+    group.add_argument("--shm", choices=("none", "system"), default="none",
+                       help="system: inputs and mattes through shared memory (same machine; needs the server key "
+                            "in $MATTRT_TRITON_KEY)")
+
+
 def deployment_from_args(args: argparse.Namespace, log=None, tile_size: int | None = None, backend_options=None):
     """The Deployment (export/deploy.py) the shared arguments describe; tile_size: the detail
     tile an export made for --model is fixed at (default: the model's)."""
@@ -145,6 +160,7 @@ def deployment_from_args(args: argparse.Namespace, log=None, tile_size: int | No
     return deploy.plan_deployment(
         model=args.model,
         artifacts=args.artifacts,
+        url=getattr(args, "url", None),
         checkpoint=checkpoints.parse_checkpoint(args.checkpoint),
         backend=args.backend,
         device=args.device,
@@ -168,6 +184,22 @@ def build_pipeline(args: argparse.Namespace):
         max_pixels=args.max_pixels or pipeline_module.DEFAULT_MAX_PIXELS,
         pixel_ops=getattr(args, "pixel_ops", "auto"),
     )
+    if args.url is not None:
+        deployment = deployment_from_args(args)
+        client = dict(protocol=args.protocol, transfer=args.transfer, shm=args.shm,
+                      api_key=os.environ.get("MATTRT_TRITON_KEY"), overlap=args.overlap, batch=args.batch)
+        # Options the server decides (its repository fixed them) are refused, not ignored.
+        server_side = {"--tile": args.tile, "--margin": args.margin, "--semantic-scale": args.semantic_scale,
+                       "--detail-scale": None if args.detail_scale == 1.0 else args.detail_scale,
+                       "--threads": args.threads, "--kernels": args.kernels, "--channels-last": args.channels_last,
+                       "--pixel-ops": None if args.pixel_ops == "auto" else args.pixel_ops}
+        given = [flag for flag, value in server_side.items() if value not in (None, False)]
+        if given:
+            raise InputError(f"the triton backend tiles on the server (its repository fixed these); drop {', '.join(given)}")
+        return deploy.open_pipeline(deployment, client)
+    if args.model is None and args.artifacts is None:
+        raise InputError("give a registered model (--model NAME), an export directory (--artifacts DIR), or a "
+                         "server (--backend triton --url HOST:PORT)")
     backend_options = dict(threads=args.threads, channels_last=args.channels_last,
                            kernels=bool(getattr(args, "kernels", False)))
     deployment = deployment_from_args(args, tile_size=args.tile, backend_options=backend_options)

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from mattrt.availability import available, skip_reason
+from mattrt.cli import main
 from mattrt.errors import InputError
 from mattrt.export.parity import generated_image
 from mattrt.imageio import read_alpha
@@ -150,6 +151,29 @@ def test_rgba_output_png_files_and_the_registry_entry(server, reference, tmp_pat
     assert summary["processed"] == 1 and not summary["failed"]
     written = np.rint(read_alpha(tmp_path / "out" / "photo_alpha.png") * 255)  # float in [0, 1]
     assert np.abs(written.astype(int) - reference(rgb)).max() <= 1
+
+
+def test_infer_command_through_the_server(server, reference, tmp_path, capsys, monkeypatch):
+    """`mattrt infer --backend triton --url`: the same outputs and summary as an in-process run."""
+    rgb = image(90, 110, 3)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "in" / "a.png")
+    monkeypatch.setenv("MATTRT_TRITON_KEY", KEY)
+    for protocol in ("http", "grpc"):
+        out = tmp_path / f"out-{protocol}"
+        code = main(["infer", str(tmp_path / "in"), "--out", str(out), "--backend", "triton", "--url",
+                     server.endpoints[protocol], "--protocol", protocol, "--transfer", "encoded", "--no-progress"])
+        assert code == 0, capsys.readouterr().err
+        written = np.rint(read_alpha(out / "a_alpha.png") * 255).astype(int)
+        assert np.abs(written - reference(rgb)).max() <= 1
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["pipeline"]["backend"] == "triton" and summary["processed"] == 1
+    assert main(["infer", str(tmp_path / "in"), "--out", str(tmp_path / "x"), "--backend", "triton",
+                 "--url", server.endpoints["http"], "--tile", "64"]) == 1
+    assert "tiles on the server (its repository fixed these); drop --tile" in capsys.readouterr().err
+    assert main(["infer", str(tmp_path / "in"), "--out", str(tmp_path / "y"), "--url", server.endpoints["http"],
+                 "--model", "shm_tiny"]) == 1
+    assert "use it with --backend triton" in capsys.readouterr().err
 
 
 # -- bad requests ---------------------------------------------------------------------------------
