@@ -86,8 +86,9 @@ def main() -> int:
     from mattrt.runtime.threads import available_cores
 
     cores = available_cores()
+    # The graph's tiles are fixed: export at the 512 x 512 the torch worker runs.
     entry = ArtifactCache(log=print).model_artifacts("aim_synthetic", get_backend("onnxruntime"), device="cpu",
-                                                     precision="fp32")
+                                                     precision="fp32", tile_size=512)
     from mattrt.manifest import Manifest
 
     graph = str(entry.path / Manifest.load(entry.path).stage("detail").files["fp32"])
