@@ -1,8 +1,8 @@
 """Triton serving benchmark (not a test): the same images through the in-process pipeline and
 through a real Triton server running the generated CPU repository, side by side in one run.
 
-    .venv/bin/python benchmarks/triton.py                     # exports shm_tiny (tile 256) first
-    .venv/bin/python benchmarks/triton.py --export DIR        # an existing export directory
+    .venv/bin/python benchmarks/triton_serving.py                     # exports shm_tiny (tile 256) first
+    .venv/bin/python benchmarks/triton_serving.py --export DIR        # an existing export directory
 
 Sections:
 - throughput: N images (H x W, photo-like) at concurrency 1, 2 and 4: images per second and
