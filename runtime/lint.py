@@ -299,7 +299,9 @@ def lint_directory(directory: str | Path) -> LintReport:
         missing = [n for n in named if not resolve_file(root, n).is_file()]
         if missing:
             raise InputError(f"{root}: files named by the manifest are missing: {', '.join(missing)}; re-export the model")
-        files = list(dict.fromkeys(f for g in manifest.graphs() for f in g.graph_files()))
+        # The graphs TensorRT builds; a graph made for another backend (onnxruntime's U8S8 CPU INT8
+        # graph, manifest backend_files) is checked against the manifest below, not linted for TensorRT.
+        files = list(dict.fromkeys(g.file_for(p, "tensorrt") for g in manifest.graphs() for p in g.files))
         for entry in manifest.graphs():
             for name in entry.graph_files():
                 for difference in interface_differences(entry, root / name):
