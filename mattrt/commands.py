@@ -26,12 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_doctor)
 
     p = subparsers.add_parser(
-        "demo", help="end to end on synthetic data: synth, tiled matting with the trained aim_synthetic model, metrics, contact sheet"
+        "demo", help="the main job end to end on synthetic 4K scenes: export (FP32, INT8), Triton repository and "
+                     "server, matting, metrics and latency in report.html / report.json"
     )
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    p.add_argument("--count", type=int, default=6, help="number of synthetic images (default: 6)")
-    p.add_argument("--size", default="416x320", help="image size WxH (default: 416x320, near the training sizes)")
-    p.add_argument("--model", default="aim_synthetic", help="registered model with trained weights (default: aim_synthetic)")
+    p.add_argument("--count", type=int, default=2, help="number of synthetic images (default: 2)")
+    p.add_argument("--size", default="3840x2160", help="image size WxH (default: 3840x2160, 4K)")
+    p.add_argument("--model", default="aim_synthetic",
+                   help="registered model (default: aim_synthetic, trained on synthetic scenes: not for photographs)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="weights for --model (e.g. the authors' checkpoint)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the in-process runs (default: backend's)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
     p.set_defaults(run=run_demo)
 
@@ -75,7 +79,8 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    return demo.run_demo(args.out, count=args.count, size=synthetic.parse_size(args.size), model=args.model, overwrite=args.overwrite)
+    return demo.run_demo(args.out, count=args.count, size=synthetic.parse_size(args.size), model=args.model,
+                         checkpoint=args.checkpoint, threads=args.threads, overwrite=args.overwrite)
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
