@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "server, matting, metrics and latency in report.html / report.json"
     )
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default: demo-output)")
-    p.add_argument("--count", type=int, default=2, help="number of synthetic images (default: 2)")
+    p.add_argument("--count", type=int, default=1, help="number of synthetic 4K scenes (default: 1)")
     p.add_argument("--size", default="3840x2160", help="image size WxH (default: 3840x2160, 4K)")
     p.add_argument("--model", default="aim_synthetic",
                    help="registered model (default: aim_synthetic, trained on synthetic scenes: not for photographs)")
