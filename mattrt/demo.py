@@ -45,7 +45,7 @@ triton_client = lazy_import("mattrt.runtime.triton_client")
 
 DEMO_MODEL = "aim_synthetic"
 DEMO_SEED = 7  # training used seed 0, the held-out check seed 2
-DEFAULT_COUNT = 2
+DEFAULT_COUNT = 1
 DEFAULT_SIZE = (3840, 2160)
 BACKEND = "onnxruntime"
 TRITON_PRECISION = "fp32"
