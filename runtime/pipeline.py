@@ -36,7 +36,8 @@ canvas in one detail call with the same guidance (engines that run any size only
 Where the per-pixel work of steps 3-6 runs is the `pixel_ops` option (runtime/pixel_ops.py):
 "host" (NumPy), "device" (the CUDA kernels through CuPy, with zero-copy feeds to a torch CUDA
 engine), "emulate" (the same kernels on their g++ host emulation: tests), or "auto" (default):
-"device" when the detail engine is a torch CUDA engine and CuPy has a device, else "host".
+"device" when the detail engine runs on CUDA and takes device arrays (torch, TensorRT) and CuPy
+has a device, else "host".
 describe() reports the choice and why. The results are the same bit for bit; the whole-image
 reference mode always runs on the host. The semantic pass (step 1) and the detail resize
 (step 2) stay on the host in every mode.

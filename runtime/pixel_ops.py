@@ -8,7 +8,7 @@ functions of runtime/ops.py (for the ops that have a kernel, that kernel's NumPy
 `KernelPixelOps` with the kernels' launchers on a kernels backend:
 
 - "device": the CuPy backend. The detail image is uploaded once, tiles are cut and normalised
-  on the GPU (preprocess.cu), fed to a torch CUDA engine without a copy (DLPack, engine
+  on the GPU (preprocess.cu), fed to a CUDA engine that takes device arrays (torch, TensorRT) without a copy (DLPack, engine
   `run_device`), stitched on the GPU (stitch.cu: one stack of the plan's at most 9 windows plus
   an index per tile) and fused in one pass per band (trimap_fusion.cu: bilinear upsampling of
   the trimap + the formula + clamp); the alpha comes back to the host once. Trimap guidance
@@ -24,7 +24,7 @@ the CUDA and NumPy libraries' IEEE arithmetic is (not at all for these operation
 
 `select_pixel_ops(choice, detail_engine)` resolves the pipeline's `pixel_ops` option:
 "host", "device" (MissingDependencyError without CuPy and a GPU), "emulate", or "auto":
-"device" when the detail engine is a CUDA engine that takes device arrays (torch) and CuPy has a
+"device" when the detail engine is a CUDA engine that takes device arrays (torch, TensorRT) and CuPy has a
 device, "host" otherwise; the reason is reported with the choice.
 """
 
