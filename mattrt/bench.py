@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mattrt import __version__, availability
+from mattrt.arguments import whole_number
 from mattrt.errors import InputError
 from mattrt.infer_cli import add_deployment_arguments, deployment_from_args
 from mattrt.lazy import is_loaded, lazy_import
@@ -140,19 +141,6 @@ def resolution_label(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def _whole_number(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
@@ -176,16 +164,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{' and '.join(QUICK_RESOLUTIONS)}, {QUICK_REPEATS} repeats")
     p.add_argument("--resolutions", nargs="+", metavar="RES",
                    help="image sizes: 1080p, 4K, 8K, 360p, 540p, 720p, 1440p or WxH (default: 1080p 4K 8K)")
-    p.add_argument("--tiles", nargs="+", type=_whole_number(1, "tile size"), metavar="T",
+    p.add_argument("--tiles", nargs="+", type=whole_number(1, "tile size"), metavar="T",
                    help="detail tile sizes (default: the model's); the first is used across backends and "
                         "resolutions, all of them in the sweep")
-    p.add_argument("--batches", nargs="+", type=_whole_number(1, "tile batch"), metavar="B",
+    p.add_argument("--batches", nargs="+", type=whole_number(1, "tile batch"), metavar="B",
                    help="tiles per detail call (default: 4, or a TensorRT plan's preferred batch)")
     p.add_argument("--sweep-backends", nargs="+", metavar="NAME",
                    help="backends whose tile/batch/thread sweep runs (fp32, at the largest resolution; "
                         "default: torch with --quick, else every tiled backend)")
-    p.add_argument("--repeats", type=_whole_number(1, "repeats"), help="measured rounds (default: 5; --quick: 3)")
-    p.add_argument("--warmup", type=_whole_number(0, "warm-up rounds"),
+    p.add_argument("--repeats", type=whole_number(1, "repeats"), help="measured rounds (default: 5; --quick: 3)")
+    p.add_argument("--warmup", type=whole_number(0, "warm-up rounds"),
                    help="unmeasured rounds first (default: 1)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the authors' and the whole-image onnxruntime baselines")

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from mattrt.arguments import non_negative_int, positive_float, positive_int
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
 from mattrt.manifest import PRECISIONS
@@ -23,36 +24,6 @@ deploy = lazy_import("mattrt.export.deploy")
 cache = lazy_import("mattrt.export.cache")
 infer = lazy_import("mattrt.runtime.infer")
 pipeline_module = lazy_import("mattrt.runtime.pipeline")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected zero or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,17 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where tile preprocessing, stitching and fusion run: host (NumPy), device (CUDA kernels via "
                         "CuPy), emulate (the kernels' g++ host emulation, slow); auto: device for torch CUDA engines "
                         "when CuPy has a device (default)")
-    p.add_argument("--tile", type=_positive_int, metavar="T", help="detail tile side (default: the model's; fixed by an export)")
-    p.add_argument("--overlap", type=_non_negative_int, metavar="O", help="tile overlap in pixels (default: the model's)")
-    p.add_argument("--margin", type=_non_negative_int, metavar="M",
+    p.add_argument("--tile", type=positive_int, metavar="T", help="detail tile side (default: the model's; fixed by an export)")
+    p.add_argument("--overlap", type=non_negative_int, metavar="O", help="tile overlap in pixels (default: the model's)")
+    p.add_argument("--margin", type=non_negative_int, metavar="M",
                    help="pixels at inner tile edges given zero blending weight (default: overlap // 4)")
-    p.add_argument("--batch", type=_positive_int, metavar="B",
+    p.add_argument("--batch", type=positive_int, metavar="B",
                    help="tiles per detail call (default: the batch a TensorRT plan was tuned for, else 4)")
-    p.add_argument("--semantic-scale", type=_positive_float, metavar="G",
+    p.add_argument("--semantic-scale", type=positive_float, metavar="G",
                    help="global factor: image scale on the semantic canvas (default: fit the canvas)")
-    p.add_argument("--detail-scale", type=_positive_float, default=1.0, metavar="L",
+    p.add_argument("--detail-scale", type=positive_float, default=1.0, metavar="L",
                    help="local factor: image scale of the detail pass, alpha resampled back (default: 1)")
-    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, metavar="N",
                    help="refuse images with more pixels (decompression-bomb guard; default: 200 megapixels)")
     p.add_argument("--output", choices=("alpha", "rgba", "composite"), default="alpha",
                    help="alpha matte (default), RGBA cutout with estimated foreground colours, or composite")
@@ -136,7 +107,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
                    **({"default": backends.AUTO} | many))
     p.add_argument("--device", choices=("cpu", "cuda"), help=helps["device"], **many)
     p.add_argument("--precision", choices=PRECISIONS, help=helps["precision"], **({"default": "fp32"} | many))
-    p.add_argument("--threads", type=_positive_int, help=helps["threads"], **many)
+    p.add_argument("--threads", type=positive_int, help=helps["threads"], **many)
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
 

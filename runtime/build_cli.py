@@ -6,18 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from mattrt.arguments import whole_number
 from mattrt.manifest import PRECISIONS
 from mattrt.runtime import tensorrt_build  # cheap: TensorRT and CuPy are bound lazily there
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of MiB, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of MiB, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="which graph to build (default: fp32)")
     p.add_argument("--profile", choices=tuple(tensorrt_build.PROFILES), default="server",
                    help="deployment target (default: server)")
-    p.add_argument("--workspace", type=_positive_int, metavar="MB",
+    p.add_argument("--workspace", type=whole_number(1, "--workspace", unit="MiB"), metavar="MB",
                    help="builder workspace limit in MiB (default: the profile's; server: the whole device memory)")
     p.add_argument("--timing-cache", type=Path, metavar="PATH",
                    help="timing cache to load and save (default: OUT/timing.cache)")

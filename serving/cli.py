@@ -9,20 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from mattrt.arguments import positive_int
 from mattrt.errors import InputError
 from mattrt.manifest import PRECISIONS
 from mattrt.serving.repository import DEFAULT_MAX_PIXELS, TARGETS, RepositoryOptions, build_repository
 from mattrt.serving.server import KEY_ENV, KEY_HEADER, LOOPBACK, ServerError, ServerOptions, TritonServer
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,12 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="REPO", help="model repository folder (created if missing)")
     p.add_argument("--target", choices=TARGETS, default="cpu", help="cpu (onnxruntime in Python models, default) or gpu (TensorRT plans)")
     p.add_argument("--name", metavar="N", help="pipeline model name (default: the exported model's name)")
-    p.add_argument("--instances", type=_positive_int, default=1, metavar="K",
+    p.add_argument("--instances", type=positive_int, default=1, metavar="K",
                    help="instances per stage model (CPU: each gets cores // K intra-op threads; default 1)")
-    p.add_argument("--max-batch", type=_positive_int, metavar="B", help="stage max batch (default: the export's)")
+    p.add_argument("--max-batch", type=positive_int, metavar="B", help="stage max batch (default: the export's)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="graph precision (default fp32)")
     p.add_argument("--plans", type=Path, metavar="DIR", help="gpu target: directory with <stage>.plan files from `mattrt build`")
-    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"largest image the pipeline model accepts, in pixels (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--overwrite", action="store_true", help="replace this model's directories if REPO has them")
     p.set_defaults(run=run_triton_repo)

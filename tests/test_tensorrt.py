@@ -337,7 +337,7 @@ def test_mattrt_build_rejects_bad_options(tmp_path, capsys):
     manifest().save(tmp_path)
     with pytest.raises(SystemExit):
         main(["build", str(tmp_path), "--workspace", "0"])
-    assert "expected a positive number of MiB" in capsys.readouterr().err
+    assert "--workspace must be at least 1 MiB" in capsys.readouterr().err
     assert main(["build", str(tmp_path / "missing")]) == 1
     assert "no export manifest" in capsys.readouterr().err
 
