@@ -270,11 +270,12 @@ class ArtifactCache:
 
     # -- listing and clearing -------------------------------------------------------------------
     def entries(self) -> list[dict[str, Any]]:
-        """One record per entry folder: name, size, created, key, and whether it is intact."""
+        """One record per entry folder (a folder with an entry.json: other folders are not the
+        cache's): name, size, created, key, and whether its files still match their checksums."""
         rows = []
         if not self.root.is_dir():
             return rows
-        for root in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for root in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / ENTRY_FILE).is_file()):
             try:
                 record = json.loads((root / ENTRY_FILE).read_text())
             except (OSError, ValueError):

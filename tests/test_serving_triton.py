@@ -335,7 +335,8 @@ def test_serve_prints_endpoints_stops_on_sigterm_mid_run_and_client_retries_are_
         assert KEY not in line and info["key_from"] == str(key_file)
         with TritonMattingClient(info["grpc"], protocol="grpc") as grpc_remote:
             assert grpc_remote.matte(image(64, 64)).shape == (64, 64, 1)
-        images = [image(120 + i, 150, i % 3) for i in range(40)]
+        # Enough work that the server cannot finish it in the second before SIGTERM, even when idle.
+        images = [image(120 + i % 40, 150, i % 3) for i in range(400)]
         errors: list[BaseException] = []
         results: list = []
         remote = TritonMattingClient(info["http"], concurrency=2, retries=2, retry_wait=0.2, timeout=30)
