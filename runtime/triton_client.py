@@ -14,8 +14,9 @@ registered with the server (same machine only; the shared-memory API needs the s
 16-bit images travel as 16-bit PNGs (the raw input is 8-bit) so nothing is reduced.
 
 Failures: a request the server rejects (bad image, out-of-range parameter) raises InputError
-with the server's message at once; a server that cannot be reached or goes away is retried
-`retries` times with a growing wait, then ServerUnavailableError names the image. Nothing is
+with the server's message at once; a server that cannot be reached, goes away, or answers
+"server is stopping" (a mattrt server draining after a stop signal) is retried `retries` times
+with a growing wait, then ServerUnavailableError names the image. Nothing is
 dropped: `matte_many` returns one matte per image, in order, or raises.
 
 `BACKEND` is the registry entry (runtime/backends.py): a server runs the whole pipeline, so its
@@ -60,6 +61,8 @@ ENCODED_INPUT = "IMAGE_ENCODED"
 MATTE_OUTPUT = "MATTE"
 PNG_OUTPUT = "MATTE_PNG"
 PIPELINE_ROLE = "pipeline"
+# What a stopping mattrt server answers requests that had not started (UNAVAILABLE): retried.
+SERVER_STOPPING = "server is stopping"
 # Statuses that mean "the server is not there (yet/any more)": worth another attempt.
 _RETRYABLE = {"502", "503", "504", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
 _INVALID = {"400", "StatusCode.INVALID_ARGUMENT"}
@@ -191,7 +194,7 @@ class TritonMattingClient:
             status = exc.status()
             if "restricted" in str(exc.message()):  # Triton answers a missing key with UNAVAILABLE
                 return False
-            if status in _RETRYABLE:
+            if SERVER_STOPPING in str(exc.message()) or status in _RETRYABLE:
                 return True
             message = str(exc.message()).lower()
             return status is None and any(w in message for w in ("connect", "reset", "broken pipe", "refused"))
@@ -513,6 +516,7 @@ __all__ = [
     "OUTPUTS",
     "PROTOCOLS",
     "RemotePipeline",
+    "SERVER_STOPPING",
     "SHM_MODES",
     "ServerUnavailableError",
     "TRANSFERS",

@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run Triton Inference Server over a repository written by `mattrt triton-repo`",
         description=(
             "Starts tritonserver (from the nvidia-pytriton wheel or --tritonserver), waits until the models are "
-            "ready, prints the endpoints, and stops on Ctrl-C or SIGTERM. Binds to 127.0.0.1 unless --host; model "
+            "ready, prints the endpoints, and stops on Ctrl-C or SIGTERM: from the signal on new requests are refused "
+            "(\"server is stopping\"), requests in flight finish within --drain-seconds, and the exit is reported as it "
+            "was (a crash while stopping exits 1; a second signal stops at once). Binds to 127.0.0.1 unless --host; model "
             f"control is off; the repository, shared-memory, trace and logging APIs need the header '{KEY_HEADER}' "
             f"(gRPC: 'triton-grpc-protocol-{KEY_HEADER}') with the key from --key-file, ${KEY_ENV}, or a generated key "
             "file (its path is printed, never the key)."
@@ -59,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--tritonserver", type=Path, metavar="PATH", help="tritonserver binary (default: the nvidia-pytriton wheel's)")
     s.add_argument("--key-file", type=Path, metavar="FILE", help=f"file holding the API key (default: ${KEY_ENV}, else a generated key file)")
     s.add_argument("--ready-timeout", type=float, default=180.0, metavar="S", help="seconds to wait for the models (default 180)")
+    s.add_argument("--drain-seconds", type=positive_int, default=ServerOptions.drain_seconds, metavar="S",
+                   help=f"on a stop signal, how long requests in flight may take to finish (default {ServerOptions.drain_seconds})")
     s.set_defaults(run=run_serve)
 
 
@@ -72,11 +76,13 @@ def run_triton_repo(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Serve until a stop signal; then drain and report how the server ended (serving/server.py)."""
     if args.ready_timeout <= 0:
         raise InputError(f"--ready-timeout must be positive, got {args.ready_timeout}")
     options = ServerOptions(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         binary=args.tritonserver, key_file=args.key_file, ready_timeout=args.ready_timeout,
+        drain_seconds=args.drain_seconds,
     )
     server = TritonServer(args.repository, options)
 
@@ -85,20 +91,31 @@ def run_serve(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        server.start()
-        print(json.dumps({
-            "status": "ready",
-            **server.endpoints,
-            "restricted_apis_key_header": KEY_HEADER,
-            "key_from": server.key_source,
-            "log": str(server.log_path),
-        }), flush=True)
-        while server.running:
-            time.sleep(0.5)
-        raise ServerError(f"tritonserver exited with code {server.process.returncode}; log tail:\n{server.log_tail()}")
-    except KeyboardInterrupt:
-        code = server.stop()
-        print(json.dumps({"status": "stopped", "exit_code": code}), file=sys.stderr, flush=True)
+        try:
+            server.start()
+            print(json.dumps({
+                "status": "ready",
+                **server.endpoints,
+                "restricted_apis_key_header": KEY_HEADER,
+                "key_from": server.key_source,
+                "log": str(server.log_path),
+            }), flush=True)
+            while server.running:
+                time.sleep(0.5)
+            ended = server.stop()
+            raise ServerError(f"{ended.message}; log tail:\n{server.log_tail()}")
+        except KeyboardInterrupt:
+            pass
+        try:
+            ready_off = server.begin_stop()
+            print(json.dumps({"status": "stopping", "drain_seconds": options.drain_seconds,
+                              "http_ready": not ready_off}), flush=True)
+            ended = server.stop()
+        except KeyboardInterrupt:  # a second signal: no more waiting
+            ended = server.kill()
+        print(json.dumps(ended.record()), file=sys.stderr, flush=True)
+        if not ended.clean:
+            raise ServerError(f"{ended.message}; log tail:\n{server.log_tail()}")
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)

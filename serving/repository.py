@@ -46,6 +46,12 @@ RECORD_FORMAT = 1
 # IMAGE UINT8 H x W x 3 | IMAGE_ENCODED UINT8 [n] (PNG/JPEG/WebP file bytes) ->
 # MATTE UINT8 H x W x C (C = 1 alpha, 4 RGBA) | MATTE_PNG UINT8 [n] (the matte as a PNG file).
 STAGE_ROLE = "stage"
+# How `mattrt serve` and the pipeline models it runs tell each other about stopping
+# (serving/server.py): the folder named by this environment variable holds STOPPING_FILE from the
+# stop signal on, and BUSY_PREFIX + <pid> while that pipeline instance runs requests.
+STATE_ENV = "MATTRT_SERVE_STATE"
+STOPPING_FILE = "stopping"
+BUSY_PREFIX = "busy."
 # 8K (7680 x 4320) is 33 megapixels; a raw 64-megapixel image is 192 MB in the server.
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 8  # the smallest image side the pipeline model accepts
@@ -403,7 +409,10 @@ __all__ = [
     "PNG_OUTPUT",
     "RECORD_FILE",
     "RepositoryOptions",
+    "BUSY_PREFIX",
     "STAGE_ROLE",
+    "STATE_ENV",
+    "STOPPING_FILE",
     "TARGETS",
     "batch_sizes",
     "build_repository",

@@ -23,12 +23,32 @@ who can read the server's /proc/<pid>/cmdline can see it.)
 Nothing hangs: readiness is polled with a deadline (a server that never becomes ready is
 stopped and its log tail shown), and stopping escalates from SIGTERM to SIGKILL of the whole
 process group (the server and its stub processes).
+
+Stopping (what `mattrt serve` promises on SIGTERM or Ctrl-C; `stop()`):
+1. From the signal on, no new request starts: the pipeline model answers every request that has
+   not started with UNAVAILABLE "server is stopping" (it checks a marker file in the server's
+   state folder, $MATTRT_SERVE_STATE, per execute), which the mattrt client retries like an
+   absent server; and tritonserver, signalled at once, closes its HTTP listener (new HTTP
+   connections are refused, /v2/health/ready stops answering). Triton 2.51 answers gRPC's
+   ServerReady with true until the drain ends (measured); gRPC requests reach the pipeline model
+   and are refused there.
+2. Requests in flight finish within `drain_seconds`: each pipeline instance keeps a busy file in
+   the state folder while it runs, and the server waits for those to go. Triton's own drain
+   cannot carry them: once it stops its models, the BLS calls of a running pipeline request
+   fail ("has no available versions"). Triton stops its models only after its HTTP side has no
+   connections left (or its exit timeout ran out), so `mattrt serve` holds one HTTP connection
+   open from the signal until its own drain is over, and Triton's exit timeout is longer than
+   the drain. Idle client connections can keep Triton waiting until that timeout.
+3. The exit is reported as it was (`ServerExit`): a clean stop; the drain time running out with
+   requests still running (they failed); a crash while stopping (exit status and signal, with
+   the log tail); or a server that did not exit and was killed.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -46,7 +66,7 @@ import mattrt
 from mattrt.availability import probe, tritonserver_binary
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
 from mattrt.runtime.triton_client import KEY_HEADER, key_headers
-from mattrt.serving.repository import check_repository
+from mattrt.serving.repository import BUSY_PREFIX, STATE_ENV, STOPPING_FILE, check_repository
 
 KEY_ENV = "MATTRT_TRITON_KEY"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
@@ -57,6 +77,8 @@ PYTHON_SHM_DEFAULT = 16 * 1024 * 1024
 PYTHON_SHM_GROWTH = 64 * 1024 * 1024
 
 
+# Triton's exit timeout is the drain time plus this: mattrt serve's own drain ends first.
+EXIT_MARGIN_SECONDS = 10
 SHM_DIR = "/dev/shm"
 PYTHON_SHM_PREFIX = "triton_python_backend_shm_region_"
 
@@ -75,7 +97,7 @@ class ServerOptions:
     key: str | None = None  # None: $MATTRT_TRITON_KEY, key_file, or a generated key
     key_file: Path | None = None
     ready_timeout: float = 180.0
-    exit_timeout: int = 10  # seconds the server waits for in-flight requests when stopped
+    drain_seconds: int = 30  # how long requests in flight at a stop may take to finish (module docstring)
     max_input_bytes: int = 512 * 1024 * 1024  # --http-max-input-size, where the binary has it
 
 
@@ -96,6 +118,11 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, port = endpoint.rsplit(":", 1)
+    return host.strip("[]"), int(port)
 
 
 def _connect_host(host: str) -> str:
@@ -156,6 +183,77 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+@dataclass(frozen=True)
+class ServerExit:
+    """How a tritonserver process ended (the module docstring's stopping promise)."""
+
+    code: int | None  # exit status; negative: the signal that ended it
+    outcome: str  # "stopped", "drain-expired", "crashed" or "killed"
+    message: str
+    still_running: int = 0  # pipeline instances still running requests when the drain time ran out
+
+    @property
+    def clean(self) -> bool:
+        return self.outcome == "stopped"
+
+    def record(self) -> dict:
+        return {"status": self.outcome, "exit_code": self.code, "message": self.message,
+                "still_running": self.still_running}
+
+
+_IN_FLIGHT = re.compile(r"Found (\d+) model versions that have in-flight inferences")
+_EXIT_TIMEOUT = "Exit timeout expired"
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def classify_exit(code: int | None, log: str, drain_seconds: int, *, stopping: bool, killed: bool = False) -> ServerExit:
+    """What an exit status and the server's log say about how it ended. Triton 2.51 exits with
+    status 1 and "Exit timeout expired" when its exit timeout ran out: a clean stop when it then
+    found no request in flight (idle client connections hold its HTTP side until the timeout)."""
+    when = "while stopping" if stopping else "while serving"
+    if killed:
+        return ServerExit(code, "killed", f"tritonserver did not exit within {drain_seconds} s of draining plus its "
+                                          f"exit timeout and was killed with its stub processes")
+    if code == 0:
+        return ServerExit(code, "stopped" if stopping else "crashed",
+                          "tritonserver stopped: every request in flight was answered" if stopping
+                          else "tritonserver exited with status 0 on its own")
+    if code is not None and code < 0:
+        return ServerExit(code, "crashed", f"tritonserver crashed {when}: ended by {_signal_name(code)} "
+                                           f"(exit status {code})")
+    if code == 1 and stopping and _EXIT_TIMEOUT in log:
+        counts = _IN_FLIGHT.findall(log)
+        in_flight = int(counts[-1]) if counts else None
+        if in_flight == 0:
+            return ServerExit(code, "stopped", "tritonserver stopped when its exit timeout ran out: no request was in "
+                                               "flight (idle client connections kept it waiting)")
+        what = f"{in_flight} model version(s)" if in_flight is not None else "some models"
+        return ServerExit(code, "drain-expired", f"tritonserver's exit timeout ran out while {what} still had "
+                                                 "requests in flight; those requests failed")
+    return ServerExit(code, "crashed", f"tritonserver exited {when} with status {code}")
+
+
+def python_backend_regions(pid: int) -> set[Path]:
+    """The Python backend's /dev/shm regions mapped by process `pid` and its descendants."""
+    found: set[Path] = set()
+    for member in process_tree(pid):
+        try:
+            maps = Path(f"/proc/{member}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            if path.startswith(f"{SHM_DIR}/{PYTHON_SHM_PREFIX}"):
+                found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
 def rss_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -179,6 +277,9 @@ class TritonServer:
         self.key_source = ""
         self.key_file: Path | None = None
         self.ports: dict[str, int] = {}
+        self.stopping = False
+        self.exit: ServerExit | None = None
+        self._held_connection: socket.socket | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def _binary(self) -> Path:
@@ -223,7 +324,12 @@ class TritonServer:
         # Threads are set per stage instance (serving/triton_models.py); keep libraries from
         # starting one OpenMP thread per core in every stub process.
         env.setdefault("OMP_NUM_THREADS", "1")
+        env[STATE_ENV] = str(self.state_dir)  # where the models learn that the server is stopping
         return env
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
 
     def _pick_ports(self) -> None:
         host = self.options.host
@@ -254,7 +360,7 @@ class TritonServer:
             "--model-control-mode=none",
             "--strict-readiness=true",
             "--disable-auto-complete-config",
-            f"--exit-timeout-secs={self.options.exit_timeout}",
+            f"--exit-timeout-secs={self.options.drain_seconds + EXIT_MARGIN_SECONDS}",
             f"--http-address={host}", f"--http-port={ports['http']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
@@ -287,6 +393,7 @@ class TritonServer:
             self.key_file.write_text(self.key + "\n")
             self.key_source = str(self.key_file)
         _check_key(self.key)
+        self.state_dir.mkdir()
         backends = self._backend_directory(binary)
         env = self._environment(binary)
         flags = binary_flags(str(binary), tuple(sorted(env.items())))
@@ -305,18 +412,13 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        url = f"http://{self.endpoints['http']}/v2/health/ready"
         deadline = time.monotonic() + timeout
         while True:
             code = self.process.poll()
             if code is not None:
                 raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if self.http_ready():
+                return
             if time.monotonic() > deadline:
                 raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}")
             time.sleep(0.25)
@@ -351,19 +453,7 @@ class TritonServer:
 
     def _shared_memory_files(self) -> set[Path]:
         """The Python backend's /dev/shm regions mapped by the server and its stubs."""
-        found: set[Path] = set()
-        if not self.running:
-            return found
-        for pid in process_tree(self.process.pid):
-            try:
-                maps = Path(f"/proc/{pid}/maps").read_text()
-            except OSError:
-                continue
-            for line in maps.splitlines():
-                path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-                if path.startswith(f"{SHM_DIR}/{PYTHON_SHM_PREFIX}"):
-                    found.add(Path(path.removesuffix(" (deleted)")))
-        return found
+        return python_backend_regions(self.process.pid) if self.running else set()
 
     def _group_alive(self, pgid: int) -> bool:
         try:
@@ -372,20 +462,120 @@ class TritonServer:
             return False
         return True
 
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL of the process group after the exit timeout; the exit code.
-        Shared-memory regions a killed stub could not remove are removed here."""
+    def http_ready(self) -> bool:
+        """Whether /v2/health/ready answers 200 now."""
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoints['http']}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def begin_stop(self, settle: float = 5.0) -> bool:
+        """Start no new request from now on (module docstring, stopping 1): the stop marker, one
+        held HTTP connection, then SIGTERM to tritonserver. Returns once HTTP readiness is off (at
+        most `settle` seconds later); False if it still answered ready then."""
+        if self.process is None:
+            return True
+        if not self.stopping:
+            self.stopping = True
+            if self.workdir is not None and self.state_dir.is_dir():
+                (self.state_dir / STOPPING_FILE).touch()
+            if self.process.poll() is None:
+                self._hold_http_connection()
+                self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + settle
+        while self.process.poll() is None and self.http_ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _hold_http_connection(self) -> None:
+        """An open HTTP connection keeps a signalled Triton from stopping its models (stopping 2)."""
+        try:
+            connection = socket.create_connection(_split_endpoint(self.endpoints["http"]), timeout=5)
+            connection.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: mattrt\r\n\r\n")
+            connection.recv(4096)  # the answer: the server has taken the connection
+        except OSError:
+            return  # no HTTP side to hold: Triton stops its models at once
+        self._held_connection = connection
+
+    def _release_http_connection(self) -> None:
+        if self._held_connection is not None:
+            self._held_connection.close()
+            self._held_connection = None
+
+    def busy_instances(self) -> list[int]:
+        """PIDs of pipeline model instances running requests now (their busy files; a file whose
+        process is gone does not count)."""
+        if self.workdir is None or not self.state_dir.is_dir():
+            return []
+        pids = []
+        for path in self.state_dir.glob(f"{BUSY_PREFIX}*"):
+            pid = path.name.removeprefix(BUSY_PREFIX)
+            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+                pids.append(int(pid))
+        return pids
+
+    def drain(self, seconds: float) -> int:
+        """Wait up to `seconds` for the requests in flight; the number of pipeline instances still
+        running requests then (0: drained; also 0 once the server has died)."""
+        deadline = time.monotonic() + seconds
+        while self.running:
+            busy = self.busy_instances()
+            if not busy or time.monotonic() > deadline:
+                return len(busy)
+            time.sleep(0.05)
+        return 0
+
+    def stop(self) -> ServerExit | None:
+        """begin_stop(), drain(), let tritonserver exit (SIGKILL of what is left of its process
+        group if it has not after its exit timeout plus 15 s); how it ended, also kept in
+        `self.exit`. Shared-memory regions a killed stub could not remove are removed here."""
         if self.process is None:
             return None
+        if self.exit is not None:
+            return self.exit
         process = self.process
         regions = self._shared_memory_files()
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + self.options.exit_timeout + 15
-            while process.poll() is None and time.monotonic() < deadline:
-                regions |= self._shared_memory_files()  # stubs restarted while shutting down map new ones
-                time.sleep(0.2)
-        deadline = time.monotonic() + 5  # stubs finish their own clean-up first
+        stopping = self.stopping or process.poll() is None
+        try:
+            self.begin_stop(settle=0)
+            still_running = self.drain(self.options.drain_seconds)
+        finally:
+            self._release_http_connection()
+        deadline = time.monotonic() + self.options.drain_seconds + EXIT_MARGIN_SECONDS + 15
+        while process.poll() is None and time.monotonic() < deadline:
+            regions |= self._shared_memory_files()  # stubs restarted while shutting down map new ones
+            time.sleep(0.2)
+        killed = process.poll() is None
+        self._kill_group(process)
+        for region in regions:
+            region.unlink(missing_ok=True)
+        log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.is_file() else ""
+        ended = classify_exit(process.returncode, log, self.options.drain_seconds, stopping=stopping, killed=killed)
+        if still_running and ended.outcome == "stopped":
+            ended = ServerExit(ended.code, "drain-expired",
+                               f"the {self.options.drain_seconds} s drain time ran out while {still_running} pipeline "
+                               "instance(s) still ran requests; those requests failed", still_running)
+        self.exit = ended
+        return ended
+
+    def kill(self) -> ServerExit | None:
+        """Stop at once (a second Ctrl-C or SIGTERM): SIGKILL of the server and its stubs."""
+        if self.process is None or self.exit is not None:
+            return self.exit
+        self._release_http_connection()
+        regions = self._shared_memory_files()
+        self._kill_group(self.process, grace=0)
+        for region in regions:
+            region.unlink(missing_ok=True)
+        self.exit = ServerExit(self.process.returncode, "killed", "tritonserver was killed at once by a second stop "
+                                                                  "signal; requests in flight failed")
+        return self.exit
+
+    def _kill_group(self, process: subprocess.Popen, grace: float = 5.0) -> None:
+        deadline = time.monotonic() + grace  # stubs finish their own clean-up first
         while self._group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         try:
@@ -396,9 +586,6 @@ class TritonServer:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for region in regions:
-            region.unlink(missing_ok=True)
-        return process.returncode
 
     def close(self) -> None:
         """Stop and remove the private directory (log, backend links, generated key)."""
@@ -414,5 +601,5 @@ class TritonServer:
         self.close()
 
 
-__all__ = ["KEY_ENV", "KEY_HEADER", "RESTRICTED_APIS", "ServerError", "ServerOptions", "TritonServer", "free_port",
-           "process_tree", "read_key", "rss_bytes"]
+__all__ = ["KEY_ENV", "KEY_HEADER", "RESTRICTED_APIS", "ServerError", "ServerExit", "ServerOptions", "TritonServer",
+           "classify_exit", "free_port", "process_tree", "python_backend_regions", "read_key", "rss_bytes"]

@@ -8,6 +8,10 @@ PipelineModel  the BLS model: one image per request (raw UINT8 H x W x 3 or enco
                call the stage models through BLS. Errors are per request (INVALID_ARG for what
                the client can fix): the next request is served as usual.
 
+From the moment `mattrt serve` is told to stop, the pipeline model answers requests that have not
+started with UNAVAILABLE "server is stopping" (serving/server.py); the stage models keep serving
+the requests in flight.
+
 Request parameters of the pipeline model (all optional):
   output     "alpha" (H x W x 1, default) or "rgba" (H x W x 4: blur-fusion foreground + alpha)
   overlap    tile overlap in pixels, 0 .. tile_size - stride multiple
@@ -26,12 +30,13 @@ message is dropped from the unraisable-exception hook (anything else still reach
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -45,11 +50,15 @@ from mattrt.runtime.engine import Engine, EngineError, run_in_chunks
 from mattrt.runtime.foreground import estimate_foreground
 from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
 from mattrt.runtime.pipeline import Pipeline
+from mattrt.runtime.triton_client import SERVER_STOPPING
 from mattrt.serving.repository import (
+    BUSY_PREFIX,
     ENCODED_INPUT,
     IMAGE_INPUT,
     MATTE_OUTPUT,
     PNG_OUTPUT,
+    STATE_ENV,
+    STOPPING_FILE,
     check_record,
     load_record,
 )
@@ -90,11 +99,36 @@ def _model_dir(args: dict) -> tuple[Path, Path]:
     return model_dir, model_dir / str(args["model_version"])
 
 
-def _error(message: str, invalid: bool) -> Any:
-    codes = pb_utils.TritonError
-    code = getattr(codes, "INVALID_ARG" if invalid else "INTERNAL", None)
-    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+def _error(message: str, code: str = "INTERNAL") -> Any:
+    """An error response; code names a TritonError code (INVALID_ARG: the client can fix the request;
+    UNAVAILABLE: try again elsewhere or later)."""
+    value = getattr(pb_utils.TritonError, code, None)
+    error = pb_utils.TritonError(message) if value is None else pb_utils.TritonError(message, value)
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class StopWatch:
+    """This instance's side of `mattrt serve`'s stopping (serving/server.py): a busy file while
+    requests run, and whether the stop marker is there. Outside `mattrt serve`: never stopping."""
+
+    def __init__(self):
+        folder = os.environ.get(STATE_ENV)
+        self.marker = Path(folder) / STOPPING_FILE if folder else None
+        self.busy = Path(folder) / f"{BUSY_PREFIX}{os.getpid()}" if folder else None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[bool]:
+        """Marks this instance busy, then yields whether requests may start (False: stopping).
+        Busy first, marker second: the server sets the marker first and waits for busy files second,
+        so a request either sees the marker or is waited for."""
+        if self.busy is None:
+            yield True
+            return
+        self.busy.touch()
+        try:
+            yield not self.marker.exists()
+        finally:
+            self.busy.unlink(missing_ok=True)
 
 
 def _tensor(name: str, array: np.ndarray) -> Any:
@@ -144,7 +178,7 @@ class StageModel:
                      for n in names}
             outputs = run_in_chunks(self.engine, feeds)
         except MattrtError as exc:
-            return [_error(str(exc), isinstance(exc, InputError)) for _ in requests]
+            return [_error(str(exc), "INVALID_ARG" if isinstance(exc, InputError) else "INTERNAL") for _ in requests]
         responses = []
         start = 0
         for count in counts:
@@ -224,17 +258,23 @@ class PipelineModel:
         self.tile_size = self.engines["detail"].spatial_size
         self.max_overlap = self.tile_size - self.spec.stride_multiple
         self.default_batch = min(4, self.max_batch)
+        self.stop_watch = StopWatch()
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except InputError as exc:
-                responses.append(_error(str(exc), invalid=True))
-            except Exception as exc:  # one failed image never takes the model down
-                responses.append(_error(f"{type(exc).__name__}: {exc}", invalid=False))
-        return responses
+        with self.stop_watch.running() as may_start:
+            if not may_start:  # requests that had not started when the stop signal came
+                message = (f"{SERVER_STOPPING}: mattrt serve received a stop signal and starts no new requests; "
+                           "send the image again later or to another server")
+                return [_error(message, "UNAVAILABLE") for _ in requests]
+            responses = []
+            for request in requests:
+                try:
+                    responses.append(self._respond(request))
+                except InputError as exc:
+                    responses.append(_error(str(exc), "INVALID_ARG"))
+                except Exception as exc:  # one failed image never takes the model down
+                    responses.append(_error(f"{type(exc).__name__}: {exc}"))
+            return responses
 
     def _parameters(self, request) -> dict:
         text = request.parameters()
@@ -303,4 +343,4 @@ class PipelineModel:
             engine.deactivate()
 
 
-__all__ = ["BlsEngine", "OUTPUT_KINDS", "PARAMETERS", "PipelineModel", "StageModel", "available_cores"]
+__all__ = ["BlsEngine", "OUTPUT_KINDS", "PARAMETERS", "PipelineModel", "StageModel", "StopWatch", "available_cores"]

@@ -375,6 +375,8 @@ def test_a_run_that_finished_nothing_does_not_block_the_next(tmp_path):
 
 
 def test_sigterm_cleans_up_and_records_what_finished(tmp_path):
+    """By events, not timing: the fifth input is a FIFO, so the run cannot get past it until the
+    test writes to it; SIGTERM arrives while the four images before it are done and it waits."""
     import os
     import signal
     import subprocess
@@ -385,24 +387,32 @@ def test_sigterm_cleans_up_and_records_what_finished(tmp_path):
     folder.mkdir()
     for index in range(12):
         Image.fromarray(_image((48, 64), seed=index)).save(folder / f"img{index:02d}.png")
+    held = folder / "img04.png"
+    held.unlink()
+    os.mkfifo(held)
+    inputs = sorted(folder.iterdir())
     out = tmp_path / "out"
     root = Path(__file__).resolve().parents[1]
     environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "mattrt.cli", "infer", str(folder), "--out", str(out), *MODEL],
-                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out.exists() and any(out.glob("*_alpha.png"))) and time.monotonic() < deadline:
+    process = subprocess.Popen([sys.executable, "-m", "mattrt.cli", "infer", *map(str, inputs), "--out", str(out),
+                                *MODEL], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    before = [out / f"img{index:02d}_alpha.png" for index in range(4)]
+    deadline = time.monotonic() + 300
+    while not all(path.exists() for path in before):
         assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the images before the FIFO were not written"
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err.decode()
     assert "interrupted" in err.decode()
     summary = _summary(out)
-    assert summary["interrupted"] and 1 <= summary["processed"] < 12
+    assert summary["interrupted"] and summary["processed"] == 4
     written = sorted(p.name for p in out.iterdir())
     assert not [name for name in written if name.startswith(".")], written  # no .part or probe files
     assert written == sorted([Path(r["output"]).name for r in summary["images"]] + ["summary.json"])
+    held.unlink()
+    Image.fromarray(_image((48, 64), seed=4)).save(held)
     # The interrupted run resumes.
     assert _infer(folder, "--out", out, "--skip-existing") == 0
     assert _summary(out)["processed"] + len(_summary(out)["skipped"]) == 12

@@ -3,8 +3,6 @@ on the port used here); its work against a real server is in test_serving_triton
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -46,10 +44,8 @@ def test_an_absent_server_fails_after_the_bounded_retries(protocol):
     port = free_port()
     client = TritonMattingClient(f"127.0.0.1:{port}", model="m", protocol=protocol, retries=2, retry_wait=0.05,
                                  timeout=5)
-    started = time.perf_counter()
     with pytest.raises(ServerUnavailableError, match="after 3 attempts.*image #7 was not processed"):
         client.matte(np.zeros((16, 16, 3), np.uint8), index=7)
-    assert time.perf_counter() - started < 30
     client.close()
 
 
