@@ -74,12 +74,10 @@ def versions() -> dict:
 
 def graphs_to_time(export: Path, stage: str, work: Path, calibration: str, log) -> tuple[dict[str, Path], dict]:
     """{variant: graph path} for `stage` and how the INT8 graphs came about."""
+    from mattrt.calibration.calibrate import calibrate_ranges
     from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
-    from mattrt.calibration.precision import (
-        build_cpu_int8,
-        build_int8,
-        calibrate_ranges,
-    )
+    from mattrt.calibration.int8_cpu import build_cpu_int8
+    from mattrt.calibration.int8_tensorrt import build_int8
     from mattrt.manifest import Manifest
 
     manifest = Manifest.load(export)

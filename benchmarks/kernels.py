@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 
 from checkout import ROOT, ensure_mattrt_importable  # noqa: E402  (benchmarks/ is on sys.path)
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 # Fractions of the measured copy bandwidth the kernels should reach (reported, not asserted).

@@ -40,8 +40,8 @@ import traceback
 from pathlib import Path
 
 import numpy as np
-
 from checkout import ROOT, ensure_mattrt_importable  # noqa: E402  (benchmarks/ is on sys.path)
+
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MODELS = ("aim_tiny", "aim", "alphanet_tiny", "alphanet")
 # (engine kernels, per-pixel work); the first is the baseline of the ratios.

@@ -110,7 +110,7 @@ def _export_canvas_graph(model, feeds: dict, path: Path) -> None:
 
     import torch
 
-    from mattrt.export.rewrites import translation_table
+    from mattrt.engines.tensorrt.rewrites import translation_table
 
     stage = model.stages()["detail"]
     example = tuple(torch.from_numpy(feeds[name]) for name in stage.input_names)

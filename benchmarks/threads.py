@@ -82,8 +82,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over all variants")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from mattrt.export.cache import ArtifactCache
-    from mattrt.runtime.backends import get_backend
+    from mattrt.deploy.cache import ArtifactCache
+    from mattrt.engines.backends import get_backend
     from mattrt.runtime.threads import available_cores
 
     cores = available_cores()

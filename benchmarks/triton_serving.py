@@ -52,12 +52,12 @@ from PIL import Image  # noqa: E402
 
 from mattrt import __version__  # noqa: E402
 from mattrt.availability import probe  # noqa: E402
+from mattrt.engines.triton.client import TritonMattingClient  # noqa: E402
 from mattrt.export.exporter import export_model  # noqa: E402
 from mattrt.export.parity import generated_image  # noqa: E402
 from mattrt.models import create_model  # noqa: E402
 from mattrt.runtime.diagnostics import calibrated_random_weights  # noqa: E402
 from mattrt.runtime.pipeline import Pipeline  # noqa: E402
-from mattrt.runtime.triton_client import TritonMattingClient  # noqa: E402
 from mattrt.serving.repository import RepositoryOptions, build_repository  # noqa: E402
 from mattrt.serving.server import ServerOptions, TritonServer  # noqa: E402
 

@@ -1,7 +1,7 @@
 """TensorRT parity and latency per stage (not a test): for a machine with TensorRT and a GPU.
 
 For every precision the export has (fp32, FP16 graph, INT8 Q/DQ graph), build the plans with
-`mattrt build`'s code (runtime/tensorrt_build.py), then per stage:
+`mattrt build`'s code (engines/tensorrt/build.py), then per stage:
 - parity: TensorRT's outputs against onnxruntime running the FP32 graph (the fidelity of the
   precision) and against onnxruntime running the same graph TensorRT built (TensorRT's own
   error at that precision), on the stage inputs the pipeline really produces (recorded from
@@ -98,8 +98,8 @@ def time_device(engine, device_feeds: dict, repeats: int, warmup: int) -> dict:
 def measure_precision(args, manifest, feeds_by_stage, precision: str, plans_dir: Path, references: dict) -> dict:
     import cupy
 
-    from mattrt.runtime.tensorrt_build import build_plans, get_profile, optimum_batch
-    from mattrt.runtime.tensorrt_engine import open_plans
+    from mattrt.engines.tensorrt.build import build_plans, get_profile, optimum_batch
+    from mattrt.engines.tensorrt.engine import open_plans
 
     started = time.perf_counter()
     metadata = build_plans(args.export_dir, plans_dir, precision=precision, profile=args.profile)
@@ -152,8 +152,8 @@ def main(argv=None) -> int:
     import tensorrt
 
     from mattrt.calibration.feeds import FIDELITY_SEED, collect_stage_feeds, parse_data_source
+    from mattrt.engines.tensorrt.build import gpu_identity
     from mattrt.manifest import Manifest
-    from mattrt.runtime.tensorrt_build import gpu_identity
 
     manifest = Manifest.load(args.export_dir)
     wanted = [p.strip() for p in args.precisions.split(",") if p.strip()]

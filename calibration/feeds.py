@@ -3,7 +3,7 @@
     source = parse_calibration("synthetic:32")              # or a folder of images
     feeds = collect_stage_feeds("exports/aim", source)      # {"semantic": StageFeeds, "detail": ...}
 
-The FP32 graphs of an export directory run through `mattrt.runtime.Pipeline` (letterboxing,
+The FP32 graphs of an export directory run through `mattrt.runtime.pipeline.Pipeline` (letterboxing,
 tiling, guidance, exactly as inference does) with every stage engine wrapped in a recorder, so
 the semantic stage's samples are its letterboxed canvases and the detail stage's are the
 preprocessed tiles (and guidance crops) of each calibration image. Every recorded batch is split
@@ -24,15 +24,15 @@ from typing import Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
+from mattrt.data.synthetic import KINDS, generate_sample, sample_rng
+from mattrt.engines.onnxruntime.engine import open_artifacts
 from mattrt.errors import InputError
 from mattrt.imageio import list_images, read_image
 from mattrt.runtime.engine import Engine
-from mattrt.runtime.onnx_engine import open_artifacts
 from mattrt.runtime.pipeline import Pipeline
 
 # Seeds of calibration.synthetic reserved per purpose, so that no measurement reuses the data
-# it was calibrated or trained on: training uses seed 0 (calibration/train.py), held-out training
+# it was calibrated or trained on: training uses seed 0 (training/train.py), held-out training
 # metrics seed 2, calibration seed 1, fidelity reports seed 3.
 CALIBRATION_SEED = 1
 FIDELITY_SEED = 3

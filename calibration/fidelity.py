@@ -36,15 +36,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mattrt.calibration.feeds import DEFAULT_SYNTHETIC_SIZE, FIDELITY_SEED, iter_samples, parse_data_source
-from mattrt.calibration.figures import grey, heat_map, image_grid
-from mattrt.calibration.metrics import evaluate, mean_metrics
-from mattrt.calibration.precision import CPU_INT8_BACKEND
-from mattrt.calibration.synthetic import default_trimap_radius, make_trimap
+from mattrt.calibration.int8_cpu import CPU_INT8_BACKEND
+from mattrt.data.synthetic import default_trimap_radius, make_trimap
+from mattrt.engines.onnxruntime.engine import OnnxRuntimeEngine, SessionLoader, open_artifacts
 from mattrt.errors import InputError
+from mattrt.figures import grey, heat_map, image_grid
 from mattrt.imageio import list_images, read_alpha, read_image
 from mattrt.manifest import Manifest
+from mattrt.metrics import evaluate, mean_metrics
 from mattrt.runtime.artifacts import ModelSpec
-from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
 from mattrt.runtime.pipeline import Pipeline
 
 TARGETS = {"fp16": 0.5, "int8": 3.0, "int8_cpu": 3.0}  # |delta SAD %| vs FP32 the project aims for
@@ -125,7 +125,8 @@ def open_variant(directory: str | Path, variant: str, *, batch: int = 4, threads
         raise InputError(f"{directory} has no {variant} graph for every stage")
     precision = "int8" if variant == CPU_INT8 else variant
     if variant == CPU_INT8 or all(e.file_for(variant, CPU_INT8_BACKEND) == graphs[e.name] for e in manifest.stages):
-        pipeline = Pipeline.from_artifacts(directory, precision=precision, threads=threads, batch=batch)
+        spec, engines = open_artifacts(directory, precision=precision, threads=threads)
+        pipeline = Pipeline(spec, engines, batch=batch)
         opened = {name: engine.loader.path.name for name, engine in pipeline.engines.items()}
         if opened != graphs:
             raise InputError(f"{directory}: onnxruntime opened {opened} for {variant}, the manifest names {graphs}")

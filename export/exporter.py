@@ -39,9 +39,10 @@ from torch import nn
 from torch.export import Dim
 
 from mattrt import __version__
+from mattrt.engines.tensorrt.lint import lint_models, operator_table
+from mattrt.engines.tensorrt.rewrites import translation_table
 from mattrt.errors import InputError, MattrtError
 from mattrt.export.parity import TOLERANCE, ParityError, image_feeds, judge, ort_session, reference_outputs, run_graph
-from mattrt.export.rewrites import translation_table
 from mattrt.manifest import (
     BATCH_DIM,
     MANIFEST_FILE,
@@ -54,7 +55,7 @@ from mattrt.manifest import (
 from mattrt.models import MattingModel, create_model, get_settings
 from mattrt.models.fusion import get_fusion
 from mattrt.models.registry import list_models
-from mattrt.runtime.lint import lint_models, operator_table
+from mattrt.models.settings import stage_size_overrides
 
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion, parsed by TensorRT 10.x and 11.x
 DEFAULT_MAX_BATCH = 8
@@ -96,36 +97,13 @@ class FusionModule(nn.Module):
 
 
 # -- model and options ---------------------------------------------------------------------
-def _check_size(value: int | None, what: str, option: str, stride: int, model_name: str) -> None:
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    if value % stride:
-        lower = max(stride, value // stride * stride)
-        raise InputError(
-            f"{what} {value} ({option}) is not a multiple of model {model_name!r}'s stride multiple {stride}; "
-            f"use {lower} or {lower + stride}"
-        )
-
-
-def _check_sizes(model_or_name, semantic_size: int | None, tile_size: int | None) -> None:
+def _size_overrides(model_or_name, semantic_size: int | None, tile_size: int | None) -> dict[str, int]:
     settings = get_settings(model_or_name) if isinstance(model_or_name, str) else getattr(model_or_name, "settings", None)
     if settings is None:
         raise InputError(
             f"export needs a registered model name or a MattingModel, got {type(model_or_name).__name__}"
         )
-    _check_size(semantic_size, "semantic size", "--semantic-size", settings.stride_multiple, settings.name)
-    _check_size(tile_size, "tile size", "--tile", settings.stride_multiple, settings.name)
-
-
-def _settings_overrides(semantic_size: int | None, tile_size: int | None) -> dict[str, int]:
-    overrides = {}
-    if semantic_size is not None:
-        overrides["semantic_size"] = semantic_size
-    if tile_size is not None:
-        overrides["tile_size"] = tile_size
-    return overrides
+    return stage_size_overrides(settings, semantic_size, tile_size)
 
 
 def load_model(
@@ -136,9 +114,9 @@ def load_model(
 ):
     """The model to export, built or adjusted to the requested sizes, in eval mode."""
 
-    _check_sizes(model_or_name, semantic_size, tile_size)
+    requested = _size_overrides(model_or_name, semantic_size, tile_size)
     if isinstance(model_or_name, str):
-        return create_model(model_or_name, checkpoint=checkpoint, **_settings_overrides(semantic_size, tile_size))
+        return create_model(model_or_name, checkpoint=checkpoint, **requested)
     if not isinstance(model_or_name, MattingModel):
         raise InputError(
             f"export needs a registered model name or a MattingModel, got {type(model_or_name).__name__}"
@@ -147,9 +125,7 @@ def load_model(
     settings = model.settings
     if checkpoint is not None:
         model.load_weights(checkpoint)
-    overrides = {
-        k: v for k, v in _settings_overrides(semantic_size, tile_size).items() if getattr(settings, k) != v
-    }
+    overrides = {k: v for k, v in requested.items() if getattr(settings, k) != v}
     if overrides:
         # Sizes are settings: rebuild the registered model at the new sizes and carry the weights over.
         if settings.name not in list_models():
@@ -522,10 +498,8 @@ def _save_graph(proto, path: Path) -> None:
         onnx.save_model(proto, str(path))
 
 
-def _versions() -> dict[str, str]:
-
-
-
+def exporter_versions() -> dict[str, str]:
+    """The libraries that shape an exported graph (recorded in the manifest and in cache keys)."""
     return {
         "mattrt": __version__,
         "torch": torch.__version__,
@@ -564,7 +538,7 @@ def export_model(
         raise InputError(
             f"opset {opset!r} is outside {opsets['min']}..{opsets['max']}, the range TensorRT 10.x and 11.x parse"
         )
-    _check_sizes(model_or_name, semantic_size, tile_size)  # cheap checks before anything is built
+    _size_overrides(model_or_name, semantic_size, tile_size)  # cheap checks before anything is built
     _prepare_destination(out_dir, force)
     model = load_model(model_or_name, checkpoint, semantic_size, tile_size)
     settings = model.settings
@@ -613,7 +587,7 @@ def export_model(
         max_batch=max_batch,
         opset=opset,
         checkpoint_sha256=checkpoint_hash,
-        versions=_versions(),
+        versions=exporter_versions(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         lint=report.to_dict(),
     )

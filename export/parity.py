@@ -1,7 +1,7 @@
 """Parity of exported graphs with PyTorch: onnxruntime (CPU) against the module, per output.
 
 Figures per output: max abs error and relative L2 error ||onnx - torch|| / ||torch||. Feeds:
-fresh random inputs, and generated images (mattrt.calibration.synthetic) preprocessed with
+fresh random inputs, and generated images (mattrt.data.synthetic) preprocessed with
 the model's normalisation (the
 detail stage's guidance then comes from the model's own semantic stage on that image), each
 at batch 1 and at a batch > 1.
@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
+from mattrt.data.synthetic import KINDS, generate_sample, sample_rng
 from mattrt.errors import MattrtError
 from mattrt.runtime.ops import preprocess_tiles
 
@@ -169,7 +169,7 @@ def judge(
 
 # -- inputs ----------------------------------------------------------------------------------
 def generated_image(size: int, index: int = 0, seed: int = 0) -> np.ndarray:
-    """A deterministic size x size x 3 uint8 image from mattrt.calibration.synthetic; successive
+    """A deterministic size x size x 3 uint8 image from mattrt.data.synthetic; successive
     indices cycle through its image kinds (opaque hair/fur, transparent, non-salient)."""
 
     kind = KINDS[index % len(KINDS)]

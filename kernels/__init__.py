@@ -11,7 +11,7 @@ torch_ops.py registers torch.ops.mattrt.* custom ops (imported on demand: it nee
 backends.get_backend("cupy" | "emulate") gives the GPU backend or the host emulation by name.
 
 Where the runtime uses them: TorchEngine(kernels=True) runs stage modules with the torch ops
-(runtime/kernel_routing.py), and Pipeline(pixel_ops="device") runs tile preprocessing,
+(engines/torch/kernel_routing.py), and Pipeline(pixel_ops="device") runs tile preprocessing,
 stitching and trimap fusion through preprocess/stitch/fusion on the GPU (runtime/pixel_ops.py;
 pixel_ops="emulate" runs that same path on the emulation, which is how the tests check it).
 
@@ -29,6 +29,7 @@ from mattrt.kernels.attention_pool import (
     attention_unpool2d,
     attention_unpool2d_reference,
 )
+from mattrt.kernels.fusion import trimap_fusion, trimap_fusion_reference
 from mattrt.kernels.max_unpool import max_unpool2d, max_unpool2d_reference
 from mattrt.kernels.morphology import dilate, dilate_reference, erode, erode_reference
 from mattrt.kernels.preprocess import preprocess_tiles, preprocess_tiles_reference
@@ -38,7 +39,6 @@ from mattrt.kernels.stitch import (
     stitch_finalize,
     stitch_finalize_reference,
 )
-from mattrt.kernels.fusion import trimap_fusion, trimap_fusion_reference
 
 __all__ = [
     "attention_pool2d",

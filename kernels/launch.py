@@ -14,7 +14,6 @@ Nothing here imports CuPy at module import time.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +97,6 @@ def source_text(source: str) -> str:
         return _INCLUDE.sub(include, text)
 
     return expand(source)
-
-
-def source_hash(source: str) -> str:
-    return hashlib.sha256(source_text(source).encode()).hexdigest()
 
 
 def _parse_param(text: str, kernel: str) -> Param:

@@ -10,7 +10,7 @@ run on the tensors' memory through DLPack (no copies for contiguous tensors) on 
 stream. register_fake gives the output shapes for tracing (torch.compile, torch.export).
 Importing this module registers the ops; it needs torch but not CuPy. The runtime's
 TorchEngine(kernels=True) routes F.max_unpool2d and AlphaNet's attention functions to them
-(runtime/kernel_routing.py).
+(engines/torch/kernel_routing.py).
 """
 
 from __future__ import annotations

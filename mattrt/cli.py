@@ -1,48 +1,48 @@
 """The `mattrt` console command.
 
-Subcommands live next to the code they drive: each module in `COMMAND_MODULES` exposes
-`register(subparsers)`, which adds its parsers with `set_defaults(run=callable)`. Registering
-must stay cheap (no torch import) so that `mattrt --help` is instant.
+The commands are listed in mattrt.commands.INDEX (name, module, one-line help); the parser adds
+every name, and the options of the one command being run, whose module is imported then. So
+`mattrt --help` imports no command module (it stays instant), and `mattrt NAME` only NAME's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import signal
 import sys
 import threading
 from typing import Iterator
 
-from mattrt import __version__
+from mattrt import __version__, commands
 from mattrt.errors import MattrtError
 from mattrt.runtime import threads
 
-COMMAND_MODULES = [
-    "mattrt.commands",
-    "mattrt.calibration.cli",
-    "mattrt.export.cli",
-    "mattrt.infer_cli",
-    "mattrt.runtime.build_cli",
-    "mattrt.bench",
-    "mattrt.serving.cli",
-]
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv` (default: sys.argv[1:]): every command listed, the options of the
+    command argv names (its first word that is not an option) added."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((word for word in argv if not word.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="mattrt", description="Deployment runtime for automatic image matting.")
     parser.add_argument("--version", action="version", version=f"mattrt {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name, (_, summary) in commands.INDEX.items():
+        if name != chosen:
+            subparsers.add_parser(name, help=summary)
+            continue
+        command = commands.load(name)
+        sub = subparsers.add_parser(name, help=summary, description=command.description or summary)
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     # Before torch loads: OpenMP threads that wait sleep instead of spinning (runtime/threads.py).
     threads.prefer_passive_waiting()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -10,10 +10,10 @@ float32 checkpoint committed as models/aim_synthetic.pt and loaded by
 `create_model("aim_synthetic")`; `create_model("aim_synthetic", default_checkpoint=None)`
 builds the untrained network (training starts from it).
 
-Training (calibration/train.py; record in benchmarks/results/aim_synthetic_training.json, loss
+Training (training/train.py; record in benchmarks/results/aim_synthetic_training.json, loss
 curve aim_synthetic_loss.png, per-step log aim_synthetic_training_log.jsonl):
 
-    python -m mattrt.calibration.train --model aim_synthetic --out models/aim_synthetic.pt \
+    python -m mattrt.training.train --model aim_synthetic --out models/aim_synthetic.pt \
         --steps 1800 --batch 8 --crop 192 --seed 0 --threads 1
 
 - data: calibration.synthetic samples generated on the fly (seed 0, sample index i ->
@@ -85,7 +85,7 @@ def aim_synthetic(settings: AimSyntheticSettings) -> AimModel:
         if not path.is_file():
             raise CheckpointError(
                 f"aim_synthetic: its weights {path} are missing; train them with `python -m "
-                "mattrt.calibration.train --model aim_synthetic --out PATH` or build the untrained "
+                "mattrt.training.train --model aim_synthetic --out PATH` or build the untrained "
                 "network with create_model('aim_synthetic', default_checkpoint=None)"
             )
         model.load_weights(path)

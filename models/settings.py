@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from mattrt.errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,7 +39,7 @@ class ModelSettings:
     std: tuple[float, float, float] = IMAGENET_STD
     # Height and width of every network input must be a multiple of this.
     stride_multiple: int = 32
-    # Fixed spatial sizes of the stage calls (see DESIGN.md: only the batch is dynamic).
+    # Fixed spatial sizes of the stage calls (README.md, "How it works": only the batch is dynamic).
     semantic_size: int = 512
     tile_size: int = 512
     tile_overlap: int = 64
@@ -55,6 +57,29 @@ class ModelSettings:
         return [f.name for f in dataclasses.fields(cls)]
 
 
+def stage_size_overrides(settings: ModelSettings, semantic_size: int | None, tile_size: int | None) -> dict[str, int]:
+    """The semantic canvas and detail tile asked for (None: the model's own), as settings
+    overrides, checked against the model's stride. The one place this rule lives: graphs are
+    exported at these sizes (export/exporter.py), eager engines run at them (engines/torch), and
+    an export fixes them for everything downstream (its manifest)."""
+    overrides = {}
+    for value, what, option, field in ((semantic_size, "semantic size", "--semantic-size", "semantic_size"),
+                                       (tile_size, "tile size", "--tile", "tile_size")):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InputError(f"{what} must be a positive integer, got {value!r}")
+        stride = settings.stride_multiple
+        if value % stride:
+            lower = max(stride, value // stride * stride)
+            raise InputError(
+                f"{what} {value} ({option}) is not a multiple of model {settings.name!r}'s stride multiple {stride}; "
+                f"use {lower} or {lower + stride}"
+            )
+        overrides[field] = value
+    return overrides
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
@@ -69,4 +94,4 @@ def scaled(channels: int, width: float, minimum: int = 4, divisor: int = 2) -> i
     return max(minimum, value)
 
 
-__all__ = ["ModelSettings", "IMAGENET_MEAN", "IMAGENET_STD", "TRIMAP_CLASSES", "scaled"]
+__all__ = ["ModelSettings", "IMAGENET_MEAN", "IMAGENET_STD", "TRIMAP_CLASSES", "scaled", "stage_size_overrides"]

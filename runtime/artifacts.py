@@ -3,7 +3,7 @@
 `ModelSpec` is everything the pipeline needs to know about a model (normalisation, fusion kind,
 guidance kind, stride, canvas and tile sizes, the full settings for model-specific guidance);
 it is built from a model's settings or from an export manifest, so an export directory is run
-through its manifest alone, with no Python model class. Backends (runtime/backends.py) return a
+through its manifest alone, with no Python model class. Backends (engines/backends.py) return a
 ModelSpec with their stage engines; `check_engines` checks the pair against the pipeline's
 contract. `MattingResult` is what a pipeline returns, in this process or from a server.
 """

@@ -17,7 +17,7 @@ device memory (any DLPack array: CuPy on cuda, NumPy on cpu) go in without a cop
 outputs stay there, so the pipeline's device path (runtime/pixel_ops.py) stitches and fuses
 them on the GPU.
 
-`Backend` describes one backend for the registry (runtime/backends.py): its name, the
+`Backend` describes one backend for the registry (engines/backends.py): its name, the
 availability probes it needs, devices, precisions, the artifacts it runs and how it opens stage
 engines. Asking for a backend, device or precision this machine lacks raises
 MissingDependencyError or InputError naming what is missing: there is no silent fallback.
@@ -67,7 +67,7 @@ def require_all(names: Sequence[str], purpose: str) -> None:
 
 @dataclass(frozen=True)
 class Backend:
-    """One entry of the backend registry (runtime/backends.py).
+    """One entry of the backend registry (engines/backends.py).
 
     `open(source, device=..., precision=..., **options)` returns (ModelSpec, {stage: Engine});
     `source` is what `artifacts` says: a registered model name or MattingModel ("model"), an

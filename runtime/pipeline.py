@@ -1,4 +1,4 @@
-"""The Pipeline: one data flow for every model and every backend (DESIGN.md, "The pipeline").
+"""The Pipeline: one data flow for every model and every backend (README.md, "How it works").
 
     with Pipeline.from_model("shm_tiny") as pipeline:          # torch engines
         result = pipeline.run(rgb)                             # H x W x 3 uint8/uint16/float
@@ -48,7 +48,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -58,7 +57,7 @@ from mattrt.fusion_kinds import fusion_kind
 from mattrt.imageio import pixel_count
 from mattrt.lazy import lazy_import
 from mattrt.resources import require_memory
-from mattrt.runtime import backends, ops
+from mattrt.runtime import ops
 from mattrt.runtime import threads as thread_settings
 from mattrt.runtime.artifacts import MattingResult, ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
@@ -67,7 +66,7 @@ from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
 
 # Semantic Image Matting's guidance (click maps, classifier score maps) lives with its model and
 # imports torch: bound lazily, so that the pipeline loads torch only for that model.
-sim = lazy_import("mattrt.models.sim")
+sim = lazy_import("mattrt.models.sim_guidance")
 
 # Same limit as the image reader's decompression-bomb guard: 200 megapixels.
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -106,7 +105,6 @@ class Pipeline:
         spec: ModelSpec,
         engines: Mapping[str, Engine],
         *,
-        tile_size: int | None = None,
         overlap: int | None = None,
         margin: int | None = None,
         batch: int | None = None,
@@ -126,15 +124,12 @@ class Pipeline:
         self.engines = dict(engines)
         detail = self.engines["detail"]
         semantic = self.engines["semantic"]
-        if detail.fixed_spatial:
-            fixed = detail.spatial_size
-            if tile_size is not None and tile_size != fixed:
-                raise InputError(
-                    f"the {detail.backend} detail graph of {spec.name!r} is fixed at {fixed} x {fixed}; "
-                    f"tile size {tile_size} needs a graph exported with that tile size (mattrt export --tile {tile_size})"
-                )
-            tile_size = fixed
-        self.tile_size = int(tile_size if tile_size is not None else spec.tile_size)
+        # The tile and canvas were decided where the graphs (or eager engines) were made
+        # (deploy/sources.py); fixed-shape engines must agree with the spec that says so.
+        self.tile_size = int(spec.tile_size)
+        if detail.fixed_spatial and detail.spatial_size != self.tile_size:
+            raise InputError(f"model {spec.name!r}: its {detail.backend} detail engine is fixed at "
+                             f"{detail.spatial_size} x {detail.spatial_size}, but its spec says tile {self.tile_size}")
         self.overlap = int(overlap if overlap is not None else min(spec.tile_overlap, self.tile_size - spec.stride_multiple))
         self.margin = default_margin(self.overlap) if margin is None else int(margin)
         check_tiling(self.tile_size, self.overlap, spec.stride_multiple, self.margin)
@@ -167,43 +162,6 @@ class Pipeline:
         self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, detail)
         # How this pipeline came to be (backend choice and why, artifact cache use), for summaries.
         self.notes: dict = {}
-
-    # -- construction -------------------------------------------------------------------------
-    @classmethod
-    def open(cls, backend: str, source, *, device: str = "cpu", precision: str = "fp32", backend_options=None,
-             **options) -> "Pipeline":
-        """Stage engines of a registered backend (runtime/backends.py) over `source` (what the
-        backend runs: a model name or instance, an export directory, ...), in a Pipeline.
-        backend_options go to the backend (e.g. threads, kernels); options to the Pipeline."""
-        spec, engines = backends.get_backend(backend).open(
-            source, device=device, precision=precision, **(backend_options or {})
-        )
-        return cls(spec, engines, **options)
-
-    @classmethod
-    def from_model(
-        cls,
-        model,
-        checkpoint=None,
-        *,
-        device: str = "cpu",
-        precision: str = "fp32",
-        channels_last: bool = False,
-        kernels: bool = False,
-        **options,
-    ) -> "Pipeline":
-        """The torch backend over a model instance or a registered name."""
-        return cls.open("torch", model, device=device, precision=precision,
-                        backend_options=dict(checkpoint=checkpoint, channels_last=channels_last, kernels=kernels),
-                        **options)
-
-    @classmethod
-    def from_artifacts(
-        cls, directory: str | Path, *, device: str = "cpu", precision: str = "fp32", threads: int | None = None, **options
-    ) -> "Pipeline":
-        """The onnxruntime backend over an export directory (read through its manifest only)."""
-        return cls.open("onnxruntime", directory, device=device, precision=precision,
-                        backend_options=dict(threads=threads), **options)
 
     def __enter__(self) -> "Pipeline":
         try:

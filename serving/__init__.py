@@ -7,6 +7,6 @@ server.py         `mattrt serve`: start, watch and stop tritonserver (loopback, 
                   off, restricted APIs behind a key)
 cli.py            the two commands
 
-The client and the `triton` backend entry live in mattrt.runtime.triton_client (the registry is
+The client and the `triton` backend entry live in mattrt.engines.triton.client (the registry is
 in the runtime layer, below this command layer).
 """

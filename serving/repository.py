@@ -34,15 +34,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mattrt import __version__
+from mattrt.engines.tensorrt.build import plan_file_name
+from mattrt.engines.triton.client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
 from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
-from mattrt.runtime.tensorrt_build import plan_file_name
-from mattrt.runtime.triton_client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
 
 TARGETS = ("cpu", "gpu")
 RECORD_FILE = "mattrt_repository.json"
 RECORD_FORMAT = 1
-# The pipeline model's tensors (names shared with the client, runtime/triton_client.py):
+# The pipeline model's tensors (names shared with the client, engines/triton/client.py):
 # IMAGE UINT8 H x W x 3 | IMAGE_ENCODED UINT8 [n] (PNG/JPEG/WebP file bytes) ->
 # MATTE UINT8 H x W x C (C = 1 alpha, 4 RGBA) | MATTE_PNG UINT8 [n] (the matte as a PNG file).
 STAGE_ROLE = "stage"
@@ -219,7 +219,7 @@ def pipeline_config(name: str, stage_models: dict[str, str], options: Repository
             "stage_models": json.dumps(stage_models, separators=(",", ":")),
             "max_pixels": str(options.max_pixels),
             "min_side": str(MIN_SIDE),
-            # Clients build the model's spec from this (runtime/triton_client.py, model_spec).
+            # Clients build the model's spec from this (engines/triton/client.py, model_spec).
             "manifest": json.dumps(manifest.to_dict(), separators=(",", ":")),
         }),
     ]

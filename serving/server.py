@@ -64,8 +64,8 @@ from pathlib import Path
 
 import mattrt
 from mattrt.availability import probe, tritonserver_binary
+from mattrt.engines.triton.client import KEY_HEADER, key_headers
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
-from mattrt.runtime.triton_client import KEY_HEADER, key_headers
 from mattrt.serving.repository import BUSY_PREFIX, STATE_ENV, STOPPING_FILE, check_repository
 
 KEY_ENV = "MATTRT_TRITON_KEY"

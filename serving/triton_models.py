@@ -41,6 +41,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from mattrt.engines.onnxruntime.engine import OnnxRuntimeEngine, SessionLoader
+from mattrt.engines.triton.client import SERVER_STOPPING
 from mattrt.errors import InputError, MattrtError
 from mattrt.imageio import decode_image, quantise
 from mattrt.lazy import lazy_import
@@ -48,9 +50,7 @@ from mattrt.manifest import MANIFEST_FILE, GraphEntry, Manifest
 from mattrt.runtime.artifacts import ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, EngineError, run_in_chunks
 from mattrt.runtime.foreground import estimate_foreground
-from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
 from mattrt.runtime.pipeline import Pipeline
-from mattrt.runtime.triton_client import SERVER_STOPPING
 from mattrt.serving.repository import (
     BUSY_PREFIX,
     ENCODED_INPUT,

@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mattrt.deploy.cache import ArtifactCache
+from mattrt.deploy.sources import ModelSource
+from mattrt.deploy.steps import ArtifactsFromGraphs, GraphsFromSource
+from mattrt.engines import backends
 from mattrt.errors import InputError
-from mattrt.export.cache import ArtifactCache
-from mattrt.runtime import backends
 from mattrt.runtime.artifacts import check_engines
 from mattrt.runtime.engine import EngineError
 
@@ -33,8 +35,9 @@ CASES = [
 def _source(backend, device: str):
     if backend.artifacts == "model":
         return MODEL
-    entry = ArtifactCache(log=None).model_artifacts(MODEL, backend, device=device, precision="fp32")
-    return entry.path
+    cache = ArtifactCache(log=None)
+    graphs = GraphsFromSource(ModelSource(MODEL), cache=cache, log=None)
+    return ArtifactsFromGraphs(graphs, backend, device=device, precision="fp32", cache=cache)().directory
 
 
 @pytest.fixture(params=CASES)

@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from mattrt import bench
 from mattrt.cli import main
+from mattrt.commands.bench import bench_options
 from mattrt.errors import InputError
+from mattrt.jobs.bench import measure, plan, report, runners
 
 
 # -- refusal before any work ----------------------------------------------------------------------
@@ -22,8 +23,8 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("bench started work before refusing its arguments")
 
-    monkeypatch.setattr(bench, "run_cases", forbidden)
-    monkeypatch.setattr(bench, "make_images", forbidden)
+    monkeypatch.setattr(report, "run_cases", forbidden)
+    monkeypatch.setattr(measure, "make_images", forbidden)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -64,18 +65,18 @@ def test_existing_results_are_not_overwritten(tmp_path, capsys, no_work):
 
 
 def test_resolution_tokens():
-    assert bench.parse_resolution("4K") == (3840, 2160)
-    assert bench.parse_resolution("8k") == (7680, 4320)
-    assert bench.parse_resolution("1080p") == (1920, 1080)
-    assert bench.parse_resolution(" 640 x 360 ") == (640, 360)
-    assert bench.resolution_label((3840, 2160)) == "4k"
+    assert plan.parse_resolution("4K") == (3840, 2160)
+    assert plan.parse_resolution("8k") == (7680, 4320)
+    assert plan.parse_resolution("1080p") == (1920, 1080)
+    assert plan.parse_resolution(" 640 x 360 ") == (640, 360)
+    assert plan.resolution_label((3840, 2160)) == "4k"
     with pytest.raises(InputError):
-        bench.parse_resolution("4K60")
+        plan.parse_resolution("4K60")
 
 
 # -- statistics and order ----------------------------------------------------------------------
 def test_summary_statistics_on_known_samples():
-    stats = bench.summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    stats = measure.summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
     assert stats["n"] == 10
     assert stats["p50"] == pytest.approx(5.5)
     assert stats["p90"] == pytest.approx(9.1)  # 9 + 0.1 * (10 - 9), linear interpolation
@@ -83,31 +84,31 @@ def test_summary_statistics_on_known_samples():
     assert stats["mean"] == pytest.approx(5.5)
     assert stats["std"] == pytest.approx(3.0276503540974917)  # sample std, ddof 1
     assert (stats["min"], stats["max"]) == (1.0, 10.0)
-    one = bench.summarize([0.25])
+    one = measure.summarize([0.25])
     assert one["p50"] == one["p99"] == one["mean"] == 0.25 and one["std"] == 0.0
     with pytest.raises(InputError):
-        bench.summarize([])
+        measure.summarize([])
 
 
 def test_interleaving_runs_every_case_once_per_round_with_rotating_start():
-    order = bench.interleaved_schedule(3, warmup=1, repeats=2)
+    order = measure.interleaved_schedule(3, warmup=1, repeats=2)
     assert order == [
         (0, 0, False), (0, 1, False), (0, 2, False),
         (1, 1, True), (1, 2, True), (1, 0, True),
         (2, 2, True), (2, 0, True), (2, 1, True),
     ]
-    assert bench.interleaved_schedule(0, 1, 3) == []
+    assert measure.interleaved_schedule(0, 1, 3) == []
 
 
 def test_authors_size_keeps_aspect_on_stride_multiples():
-    assert bench.authors_size(2160, 3840, 512, 32) == (288, 512)
-    assert bench.authors_size(2160, 3840, 320, 32) == (160, 320)  # 180 cut down to 160
-    assert bench.authors_size(1080, 1920, 256, 32) == (128, 256)
-    assert bench.authors_size(100, 4000, 256, 32) == (32, 256)
+    assert runners.authors_size(2160, 3840, 512, 32) == (288, 512)
+    assert runners.authors_size(2160, 3840, 320, 32) == (160, 320)  # 180 cut down to 160
+    assert runners.authors_size(1080, 1920, 256, 32) == (128, 256)
+    assert runners.authors_size(100, 4000, 256, 32) == (32, 256)
 
 
 def test_host_memory_separates_steps():
-    memory = bench.HostMemory()
+    memory = measure.HostMemory()
     if not memory.available:
         pytest.skip(memory.reason)
     before = memory.start()
@@ -175,18 +176,18 @@ def test_tiny_bench_writes_json_csv_and_plots_with_skips(tmp_path, capsys):
 
 def test_quick_plan_lists_absent_backends_as_skipped_with_reasons(tmp_path):
     from mattrt.cli import build_parser
-    from mattrt.runtime import backends
+    from mattrt.engines import backends
 
-    args = build_parser().parse_args(["bench", "--quick", "--out", str(tmp_path)])
-    plan = bench.build_plan(args)
-    assert plan.model == bench.QUICK_MODEL and plan.repeats == 3 and plan.warmup == 1
-    assert plan.sizes == [(384, 216), (512, 288)]
+    argv = ["bench", "--quick", "--out", str(tmp_path)]
+    quick = plan.build_plan(bench_options(build_parser(argv).parse_args(argv)))
+    assert quick.model == plan.QUICK_MODEL and quick.repeats == 3 and quick.warmup == 1
+    assert quick.sizes == [(384, 216), (512, 288)]
     by_label = {}
-    for case in plan.cases:
+    for case in quick.cases:
         by_label.setdefault(case.variant.label, set()).add(case.status)
         if case.status == "skipped":
             assert case.reason
-    for case in plan.cases:
+    for case in quick.cases:
         v = case.variant
         if v.kind == "tiled" and v.backend in backends.BACKENDS:
             missing = backends.BACKENDS[v.backend].missing(v.device)
@@ -194,11 +195,11 @@ def test_quick_plan_lists_absent_backends_as_skipped_with_reasons(tmp_path):
             if missing:
                 assert all(p.name in case.reason for p in missing)
     if "triton" not in backends.BACKENDS:
-        assert any(c.variant.kind == "triton" and "serving not merged" in c.reason for c in plan.cases)
+        assert any(c.variant.kind == "triton" and "serving not merged" in c.reason for c in quick.cases)
     # The quick tile sweep: torch at the model's tile and two thirds of it, at the largest size only.
-    sweep = [c for c in plan.cases if c.variant.sweep]
+    sweep = [c for c in quick.cases if c.variant.sweep]
     assert {c.variant.tile for c in sweep} == {128} and {c.size for c in sweep} == {(512, 288)}
-    assert {c.variant.kind for c in plan.cases if c.status == "pending"} == {"tiled", "authors", "whole_onnx"}
+    assert {c.variant.kind for c in quick.cases if c.status == "pending"} == {"tiled", "authors", "whole_onnx"}
     assert not any(tmp_path.iterdir())
 
 
@@ -206,7 +207,7 @@ def test_a_variant_that_fails_is_recorded_and_the_others_still_run(tmp_path, cap
     def broken_open(self):
         raise RuntimeError("session could not be created")
 
-    monkeypatch.setattr(bench.WholeOnnxRunner, "open", broken_open)
+    monkeypatch.setattr(runners.WholeOnnxRunner, "open", broken_open)
     out = tmp_path / "results"
     code = main(["bench", "--model", "aim_tiny", "--backend", "torch", "--device", "cpu", "--resolutions", "96x64",
                  "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out), "--name", "broken",

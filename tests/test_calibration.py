@@ -1,4 +1,4 @@
-"""FP16 and INT8 graphs of an export (calibration/precision.py) and their calibration data
+"""FP16 and INT8 graphs of an export (calibration/variants.py) and their calibration data
 (calibration/feeds.py), on a tiny AIM export (64 px stages, 1/8 width)."""
 
 from __future__ import annotations
@@ -15,18 +15,12 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from mattrt.calibration.calibrate import calibrate_ranges
 from mattrt.calibration.feeds import collect_stage_feeds, parse_data_source
-from mattrt.calibration.precision import (
-    CalibrationError,
-    WEIGHTED_OPS,
-    add_precisions,
-    build_int8,
-    calibrate_ranges,
-    check_qdq,
-    convert_fp16,
-    fp16_candidate_groups,
-    output_errors,
-)
+from mattrt.calibration.fp16 import convert_fp16, fp16_candidate_groups
+from mattrt.calibration.graphs import CalibrationError, output_errors
+from mattrt.calibration.int8_tensorrt import build_int8, check_qdq
+from mattrt.calibration.variants import add_precisions
 from mattrt.errors import InputError
 
 TINY_IMAGE = (96, 80)  # width x height: 2 x 2 tiles of 64 px, letterboxed on the 64 px canvas
@@ -53,7 +47,7 @@ def _perturbed_aim_tiny():
 @functools.lru_cache(maxsize=None)
 def tiny_export_with_precisions() -> Path:
     """One tiny export per test session with FP16 and INT8 graphs added (shared with test_fidelity)."""
-    from mattrt.export import export_model
+    from mattrt.export.exporter import export_model
 
     root = Path(tempfile.mkdtemp(prefix="mattrt-test-calibration-"))
     directory = root / "aim_tiny"
@@ -100,7 +94,7 @@ def _run(path: Path, feeds: list[dict]) -> list[np.ndarray]:
 
 
 def test_manifest_lists_precision_graphs_and_lint_passes(export_dir):
-    from mattrt.runtime.lint import lint_directory
+    from mattrt.engines.tensorrt.lint import lint_directory
 
     for stage in ("semantic", "detail"):
         entry = _stage(export_dir, stage)
@@ -232,9 +226,8 @@ def test_fp16_candidate_groups_find_pool_index_arithmetic(export_dir):
 
 
 def test_collect_feeds_records_runtime_tiles_of_mixed_sizes(export_dir, tmp_path):
-    from mattrt.calibration.synthetic import KINDS, generate_sample, sample_rng
-    from mattrt.imageio import write_rgb
-
+    from mattrt.data.synthetic import KINDS, generate_sample, sample_rng
+    from mattrt.imagewrite import write_rgb
     from mattrt.runtime.tiling import TilePlan
 
     sizes = [(96, 80), (130, 70)]
@@ -323,8 +316,8 @@ def test_precision_cli_adds_fp16_and_refuses_to_replace_without_force(fp32_copy,
 
     images = tmp_path / "images"
     images.mkdir()
-    from mattrt.calibration.synthetic import generate_sample, sample_rng
-    from mattrt.imageio import write_rgb
+    from mattrt.data.synthetic import generate_sample, sample_rng
+    from mattrt.imagewrite import write_rgb
 
     write_rgb(images / "a.png", generate_sample("salient_opaque", TINY_IMAGE, sample_rng(11, 0)).image)
     assert main(["precision", str(fp32_copy), "--precision", "fp16", "--calibration", str(images)]) == 0

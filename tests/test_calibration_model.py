@@ -1,4 +1,4 @@
-"""The synthetic-domain AIM (models/aim_synthetic.py) and its trainer (calibration/train.py)."""
+"""The synthetic-domain AIM (models/aim_synthetic.py) and its trainer (training/train.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import mattrt.models.aim_synthetic as aim_synthetic
-from mattrt.calibration import train
 from mattrt.errors import CheckpointError, InputError
 from mattrt.models import create_model, get_settings
+from mattrt.training import train
 
 
 def test_unified_classes_follow_the_image_type():

@@ -1,4 +1,4 @@
-"""onnxruntime's CPU INT8 graph (calibration/precision.py: build_cpu_int8), written beside the
+"""onnxruntime's CPU INT8 graph (calibration/int8_cpu.py: build_cpu_int8), written beside the
 TensorRT-form INT8 graph from the same calibration, on the tiny AIM export of test_calibration."""
 
 from __future__ import annotations
@@ -11,18 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from mattrt.calibration.precision import (
-    CALIBRATED_OPS,
-    CPU_INT8_RECORD,
-    WEIGHTED_OPS,
-    CalibrationError,
-    _FeedReader,
-    _int8_from_ranges,
-    build_cpu_int8,
-    build_int8,
-    check_cpu_qdq,
-    cpu_int8_fp32_nodes,
-)
+from mattrt.calibration.calibrate import CALIBRATED_OPS, FeedReader, quantize_symmetric
+from mattrt.calibration.graphs import WEIGHTED_OPS, CalibrationError
+from mattrt.calibration.int8_cpu import CPU_INT8_RECORD, build_cpu_int8, check_cpu_qdq, cpu_int8_fp32_nodes
+from mattrt.calibration.int8_tensorrt import build_int8
 
 STAGES = ("semantic", "detail")
 
@@ -60,7 +52,7 @@ def _zero_points(model) -> list:
 
 
 def test_manifest_names_the_cpu_graph_for_onnxruntime(export_dir):
-    from mattrt.runtime.lint import lint_directory, lint_models
+    from mattrt.engines.tensorrt.lint import lint_directory, lint_models
 
     for stage in STAGES:
         entry = _stage(export_dir, stage)
@@ -130,10 +122,10 @@ def test_one_calibration_pass_serves_both_graphs(export_dir, tmp_path):
     fp32_path = export_dir / "detail.onnx"
     feeds = _feeds(export_dir, "detail", 8)
     weighted_only = tmp_path / "weighted.json"
-    _int8_from_ranges(fp32_path, weighted_only, "entropy", (), tmp_path / "scratch.onnx", _FeedReader(feeds), 4,
+    quantize_symmetric(fp32_path, weighted_only, "entropy", (), tmp_path / "scratch.onnx", FeedReader(feeds), 4,
                       op_types=WEIGHTED_OPS)
     both = tmp_path / "both.json"
-    _int8_from_ranges(fp32_path, both, "entropy", (), tmp_path / "scratch.onnx", _FeedReader(feeds), 4,
+    quantize_symmetric(fp32_path, both, "entropy", (), tmp_path / "scratch.onnx", FeedReader(feeds), 4,
                       op_types=CALIBRATED_OPS)
     narrow, wide = load_tensors_data(weighted_only), load_tensors_data(both)
     assert set(narrow.keys()) < set(wide.keys())
@@ -164,7 +156,7 @@ def test_cpu_graph_runs_close_to_fp32_but_quantised(export_dir):
 
 
 def test_open_artifacts_runs_the_cpu_graph_for_int8(export_dir):
-    from mattrt.runtime.onnx_engine import open_artifacts
+    from mattrt.engines.onnxruntime.engine import open_artifacts
 
     _, engines = open_artifacts(export_dir, precision="int8")
     assert {n: e.loader.path.name for n, e in engines.items()} == {s: f"{s}.int8_cpu.onnx" for s in STAGES}
@@ -181,8 +173,8 @@ def test_open_artifacts_runs_the_cpu_graph_for_int8(export_dir):
 def test_infer_cli_runs_int8_on_the_cpu_graph(export_dir, tmp_path):
     from PIL import Image
 
-    from mattrt.calibration.synthetic import generate_sample, sample_rng
     from mattrt.cli import main
+    from mattrt.data.synthetic import generate_sample, sample_rng
 
     Image.fromarray(generate_sample("salient_opaque", (80, 60), sample_rng(4, 0)).image).save(tmp_path / "p.png")
     out = tmp_path / "out"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from mattrt import demo
 from mattrt.availability import available, skip_reason
 from mattrt.cli import main
 from mattrt.imageio import read_image
+from mattrt.jobs import demo
 
 METRICS = ("sad", "mse", "grad", "conn")
 VARIANTS = ("triton", "fp32", "int8")

@@ -15,11 +15,15 @@ from PIL import Image
 
 from mattrt.availability import available
 from mattrt.cli import main
+from mattrt.deploy import cache as cache_module
+from mattrt.deploy.cache import ENTRY_FILE, ArtifactCache
+from mattrt.deploy.choice import choose_auto
+from mattrt.deploy.plan import DeploymentRequest, deployment_chain
+from mattrt.deploy.sources import ModelSource
+from mattrt.deploy.steps import GraphsFromSource
+from mattrt.engines import backends
 from mattrt.errors import InputError, MissingDependencyError
-from mattrt.export import cache as cache_module
-from mattrt.export.cache import ENTRY_FILE, ArtifactCache
-from mattrt.export.deploy import plan_deployment
-from mattrt.runtime import backends, threads
+from mattrt.runtime import threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,29 +48,30 @@ def _infer(image: Path, out: Path, *extra) -> int:
 # -- --backend auto -------------------------------------------------------------------------------
 @pytest.mark.skipif(available("torch_cuda") or available("cupy_device"), reason="this machine has a GPU")
 def test_auto_on_a_cpu_machine_chooses_onnxruntime_and_says_why():
-    choice = backends.choose_auto()
+    choice = choose_auto()
     assert (choice.backend.name, choice.device) == ("onnxruntime", "cpu")
     assert "torch on cuda: needs torch_cuda" in choice.reason and "tensorrt on cuda" in choice.reason
     # An export directory cannot run under torch; a model can run anywhere.
-    assert backends.choose_auto(source_kinds=("onnx", "plans")).backend.name == "onnxruntime"
+    assert choose_auto(source_kinds=("onnx", "plans")).backend.name == "onnxruntime"
     with pytest.raises(MissingDependencyError, match="no usable backend here on device cuda; probed: .*torch_cuda"):
-        backends.choose_auto(device="cuda")
+        choose_auto(device="cuda")
 
 
 @pytest.mark.skipif(available("onnxruntime_cuda"), reason="this machine has onnxruntime's CUDA provider")
 def test_a_missing_explicit_backend_is_an_error_naming_its_probe(tmp_path):
     with pytest.raises(MissingDependencyError, match="onnxruntime backend on cuda needs onnxruntime_cuda"):
-        plan_deployment(model="shm_tiny", backend="onnxruntime", device="cuda", cache=ArtifactCache(tmp_path), log=None)
+        deployment_chain(DeploymentRequest(model="shm_tiny", backend="onnxruntime", device="cuda"),
+                         cache=ArtifactCache(tmp_path), log=None)
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
 def test_an_explicit_backend_is_honoured_or_refused_never_replaced(tmp_path):
     with pytest.raises(InputError, match="the torch backend runs a registered model"):
-        plan_deployment(artifacts=tmp_path, backend="torch", log=None)
+        deployment_chain(DeploymentRequest(artifacts=tmp_path, backend="torch"), log=None)
     with pytest.raises(InputError, match="runs precision fp32, fp16, not 'int8'"):
-        plan_deployment(model="shm_tiny", backend="torch", precision="int8", log=None)
+        deployment_chain(DeploymentRequest(model="shm_tiny", backend="torch", precision="int8"), log=None)
     with pytest.raises(InputError, match="unknown backend 'tpu'"):
-        plan_deployment(model="shm_tiny", backend="tpu", log=None)
+        deployment_chain(DeploymentRequest(model="shm_tiny", backend="tpu"), log=None)
     with pytest.raises(InputError, match="takes no --kernels"):
         backends.get_backend("onnxruntime").open(tmp_path, device="cpu", precision="fp32", kernels=True)
 
@@ -97,32 +102,29 @@ def test_auto_is_the_default_and_is_recorded(image_file, cache_dir, tmp_path, ca
     err = capsys.readouterr().err
     selection = json.loads((tmp_path / "out" / "summary.json").read_text())["pipeline"]["selection"]
     assert selection["reason"].startswith("auto chose") and selection["reason"] in err
-    assert selection["backend"] == backends.choose_auto().backend.name
+    assert selection["backend"] == choose_auto().backend.name
 
 
 def test_a_damaged_entry_is_rebuilt_with_a_message(image_file, cache_dir, tmp_path):
     messages: list[str] = []
     store = ArtifactCache(cache_dir, log=messages.append)
-    backend = backends.get_backend("onnxruntime")
-    entry = store.model_artifacts("shm_tiny", backend, device="cpu", precision="fp32")
-    graph = next(entry.path.glob("detail*.onnx"))
+    graphs = GraphsFromSource(ModelSource("shm_tiny"), cache=store, log=None)
+    first = graphs()
+    graph = next(first.directory.glob("detail*.onnx"))
     graph.write_bytes(graph.read_bytes()[:100])  # truncated
-    rebuilt = store.model_artifacts("shm_tiny", backend, device="cpu", precision="fp32")
-    assert rebuilt.root == entry.root and not rebuilt.hit
+    rebuilt = graphs()
+    assert rebuilt.notes["graphs"]["entry"] == first.notes["graphs"]["entry"] and not rebuilt.notes["graphs"]["hit"]
     assert any("do not match their recorded SHA-256; rebuilding" in m for m in messages)
-    assert store.model_artifacts("shm_tiny", backend, device="cpu", precision="fp32").hit
+    assert graphs().notes["graphs"]["hit"]
 
 
 def test_entries_from_another_mattrt_version_are_never_used(cache_dir, monkeypatch):
-    backend = backends.get_backend("onnxruntime")
-    key = ArtifactCache.model_key("shm_tiny", None, backend, "cpu", "fp32", semantic_size=None, tile_size=None,
-                                  max_batch=8, opset=18)
-    monkeypatch.setattr(cache_module, "__version__", "999.0")
-    other = ArtifactCache.model_key("shm_tiny", None, backend, "cpu", "fp32", semantic_size=None, tile_size=None,
-                                    max_batch=8, opset=18)
     store = ArtifactCache(cache_dir)
-    assert store.entry_dir(key) != store.entry_dir(other)
-    assert other["backend_identity"]["onnxruntime"]
+    key = {"step": "graphs", **ModelSource("shm_tiny").cache_key()}
+    here = store.entry_dir(key, "shm_tiny-graphs")
+    monkeypatch.setattr(cache_module, "__version__", "999.0")
+    assert store.entry_dir(key, "shm_tiny-graphs") != here
+    assert store.full_key(key)["mattrt"] == "999.0"
 
 
 def test_an_unwritable_cache_is_reported_before_any_work(image_file, tmp_path, capsys):
@@ -139,11 +141,12 @@ def test_concurrent_runs_build_one_entry(tmp_path):
     """Two processes asking for the same entry at once: one builds, the other waits and reuses it."""
     script = textwrap.dedent(f"""
         import sys
-        from mattrt.export.cache import ArtifactCache
-        from mattrt.runtime.backends import get_backend
+        from mattrt.deploy.cache import ArtifactCache
+        from mattrt.deploy.sources import ModelSource
+        from mattrt.deploy.steps import GraphsFromSource
         store = ArtifactCache({str(tmp_path / 'cache')!r}, log=lambda m: print(m, flush=True))
-        entry = store.model_artifacts("alphanet_tiny", get_backend("onnxruntime"), device="cpu", precision="fp32")
-        print("HIT" if entry.hit else "BUILT", entry.root)
+        graphs = GraphsFromSource(ModelSource("alphanet_tiny"), cache=store, log=None)()
+        print("HIT" if graphs.notes["graphs"]["hit"] else "BUILT", graphs.notes["graphs"]["entry"])
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -15,14 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mattrt.cli import main
+from mattrt.engines.tensorrt.lint import lint_directory
 from mattrt.errors import CheckpointError, InputError, MattrtError
-from mattrt.models.checkpoints import parse_checkpoint
 from mattrt.export.exporter import export_model
-from mattrt.runtime.lint import lint_directory
-from mattrt.manifest import MANIFEST_FILE, MANIFEST_KEY, Manifest
 from mattrt.export.parity import ParityError, ort_session
-from mattrt.models import MattingModel, ModelSettings, Stage, TensorSpec, register_model
-from mattrt.models import registry
+from mattrt.manifest import MANIFEST_FILE, MANIFEST_KEY, Manifest
+from mattrt.models import MattingModel, ModelSettings, Stage, TensorSpec, register_model, registry
+from mattrt.models.checkpoints import parse_checkpoint
 
 PROBE = "export_probe"
 

@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mattrt.cli import main
+from mattrt.engines.tensorrt.lint import TABLE_FILE, lint_directory, lint_model, operator_table
 from mattrt.errors import InputError
-from mattrt.runtime.lint import TABLE_FILE, lint_directory, lint_model, operator_table
 
 FLOAT = TensorProto.FLOAT
 

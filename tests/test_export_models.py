@@ -3,8 +3,8 @@
 import onnx
 import pytest
 
+from mattrt.engines.tensorrt.lint import lint_directory
 from mattrt.export.exporter import export_model
-from mattrt.runtime.lint import lint_directory
 from mattrt.manifest import Manifest
 from mattrt.models import get_settings, list_models
 

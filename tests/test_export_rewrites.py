@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mattrt.engines.tensorrt.lint import lint_model
+from mattrt.engines.tensorrt.rewrites import PoolGeometry, later_neighbour_offsets, pool_output_length
 from mattrt.export.exporter import export_graph
-from mattrt.runtime.lint import lint_model
 from mattrt.export.parity import ort_session
-from mattrt.export.rewrites import PoolGeometry, later_neighbour_offsets, pool_output_length
 
 # (kernel, stride, padding, dilation, ceil_mode): AIM's overlapping 3x3/s2, SHM's 2x2/s2, a
 # stride-1 pool (radius 2 overlaps), ceil mode, and a dilated pool (TensorRT's MaxPool takes no

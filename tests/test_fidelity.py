@@ -1,4 +1,4 @@
-"""`mattrt fidelity` (calibration/fidelity.py) and the Pillow figures (calibration/figures.py)."""
+"""`mattrt fidelity` (calibration/fidelity.py) and the Pillow figures (mattrt/figures.py)."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def test_fidelity_cli_writes_json_and_figure(export_dir, tmp_path, capsys):
 
 def test_fidelity_on_a_folder_without_ground_truth(export_dir, tmp_path):
     from mattrt.calibration.fidelity import fidelity_report
-    from mattrt.calibration.synthetic import generate_sample, sample_rng
-    from mattrt.imageio import write_rgb
+    from mattrt.data.synthetic import generate_sample, sample_rng
+    from mattrt.imagewrite import write_rgb
 
     write_rgb(tmp_path / "a.png", generate_sample("non_salient", (70, 50), sample_rng(5, 0)).image)
     report, images, alphas = fidelity_report(export_dir, tmp_path, precisions=["int8"])
@@ -83,7 +83,7 @@ def test_fidelity_needs_the_requested_precisions(export_dir, tmp_path):
 
 
 def test_heat_map_and_grid():
-    from mattrt.calibration.figures import heat_map, image_grid
+    from mattrt.figures import heat_map, image_grid
 
     values = np.linspace(0, 2, 12).reshape(3, 4)
     colours = heat_map(values, vmax=1.0)
@@ -95,7 +95,7 @@ def test_heat_map_and_grid():
 
 
 def test_line_chart_draws_series(tmp_path):
-    from mattrt.calibration.figures import line_chart
+    from mattrt.figures import line_chart
 
     steps = np.arange(50)
     path = line_chart({"a": (steps, np.exp(-steps / 10) + 0.01), "b": (steps, np.full(50, 0.5))}, tmp_path / "c.png",

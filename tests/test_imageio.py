@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from mattrt import imageio
+from mattrt import imageio, imagewrite
 from mattrt.errors import InputError
 
 
@@ -154,7 +154,7 @@ def test_16bit_greyscale_stays_16bit(tmp_path, suffix):
 def test_16bit_colour_png_keeps_both_bytes(tmp_path, channels):
     pixels = _rng(2).integers(0, 65536, (7, 11, channels), dtype=np.uint16)
     path = tmp_path / "c16.png"
-    path.write_bytes(imageio.encode_png16(pixels))
+    path.write_bytes(imagewrite.encode_png16(pixels))
     loaded = imageio.read_image(path)
     assert loaded.bit_depth == 16 and loaded.rgb.dtype == np.uint16
     np.testing.assert_array_equal(loaded.rgb, pixels[..., :3])
@@ -339,7 +339,7 @@ def test_read_alpha_channels_and_float_tiff(tmp_path):
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_write_alpha_round_trips(tmp_path, suffix, bit_depth):
     alpha = _rng(8).random((10, 14)).astype(np.float32)
-    path = imageio.write_alpha(tmp_path / f"a{suffix}", alpha, bit_depth=bit_depth)
+    path = imagewrite.write_alpha(tmp_path / f"a{suffix}", alpha, bit_depth=bit_depth)
     back = imageio.read_alpha(path)
     top = 2 ** bit_depth - 1
     np.testing.assert_array_equal(back, np.rint(alpha * top).astype(np.float32) / np.float32(top))
@@ -348,23 +348,23 @@ def test_write_alpha_round_trips(tmp_path, suffix, bit_depth):
 
 def test_write_alpha_16bit_levels_are_exact(tmp_path):
     levels = np.arange(0, 65536, 997, dtype=np.uint16).reshape(6, 11)
-    path = imageio.write_alpha(tmp_path / "a.png", levels)
+    path = imagewrite.write_alpha(tmp_path / "a.png", levels)
     np.testing.assert_array_equal(imageio.read_image(path).rgb[..., 0], levels)
     np.testing.assert_array_equal(imageio.read_alpha(path), imageio.to_float32(levels))
 
 
 def test_write_refuses_to_replace_without_overwrite(tmp_path):
-    path = imageio.write_alpha(tmp_path / "a.png", np.zeros((4, 4)))
+    path = imagewrite.write_alpha(tmp_path / "a.png", np.zeros((4, 4)))
     with pytest.raises(InputError, match="already exists"):
-        imageio.write_alpha(path, np.ones((4, 4)))
+        imagewrite.write_alpha(path, np.ones((4, 4)))
     assert imageio.read_alpha(path).max() == 0
-    imageio.write_alpha(path, np.ones((4, 4)), overwrite=True)
+    imagewrite.write_alpha(path, np.ones((4, 4)), overwrite=True)
     assert imageio.read_alpha(path).min() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no temporary files left
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    path = imageio.write_rgb(tmp_path / "a.png", _pattern())
+    path = imagewrite.write_rgb(tmp_path / "a.png", _pattern())
     before = path.read_bytes()
 
     def broken_save(self, fp, *args, **kwargs):
@@ -373,20 +373,20 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(InputError, match=r"a\.png: could not be written \(disk full\); it was left as it was"):
-        imageio.write_rgb(path, np.zeros((24, 32, 3), dtype=np.uint8), overwrite=True)
+        imagewrite.write_rgb(path, np.zeros((24, 32, 3), dtype=np.uint8), overwrite=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
 def test_written_file_mode_is_not_private(tmp_path):
-    path = imageio.write_rgb(tmp_path / "a.png", _pattern())
+    path = imagewrite.write_rgb(tmp_path / "a.png", _pattern())
     assert os.stat(path).st_mode & 0o044  # readable by group/others under a usual umask
 
 
 @pytest.mark.parametrize("suffix, exact", [(".png", True), (".tif", True), (".webp", False), (".jpg", False)])
 def test_write_rgb_formats(tmp_path, suffix, exact):
     pixels = _pattern()
-    path = imageio.write_rgb(tmp_path / f"a{suffix}", pixels)
+    path = imagewrite.write_rgb(tmp_path / f"a{suffix}", pixels)
     back = imageio.read_image(path).rgb
     if exact:
         np.testing.assert_array_equal(back, pixels)
@@ -397,44 +397,44 @@ def test_write_rgb_formats(tmp_path, suffix, exact):
 def test_write_16bit_rgb_and_rgba(tmp_path):
     rgb = _rng(9).integers(0, 65536, (8, 5, 3), dtype=np.uint16)
     alpha = _rng(10).random((8, 5))
-    back = imageio.read_image(imageio.write_rgb(tmp_path / "a.png", rgb))
+    back = imageio.read_image(imagewrite.write_rgb(tmp_path / "a.png", rgb))
     np.testing.assert_array_equal(back.rgb, rgb)
-    back = imageio.read_image(imageio.write_rgba(tmp_path / "b.png", rgb, alpha))
+    back = imageio.read_image(imagewrite.write_rgba(tmp_path / "b.png", rgb, alpha))
     np.testing.assert_array_equal(back.rgb, rgb)
     np.testing.assert_array_equal(back.alpha, np.rint(alpha * 65535).astype(np.uint16))
     with pytest.raises(InputError, match="PNG only"):
-        imageio.write_rgb(tmp_path / "a.tif", rgb)
+        imagewrite.write_rgb(tmp_path / "a.tif", rgb)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
 def test_write_rgba_keeps_alpha_exact(tmp_path, suffix):
     rgb = _pattern()
     alpha = _rng(11).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
-    back = imageio.read_image(imageio.write_rgba(tmp_path / f"a{suffix}", rgb, alpha))
+    back = imageio.read_image(imagewrite.write_rgba(tmp_path / f"a{suffix}", rgb, alpha))
     np.testing.assert_array_equal(back.alpha, alpha)
 
 
 def test_write_argument_errors(tmp_path):
     with pytest.raises(InputError, match="JPEG has no alpha"):
-        imageio.write_rgba(tmp_path / "a.jpg", _pattern(), np.zeros((24, 32)))
+        imagewrite.write_rgba(tmp_path / "a.jpg", _pattern(), np.zeros((24, 32)))
     with pytest.raises(InputError, match="lossless"):
-        imageio.write_alpha(tmp_path / "a.jpg", np.zeros((4, 4)))
+        imagewrite.write_alpha(tmp_path / "a.jpg", np.zeros((4, 4)))
     with pytest.raises(InputError, match="NaN"):
-        imageio.write_alpha(tmp_path / "a.png", np.full((4, 4), np.nan))
+        imagewrite.write_alpha(tmp_path / "a.png", np.full((4, 4), np.nan))
     with pytest.raises(InputError, match=r"\[0, 1\]"):
-        imageio.write_alpha(tmp_path / "a.png", np.full((4, 4), 1.5))
+        imagewrite.write_alpha(tmp_path / "a.png", np.full((4, 4), 1.5))
     with pytest.raises(InputError, match="losing precision"):
-        imageio.write_alpha(tmp_path / "a.png", np.zeros((4, 4), np.uint16), bit_depth=8)
+        imagewrite.write_alpha(tmp_path / "a.png", np.zeros((4, 4), np.uint16), bit_depth=8)
     with pytest.raises(InputError, match="H x W x 3"):
-        imageio.write_rgb(tmp_path / "a.png", np.zeros((4, 4)))
+        imagewrite.write_rgb(tmp_path / "a.png", np.zeros((4, 4)))
     with pytest.raises(InputError, match="must match"):
-        imageio.write_rgba(tmp_path / "a.png", _pattern(), np.zeros((4, 4)))
+        imagewrite.write_rgba(tmp_path / "a.png", _pattern(), np.zeros((4, 4)))
     with pytest.raises(InputError, match="does not exist"):
-        imageio.write_alpha(tmp_path / "no" / "a.png", np.zeros((4, 4)))
+        imagewrite.write_alpha(tmp_path / "no" / "a.png", np.zeros((4, 4)))
     with pytest.raises(InputError, match="is a folder"):
-        imageio.write_alpha(tmp_path, np.zeros((4, 4)))
+        imagewrite.write_alpha(tmp_path, np.zeros((4, 4)))
     with pytest.raises(InputError, match="zero-size"):
-        imageio.write_alpha(tmp_path / "z.png", np.zeros((0, 4)))
+        imagewrite.write_alpha(tmp_path / "z.png", np.zeros((0, 4)))
     assert list(tmp_path.iterdir()) == []
 
 

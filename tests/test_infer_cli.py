@@ -14,7 +14,7 @@ from PIL import Image
 
 from mattrt.cli import main
 from mattrt.export.parity import generated_image
-from mattrt.imageio import encode_png16
+from mattrt.imagewrite import encode_png16
 
 MODEL: list[str] = []
 TIMING_KEYS = {"read", "semantic", "preprocess", "guidance", "detail", "stitch_fusion", "foreground", "write", "total"}
@@ -209,7 +209,7 @@ def test_bad_backgrounds_and_options_are_refused(tmp_path, capsys):
     assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--background", "white") == 1
     assert "--output composite only" in capsys.readouterr().err
     assert _infer(tmp_path / "p.png", "--out", tmp_path / "o", "--tile", "60") == 1
-    assert "multiple of the model's stride multiple 16" in capsys.readouterr().err
+    assert "is not a multiple of model 'shm_tiny''s stride multiple 16; use 48 or 64" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["infer", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--model", "shm_tiny",
               "--artifacts", str(tmp_path)])

@@ -124,9 +124,9 @@ def test_min_max_filters_on_gpu_equal_reference(cp, rng, radius):
 @needs_torch_cuda
 @pytest.mark.parametrize("name", ["aim_tiny", "shm_tiny", "alphanet_tiny"])
 def test_routed_cuda_engine_equals_eager_cuda(name):
+    from mattrt.engines.torch.engine import StageLoader, TorchEngine
     from mattrt.models import create_model
     from mattrt.runtime.diagnostics import calibrated_random_weights
-    from mattrt.runtime.torch_engine import StageLoader, TorchEngine
 
     torch.manual_seed(0)
     model = calibrated_random_weights(create_model(name))
@@ -145,8 +145,8 @@ def test_routed_cuda_engine_equals_eager_cuda(name):
 @needs_torch_cuda
 @pytest.mark.parametrize("name", ["aim_tiny", "shm_tiny", "alphanet_tiny", "salient_tiny"])
 def test_device_pipeline_equals_host_pipeline_on_cuda_engines(name, rng):
+    from mattrt.engines.torch.engine import load_model_engines
     from mattrt.models import create_model
-    from mattrt.runtime.torch_engine import load_model_engines
     from mattrt.runtime.diagnostics import calibrated_random_weights
     from mattrt.runtime.pipeline import Pipeline
 

@@ -19,9 +19,9 @@ from mattrt.kernels import (
     max_unpool2d,
     max_unpool2d_reference,
     stitch_finalize,
+    torch_ops,  # noqa: F401  (registers torch.ops.mattrt.*)
     trimap_fusion,
 )
-from mattrt.kernels import torch_ops  # noqa: F401  (registers torch.ops.mattrt.*)
 
 
 @pytest.fixture

@@ -22,20 +22,19 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mattrt.availability import available
+from mattrt.engines.torch.engine import StageLoader, TorchEngine, load_model_engines
+from mattrt.engines.torch.kernel_routing import KernelRouting, unpool_output_size
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.fusion_kinds import FUSION_KINDS
 from mattrt.kernels import emulate, fusion, preprocess, stitch
-from mattrt.kernels.emulate import HostEmulationBackend
 from mattrt.kernels.backends import get_backend
+from mattrt.kernels.emulate import HostEmulationBackend
 from mattrt.models import alphanet, create_model
 from mattrt.runtime import ops
-from mattrt.runtime.torch_engine import load_model_engines
 from mattrt.runtime.diagnostics import calibrated_random_weights
 from mattrt.runtime.engine import Engine
-from mattrt.runtime.kernel_routing import KernelRouting, unpool_output_size
 from mattrt.runtime.pipeline import Pipeline
 from mattrt.runtime.tiling import TilePlan
-from mattrt.runtime.torch_engine import StageLoader, TorchEngine
 
 needs_emulation = pytest.mark.skipif(bool(emulate.skip_reason()), reason=emulate.skip_reason())
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

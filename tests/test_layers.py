@@ -6,7 +6,7 @@ test reads every module's source with `ast` and counts an import statement at an
 `lazy_import("mattrt....")` call, as an edge.
 
 Layers, high to low (a module may import its own layer and the ones below):
-    commands     mattrt.cli, mattrt.commands, mattrt.infer_cli, mattrt.demo, mattrt.serving
+    commands     mattrt.cli, mattrt.commands.core, mattrt.commands.infer, mattrt.jobs.demo, mattrt.serving
     export       mattrt.export (torch -> ONNX, parity, the artifact cache)
     calibration  mattrt.calibration (metrics, synthetic data, FP16/INT8 graphs, fidelity)
     runtime      mattrt.runtime (engines, backends, lint, pipeline)
@@ -23,20 +23,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("models", "export", "calibration", "kernels", "runtime", "serving")
+# The top-level folders, each reached as mattrt.<folder> through a symlink in mattrt/.
+PACKAGES = ("models", "data", "kernels", "runtime", "engines", "export", "calibration", "deploy", "serving", "jobs",
+            "training")
 
-# Highest first; modules of one layer may import each other, except the groups in INDEPENDENT.
+# Highest first; modules of one layer may import each other, except across the packages of a
+# layer listed in INDEPENDENT.
 LAYERS: list[tuple[str, ...]] = [
-    ("mattrt.cli", "mattrt.commands", "mattrt.infer_cli", "mattrt.demo", "mattrt.serving", "mattrt.bench",
-     "mattrt.bench_whole"),
-    ("mattrt.export",),
-    ("mattrt.calibration",),
+    ("mattrt.cli", "mattrt.commands"),
+    ("mattrt.jobs", "mattrt.training"),
+    ("mattrt.serving",),
+    ("mattrt.deploy",),
+    ("mattrt.export", "mattrt.calibration"),
+    ("mattrt.engines",),
     ("mattrt.runtime",),
-    ("mattrt.models", "mattrt.kernels"),
+    ("mattrt.models", "mattrt.kernels", "mattrt.data"),
     ("mattrt",),  # the core: every other module of the mattrt/ folder
 ]
 
-INDEPENDENT = {("mattrt.models", "mattrt.kernels")}
+INDEPENDENT = {("mattrt.export", "mattrt.calibration"), ("mattrt.models", "mattrt.kernels", "mattrt.data")}
 
 # Third-party libraries that are heavy or optional: bound through mattrt.lazy.lazy_import, or
 # imported at module top only by modules that need them anyway.
@@ -44,14 +49,20 @@ HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "cupy", "tens
          "tritonclient", "scipy", "cuda", "triton_python_backend_utils")
 
 
+def _module_name(path: Path, root: Path, prefix: str) -> str:
+    parts = [prefix, *path.relative_to(root).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _module_files() -> dict[str, Path]:
     files = {}
-    for path in sorted((ROOT / "mattrt").glob("*.py")):
-        files["mattrt" if path.stem == "__init__" else f"mattrt.{path.stem}"] = path
+    core = ROOT / "mattrt"
+    for path in sorted(core.rglob("*.py")):
+        if not any((core / part).is_symlink() for part in path.relative_to(core).parts[:1]):
+            files[_module_name(path, core, "mattrt")] = path
     for package in PACKAGES:
-        for path in sorted((ROOT / package).glob("*.py")):
-            name = f"mattrt.{package}" if path.stem == "__init__" else f"mattrt.{package}.{path.stem}"
-            files[name] = path
+        for path in sorted((ROOT / package).rglob("*.py")):
+            files[_module_name(path, ROOT / package, f"mattrt.{package}")] = path
     return files
 
 
@@ -74,6 +85,7 @@ class _Imports(ast.NodeVisitor):
         self.type_checking = 0
         self.edges: list[tuple[str, int, bool]] = []  # (target, line, at module top)
         self.inner: list[tuple[str, int]] = []  # imports inside functions (any library)
+        self.lazy: list[tuple[str, int]] = []  # the project's own modules bound through lazy_import
 
     def _function(self, node):
         self.depth += 1
@@ -114,6 +126,11 @@ class _Imports(ast.NodeVisitor):
         names = [f"{base}.{alias.name}" for alias in node.names if _resolve(f"{base}.{alias.name}") not in (None, base)]
         self._add(names or [base], node.lineno)
 
+    def visit_Constant(self, node: ast.Constant):
+        # The command index names command modules by string (mattrt/commands/__init__.py).
+        if self.module == "mattrt.commands" and isinstance(node.value, str) and node.value in MODULES:
+            self.edges.append((node.value, node.lineno, True))
+
     def visit_Call(self, node: ast.Call):
         func = node.func
         called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
@@ -122,6 +139,7 @@ class _Imports(ast.NodeVisitor):
             target = _resolve(name) if name.startswith("mattrt") else None
             if target and target != self.module:
                 self.edges.append((target, node.lineno, True))
+                self.lazy.append((target, node.lineno))
         self.generic_visit(node)
 
 
@@ -225,6 +243,30 @@ def test_imports_sit_at_module_top(module):
         if name.startswith("mattrt") or name.split(".")[0] in HEAVY
     ]
     assert not inner, f"{MODULES[module].relative_to(ROOT)} imports inside functions: " + ", ".join(inner)
+
+
+# Own modules bound lazily, each with its reason (everything else is imported plainly, so type
+# checkers and jump-to-definition follow the code; lazy proxies are for heavy third-party libraries).
+LAZY_OWN_IMPORTS = {
+    ("mattrt.runtime.pipeline", "mattrt.models.sim_guidance"):
+        "Semantic Image Matting's guidance needs torch; the pipeline runs without torch elsewhere (Triton stubs)",
+}
+
+
+def test_own_modules_are_imported_plainly():
+    found = {(module, target) for module, visitor in SCAN.items() for target, _ in visitor.lazy}
+    assert found == set(LAZY_OWN_IMPORTS), f"lazy imports of mattrt modules: {sorted(found)}"
+
+
+def test_command_modules_are_registered_and_small():
+    """Every command module's commands are in the index, and no module of the package is over ~600 lines."""
+    from mattrt import commands
+
+    for name, (module, _) in commands.INDEX.items():
+        assert module in MODULES and isinstance(commands.load(name), commands.Command), name
+    long = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()
+            if len(path.read_text().splitlines()) > 650}
+    assert not long, f"modules over 650 lines: {long}"
 
 
 def test_top_level_folders_resolve_from_a_plain_checkout():

@@ -1,4 +1,4 @@
-"""mattrt.calibration.metrics and `mattrt eval`: hand-computed cases, invariants, and independent
+"""mattrt.metrics and `mattrt eval`: hand-computed cases, invariants, and independent
 straightforward implementations of the gradient and connectivity errors."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections import deque
 import numpy as np
 import pytest
 
-from mattrt.calibration import metrics
+from mattrt import metrics
 from mattrt.cli import main
 from mattrt.errors import InputError
-from mattrt.imageio import write_alpha
+from mattrt.imagewrite import write_alpha
 
 # A 3 x 3 case computed by hand.
 PRED = np.array([[0.0, 0.5, 1.0], [0.2, 0.4, 0.6], [1.0, 1.0, 0.0]])
@@ -331,7 +331,7 @@ def test_eval_cli_missing_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_eval_cli_scores_the_alpha_of_rgba_cutouts(tmp_path, capsys):
-    from mattrt.imageio import write_rgba
+    from mattrt.imagewrite import write_rgba
 
     matte = np.random.default_rng(3).random((10, 12))
     _write_set(tmp_path / "gt", {"cut": matte})
@@ -351,7 +351,7 @@ def test_eval_cli_scores_the_alpha_of_rgba_cutouts(tmp_path, capsys):
 
 
 def test_eval_cli_refuses_colour_predictions_without_alpha(tmp_path, capsys):
-    from mattrt.imageio import write_rgb
+    from mattrt.imagewrite import write_rgb
 
     matte = np.random.default_rng(5).random((10, 12))
     _write_set(tmp_path / "gt", {"shot": matte})

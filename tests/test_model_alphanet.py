@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mattrt.errors import CheckpointError, InputError
-from mattrt.models import create_model, get_settings, list_models
 from mattrt.models import alphanet as an
+from mattrt.models import create_model, get_settings, list_models
 from mattrt.models.backbones import resnet18
 
 TINY = "alphanet_tiny"

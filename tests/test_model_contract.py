@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 
 from mattrt.errors import InputError
 from mattrt.fusion_kinds import fusion_kind
 from mattrt.models import create_model, get_settings, list_models
-from mattrt.models.settings import TRIMAP_CLASSES
 from mattrt.models.fusion import FUSIONS
-from model_helpers import randomise_batchnorm
+from mattrt.models.settings import TRIMAP_CLASSES
 
 TINY_SIZE = 128
 

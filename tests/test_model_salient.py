@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 
 from mattrt.errors import CheckpointError, InputError
 from mattrt.models import create_model, get_settings, list_models
@@ -12,7 +13,6 @@ from mattrt.models.checkpoints import load_checkpoint, to_layout
 from mattrt.models.fusion import unknown_blend
 from mattrt.models.salient import SalientModel
 from mattrt.models.u2net import RSU, U2Net, u2net_layout
-from model_helpers import randomise_batchnorm
 
 TINY = "salient_tiny"
 

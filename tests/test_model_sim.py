@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomise_batchnorm
 from torch import nn
 
 from mattrt.errors import CheckpointError, InputError
@@ -17,17 +18,13 @@ from mattrt.models.fusion import FUSIONS
 from mattrt.models.sim import (
     CLASSIFIER_LAYOUT,
     MATTING_LAYOUT,
+    Renormalised,
     SimClassifier,
     SimMattingNetwork,
     SimModel,
     SimSettings,
-    Renormalised,
-    click_maps,
-    guidance_from_stages,
-    sim_guidance,
-    window_offsets,
 )
-from model_helpers import randomise_batchnorm
+from mattrt.models.sim_guidance import click_maps, guidance_from_stages, sim_guidance, window_offsets
 
 TINY = "semantic_tiny"
 LEVELS = torch.tensor([0.0, 128.0, 255.0]) / 255.0

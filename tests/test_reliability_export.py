@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 
 from mattrt.cli import main
+from mattrt.engines.onnxruntime.engine import open_artifacts
+from mattrt.engines.tensorrt.lint import lint_directory
 from mattrt.errors import CheckpointError, InputError
 from mattrt.export import exporter
 from mattrt.export.exporter import ExportError, export_model
-from mattrt.runtime.lint import lint_directory
 from mattrt.manifest import MANIFEST_FILE, Manifest
 from mattrt.models import create_model
 from mattrt.models.checkpoints import read_state_dict
-from mattrt.runtime.onnx_engine import open_artifacts
 
 MODEL = "shm_tiny"
 

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from mattrt import imageio
-from mattrt.errors import InputError
 from test_imageio import _tiff16_by_hand
+
+from mattrt import imageio, imagewrite
+from mattrt.errors import InputError
 
 
 def _encoded(fmt: str, array: np.ndarray, **options) -> bytes:
@@ -51,8 +51,8 @@ def _samples() -> dict[str, bytes]:
         "png-rgba8": _encoded("PNG", rgba),
         "png-palette": _palette_png(rgb),
         "png-grey16": _encoded("PNG", grey16),
-        "png-rgb16": imageio.encode_png16(rgb.astype(np.uint16) * 257 + 3),
-        "png-rgba16": imageio.encode_png16(rgba.astype(np.uint16) * 257),
+        "png-rgb16": imagewrite.encode_png16(rgb.astype(np.uint16) * 257 + 3),
+        "png-rgba16": imagewrite.encode_png16(rgba.astype(np.uint16) * 257),
         "jpeg": _encoded("JPEG", rgb, quality=90),
         "jpeg-progressive": _encoded("JPEG", rgb, quality=90, progressive=True),
         "webp-lossy": _encoded("WEBP", rgb, quality=80),
@@ -172,7 +172,7 @@ def test_png_with_short_well_formed_stream_fails_named(kind, keep):
 def test_write_on_a_full_disk_names_the_file_and_leaves_nothing(full_disk):
     target = full_disk / "matte.png"
     with pytest.raises(InputError, match=r"matte\.png: could not be written \(No space left on device\)"):
-        imageio.write_alpha(target, np.random.default_rng(0).random((64, 64)))
+        imagewrite.write_alpha(target, np.random.default_rng(0).random((64, 64)))
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
@@ -181,7 +181,7 @@ def test_eval_json_on_a_full_disk_is_a_clear_error(tmp_path, full_disk, capsys):
 
     for side in ("gt", "pred"):
         (tmp_path / side).mkdir()
-        imageio.write_alpha(tmp_path / side / "a.png", np.zeros((8, 8)))
+        imagewrite.write_alpha(tmp_path / side / "a.png", np.zeros((8, 8)))
     code = main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
                  "--json", str(full_disk / "report.json")])
     assert code == 1
@@ -214,7 +214,7 @@ def test_synth_refuses_a_size_beyond_memory_and_creates_nothing(tmp_path, capsys
 
 
 def test_synth_failing_midway_leaves_nothing_it_wrote(tmp_path, monkeypatch):
-    from mattrt.calibration import synthetic
+    from mattrt.data import synthetic
 
     keep = tmp_path / "existing"
     keep.mkdir()
@@ -369,7 +369,8 @@ BAD_INPUTS = [
      "calibrating in batches of 4"),
 ]
 TABLE_HEADING = "What bad input gets"
-SOURCE_FOLDERS = ("mattrt", "runtime", "calibration", "export", "models")
+SOURCE_FOLDERS = ("mattrt", "models", "data", "training", "kernels", "runtime", "engines", "export", "calibration",
+                  "deploy", "serving", "jobs")
 
 
 def render_bad_input_table() -> str:

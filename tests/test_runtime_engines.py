@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from mattrt.availability import available
+from mattrt.engines.torch.engine import StageLoader, TorchEngine, load_model_engines
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.models import create_model
 from mattrt.runtime.artifacts import ModelSpec
-from mattrt.runtime.torch_engine import load_model_engines
-from mattrt.runtime.engine import EngineError, run_in_chunks
 from mattrt.runtime.diagnostics import calibrated_random_weights
-from mattrt.runtime.torch_engine import StageLoader, TorchEngine
+from mattrt.runtime.engine import EngineError, run_in_chunks
 
 
 @pytest.fixture(scope="module")

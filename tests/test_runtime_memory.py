@@ -28,7 +28,7 @@ from mattrt.models.base import Stage, TensorSpec
 from mattrt.models.settings import ModelSettings
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.pipeline import Pipeline
-from mattrt.runtime.torch_engine import TorchEngine
+from mattrt.engines.torch.engine import TorchEngine
 
 def status(key):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -69,7 +69,7 @@ image = np.empty((height, width, 3), np.uint8)
 rng = np.random.default_rng(0)
 for y in range(0, height, 512):
     image[y : y + 512] = rng.integers(0, 256, image[y : y + 512].shape, dtype=np.uint8)
-with Pipeline(spec, engines, tile_size=512, overlap=64, batch=2) as pipeline:
+with Pipeline(spec, engines, overlap=64, batch=2) as pipeline:
     pipeline.run(np.zeros((520, 520, 3), np.uint8))  # warm up: first-call allocations
     before = status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS

@@ -12,15 +12,14 @@ from PIL import Image
 
 from mattrt.availability import available
 from mattrt.cli import main
+from mattrt.deploy.plan import export_pipeline, model_pipeline
+from mattrt.engines.onnxruntime.engine import OnnxRuntimeEngine, SessionLoader, open_artifacts
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.export.exporter import export_model
 from mattrt.export.parity import TOLERANCE, generated_image
 from mattrt.models import create_model
 from mattrt.runtime.artifacts import ModelSpec
-from mattrt.runtime.onnx_engine import open_artifacts
 from mattrt.runtime.diagnostics import calibrated_random_weights
-from mattrt.runtime.onnx_engine import OnnxRuntimeEngine, SessionLoader
-from mattrt.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +47,9 @@ def test_engines_come_from_the_manifest(exported):
 def test_torch_and_onnxruntime_pipelines_agree_within_the_parity_tolerance(exported):
     model, directory = exported
     image = generated_image(200, 0)[:150, :190]
-    with Pipeline.from_model(model, batch=4) as pipeline:
+    with model_pipeline(model, batch=4) as pipeline:
         reference = pipeline.run(image, keep_detail=True)
-    with Pipeline.from_artifacts(directory, batch=4) as pipeline:
+    with export_pipeline(directory, batch=4) as pipeline:
         result = pipeline.run(image, keep_detail=True)
     for name in ("alpha", "detail", "trimap"):
         a, b = getattr(reference, name), getattr(result, name)
@@ -70,18 +69,18 @@ def test_manifest_alone_suffices(exported, tmp_path):
     data["model"] = "model_from_elsewhere"
     data["settings"]["name"] = "model_from_elsewhere"
     manifest_file.write_text(json.dumps(data))
-    with Pipeline.from_artifacts(copy) as pipeline:
+    with export_pipeline(copy) as pipeline:
         result = pipeline.run(generated_image(70, 1))
     assert pipeline.spec.name == "model_from_elsewhere" and result.alpha.shape == (70, 70)
 
 
 def test_fixed_graphs_constrain_tile_batch_and_whole_image_mode(exported):
     _, directory = exported
-    with pytest.raises(InputError, match="fixed at 64 x 64.*mattrt export --tile 128"):
-        Pipeline.from_artifacts(directory, tile_size=128)
+    with pytest.raises(InputError, match="fixed at tile 64 x 64.*--tile 128"):
+        export_pipeline(directory, tile_size=128)
     with pytest.raises(InputError, match="maximum batch 4"):
-        Pipeline.from_artifacts(directory, batch=8)
-    with Pipeline.from_artifacts(directory) as pipeline, pytest.raises(InputError, match="whole-image mode needs a detail engine that runs any size"):
+        export_pipeline(directory, batch=8)
+    with export_pipeline(directory) as pipeline, pytest.raises(InputError, match="whole-image mode needs a detail engine that runs any size"):
         pipeline.run(generated_image(70, 1), whole=True)
 
 

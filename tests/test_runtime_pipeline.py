@@ -3,18 +3,21 @@ banded trimap/fusion against full-size computations, letterboxing, options and s
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mattrt.deploy.plan import model_pipeline
 from mattrt.errors import InputError
 from mattrt.export.parity import generated_image, normalize
 from mattrt.models import create_model
 from mattrt.models.fusion import FUSIONS
 from mattrt.runtime.artifacts import ModelSpec
-from mattrt.runtime.engine import Engine, TensorMeta
 from mattrt.runtime.diagnostics import calibrated_random_weights, tiled_vs_whole
+from mattrt.runtime.engine import Engine, TensorMeta
 from mattrt.runtime.pipeline import Pipeline
 
 TINY_MODELS = ["shm_tiny", "aim_tiny", "salient_tiny", "semantic_tiny", "alphanet_tiny"]
@@ -81,7 +84,7 @@ def test_whole_image_mode_equals_the_models_forward(name):
     model = create_model(name)
     size = model.settings.semantic_size
     image = generated_image(size, 1)
-    with Pipeline.from_model(model) as pipeline:
+    with model_pipeline(model) as pipeline:
         result = pipeline.run(image, whole=True, keep_detail=True)
     with torch.no_grad():
         expected = model(normalize(image, model.settings))
@@ -100,7 +103,7 @@ def test_tiled_equals_whole_image_for_a_local_detail_network_with_enough_margin(
     tiled and whole-image results agree to float rounding, far inside 1/255."""
     model = calibrated_random_weights(create_model("shm_tiny", width=0.0625))
     image = generated_image(600, 0)[:520, :560]
-    with Pipeline.from_model(model, tile_size=512, overlap=384, margin=176) as pipeline:
+    with model_pipeline(model, tile_size=512, overlap=384, margin=176) as pipeline:
         figures = tiled_vs_whole(pipeline, image)
     assert figures["plan"]["tiles"] == 4
     assert figures["detail_range"] > 1.0  # the calibrated network is far from constant
@@ -113,7 +116,7 @@ def test_tiles_that_miss_the_receptive_field_do_differ():
     not vacuous."""
     model = calibrated_random_weights(create_model("shm_tiny", width=0.0625))
     image = generated_image(160, 0)
-    with Pipeline.from_model(model, tile_size=64, overlap=16, margin=0) as pipeline:
+    with model_pipeline(model, tile_size=64, overlap=16, margin=0) as pipeline:
         figures = tiled_vs_whole(pipeline, image)
     assert figures["detail_max_abs"] > 0.05 * figures["detail_range"]
 
@@ -121,7 +124,7 @@ def test_tiles_that_miss_the_receptive_field_do_differ():
 def test_a_per_pixel_detail_stage_is_tile_invariant_at_any_overlap():
     engines = _local_engines()
     image = generated_image(100, 2)[:77, :93]
-    with Pipeline(_spec(), engines, tile_size=32, overlap=8, margin=0, batch=3) as pipeline:
+    with Pipeline(_spec(), engines, overlap=8, margin=0, batch=3) as pipeline:
         figures = tiled_vs_whole(pipeline, image)
     assert figures["detail_max_abs"] <= 1e-6 and figures["alpha_max_abs"] <= 1e-6
 
@@ -213,7 +216,7 @@ def test_16_bit_and_float_images_give_the_8_bit_result():
 
 def test_a_model_with_real_tiles_runs_any_size():
     model = create_model("salient_tiny")
-    with Pipeline.from_model(model, batch=8) as pipeline:
+    with model_pipeline(model, batch=8) as pipeline:
         result = pipeline.run(generated_image(160, 2)[:150, :97])
     assert result.alpha.shape == (150, 97)
     assert result.plan["tiles"] == 12
@@ -242,8 +245,8 @@ def test_bad_images_are_refused():
 # -- options checked against the engines ------------------------------------------------------------
 def test_fixed_shape_engines_fix_the_tile_and_refuse_whole_image_mode():
     engines = _local_engines(fixed=True, max_batch=4)
-    with pytest.raises(InputError, match="fixed at 32 x 32.*--tile 64"):
-        Pipeline(_spec(), engines, tile_size=64)
+    with pytest.raises(InputError, match="fixed at 32 x 32, but its spec says tile 64"):
+        Pipeline(dataclasses.replace(_spec(), tile_size=64), engines)
     with pytest.raises(InputError, match="maximum batch 4"):
         Pipeline(_spec(), engines, batch=5)
     pipeline = Pipeline(_spec(), engines)
@@ -277,7 +280,7 @@ def test_sim_guidance_runs_through_the_classifier_engines():
     engines; tiled and whole-image runs share it."""
     torch.manual_seed(0)
     model = create_model("semantic_tiny")
-    with Pipeline.from_model(model) as pipeline:
+    with model_pipeline(model) as pipeline:
         result = pipeline.run(generated_image(128, 0)[:100, :120], keep_detail=True)
     assert result.alpha.shape == (100, 120)
     assert "guidance" in result.timings

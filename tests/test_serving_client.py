@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mattrt.availability import available, skip_reason
+from mattrt.engines.backends import get_backend
+from mattrt.engines.triton.client import ServerUnavailableError, TritonMattingClient, key_headers
 from mattrt.errors import InputError
-from mattrt.runtime.backends import get_backend
-from mattrt.runtime.triton_client import ServerUnavailableError, TritonMattingClient, key_headers
 from mattrt.serving.server import free_port
 
 pytestmark = pytest.mark.skipif(not available("tritonclient"), reason=skip_reason("tritonclient"))

@@ -29,14 +29,14 @@ from PIL import Image
 
 from mattrt.availability import available, skip_reason
 from mattrt.cli import main
+from mattrt.deploy.plan import export_pipeline
+from mattrt.engines.backends import get_backend
+from mattrt.engines.triton.client import KEY_HEADER, ServerUnavailableError, TritonMattingClient
 from mattrt.errors import InputError
 from mattrt.export.parity import generated_image
 from mattrt.imageio import read_alpha
+from mattrt.jobs.infer import InferOptions, run_inference
 from mattrt.lazy import lazy_import
-from mattrt.runtime.backends import get_backend
-from mattrt.runtime.infer import InferOptions, run_inference
-from mattrt.runtime.pipeline import Pipeline
-from mattrt.runtime.triton_client import KEY_HEADER, ServerUnavailableError, TritonMattingClient
 from mattrt.serving.repository import RECORD_FILE, RepositoryOptions, build_repository
 from mattrt.serving.server import (
     ServerError,
@@ -89,7 +89,7 @@ def show_server_log(request):
 
 @pytest.fixture(scope="module")
 def reference(serving_export):
-    with Pipeline.from_artifacts(serving_export, threads=1) as pipeline:
+    with export_pipeline(serving_export, threads=1) as pipeline:
         yield lambda rgb: np.rint(pipeline.run(rgb).alpha * 255).astype(np.uint8)
 
 

@@ -1,4 +1,4 @@
-"""mattrt.calibration.synthetic and `mattrt synth`: determinism, exact ground truth, argument errors."""
+"""mattrt.data.synthetic and `mattrt synth`: determinism, exact ground truth, argument errors."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mattrt.calibration import synthetic
 from mattrt.cli import main
+from mattrt.data import synthetic
 from mattrt.errors import InputError
 from mattrt.imageio import read_alpha, read_image, to_float32
 

@@ -16,10 +16,9 @@ import pytest
 
 from mattrt.availability import available, probe
 from mattrt.cli import main
-from mattrt.errors import InputError, MissingDependencyError
-from mattrt.manifest import GraphEntry, Manifest, TensorInfo
-from mattrt.runtime import backends
-from mattrt.runtime.tensorrt_build import (
+from mattrt.deploy.choice import choose_auto
+from mattrt.engines import backends
+from mattrt.engines.tensorrt.build import (
     PROFILES,
     BuildOptions,
     GpuIdentity,
@@ -38,7 +37,9 @@ from mattrt.runtime.tensorrt_build import (
     write_json,
     write_timing_cache,
 )
-from mattrt.runtime.tensorrt_engine import BACKEND, PlanError, check_runnable, open_plans
+from mattrt.engines.tensorrt.engine import BACKEND, PlanError, check_runnable, open_plans
+from mattrt.errors import InputError, MissingDependencyError
+from mattrt.manifest import GraphEntry, Manifest, TensorInfo
 
 H200 = GpuIdentity("NVIDIA H200", (9, 0))
 H100 = GpuIdentity("NVIDIA H100 80GB HBM3", (9, 0))
@@ -308,7 +309,7 @@ def test_without_tensorrt_or_a_gpu_the_backend_names_what_is_missing(tmp_path):
     assert all(name in str(caught.value) for name in missing)
     choice = None
     try:
-        choice = backends.choose_auto(precision="fp32", source_kinds=("onnx", "plans"))
+        choice = choose_auto(precision="fp32", source_kinds=("onnx", "plans"))
     except MissingDependencyError as exc:
         assert "tensorrt on cuda: needs" in str(exc)
     if choice is not None:

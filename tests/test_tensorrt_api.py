@@ -20,9 +20,10 @@ import pytest
 from packaging.version import Version
 
 from mattrt.availability import available, skip_reason, tensorrt_runtime_module
-from mattrt.runtime import tensorrt_build, tensorrt_engine
-from mattrt.runtime.tensorrt_build import BUILDER_API, FEATURE_DETECTED, capturing_logger, last_errors
-from mattrt.runtime.tensorrt_engine import RUNTIME_API, resolve, runtime_module
+from mattrt.engines.tensorrt import build as tensorrt_build
+from mattrt.engines.tensorrt import engine as tensorrt_engine
+from mattrt.engines.tensorrt.build import BUILDER_API, FEATURE_DETECTED, capturing_logger, last_errors
+from mattrt.engines.tensorrt.engine import RUNTIME_API, resolve, runtime_module
 
 pytestmark = pytest.mark.skipif(not available("tensorrt_runtime"), reason=skip_reason("tensorrt_runtime"))
 
@@ -87,8 +88,8 @@ def test_a_runtime_without_a_cuda_driver_is_refused_with_tensorrts_message():
     # In a child process: TensorRT's half-created runtime must never be touched by the test process.
     script = (
         "from mattrt.errors import MissingDependencyError\n"
-        "from mattrt.runtime.tensorrt_build import capturing_logger\n"
-        "from mattrt.runtime.tensorrt_engine import create_runtime, runtime_module\n"
+        "from mattrt.engines.tensorrt.build import capturing_logger\n"
+        "from mattrt.engines.tensorrt.engine import create_runtime, runtime_module\n"
         "module = runtime_module()\n"
         "try:\n"
         "    create_runtime(module, capturing_logger(module))\n"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mattrt.availability import available, skip_reason
+from mattrt.engines.backends import get_backend
 from mattrt.manifest import Manifest
 
 NEEDS = ("tensorrt", "cupy_device")
@@ -35,7 +36,7 @@ def export_dir():
 
 @pytest.fixture(scope="module")
 def plans_dir(export_dir, tmp_path_factory):
-    from mattrt.runtime.tensorrt_build import build_plans
+    from mattrt.engines.tensorrt.build import build_plans
 
     out = tmp_path_factory.mktemp("plans")
     for precision in ("fp32", "fp16", "int8"):
@@ -53,7 +54,7 @@ def _feeds(engine, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 def test_plans_agree_with_onnxruntime_on_the_same_graph(export_dir, plans_dir, precision):
     import onnxruntime as ort
 
-    from mattrt.runtime.tensorrt_engine import open_plans
+    from mattrt.engines.tensorrt.engine import open_plans
 
     manifest = Manifest.load(export_dir)
     _, engines = open_plans(plans_dir, precision=precision, cuda_graphs=False)
@@ -73,7 +74,7 @@ def test_plans_agree_with_onnxruntime_on_the_same_graph(export_dir, plans_dir, p
 def test_cuda_graph_replay_gives_the_plain_runs_outputs(plans_dir):
     import cupy
 
-    from mattrt.runtime.tensorrt_engine import open_plans
+    from mattrt.engines.tensorrt.engine import open_plans
 
     _, plain = open_plans(plans_dir, precision="fp16", cuda_graphs=False)
     _, graphs = open_plans(plans_dir, precision="fp16", cuda_graphs=True)
@@ -94,15 +95,15 @@ def test_the_device_pipeline_matches_the_host_pipeline(plans_dir):
     image = generated_image(200, 0)[:150, :190]
     alphas = {}
     for pixel_ops in ("host", "device"):
-        with Pipeline.open("tensorrt", plans_dir, device="cuda", precision="fp32", batch=4,
-                           pixel_ops=pixel_ops) as pipeline:
+        spec, engines = get_backend("tensorrt").open(plans_dir, device="cuda", precision="fp32")
+        with Pipeline(spec, engines, batch=4, pixel_ops=pixel_ops) as pipeline:
             assert pipeline.pixel_ops.name == pixel_ops
             alphas[pixel_ops] = pipeline.run(image).alpha
     np.testing.assert_allclose(alphas["device"], alphas["host"], atol=1e-6)
 
 
 def test_up_to_date_plans_are_reused_and_changed_ones_rebuilt(export_dir, plans_dir):
-    from mattrt.runtime.tensorrt_build import build_plans
+    from mattrt.engines.tensorrt.build import build_plans
 
     logged: list[str] = []
     build_plans(export_dir, plans_dir, precision="fp32", log=logged.append)
@@ -116,7 +117,7 @@ def test_up_to_date_plans_are_reused_and_changed_ones_rebuilt(export_dir, plans_
 def test_plans_for_another_tensorrt_version_or_changed_plans_are_refused(plans_dir, tmp_path):
     import shutil
 
-    from mattrt.runtime.tensorrt_engine import PlanError, open_plans
+    from mattrt.engines.tensorrt.engine import PlanError, open_plans
 
     copy = tmp_path / "plans"
     shutil.copytree(plans_dir, copy)

@@ -1,0 +1,1 @@
+"""mattrt.data: synthetic matting scenes with exact ground truth."""

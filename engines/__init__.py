@@ -1,0 +1,1 @@
+"""mattrt.engines: one package per engine family, and the backend registry."""

@@ -1,0 +1,1 @@
+"""mattrt.engines.onnxruntime: an export's ONNX graphs run by onnxruntime."""

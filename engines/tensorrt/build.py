@@ -1,0 +1,559 @@
+"""Building TensorRT plans from an export directory: one plain plan per stage, cached by key.
+
+    metadata = build_plans("exports/aim", "exports/aim/tensorrt", precision="fp16", profile="server")
+
+Why it is written this way:
+- The TensorRT Python API is called directly (no Polygraphy builder helpers: they still set
+  builder flags TensorRT 11 removed). Networks are strongly typed where the flag exists
+  (10.x opts in; 11.x is always strongly typed and has no FP16/INT8 builder flags), so the
+  precision is the graph's: `precision` picks the manifest's FP32 graph, its FP16 graph or its
+  INT8 Q/DQ graph, and TensorRT builds what that graph says. TF32 (on by default in TensorRT) is
+  turned off, so FP32 layers compute in FP32. Features are detected with `hasattr`, never from
+  version strings.
+- One optimization profile per plan: batch 1..manifest.max_batch at the stage's fixed spatial
+  shape; the optimum is the batch the pipeline sends (1 for the semantic stage, the profile's
+  tile batch for the others, never above max_batch).
+- Plans stay plain TensorRT plans (trtexec --loadEngine and Triton's tensorrt_plan backend load
+  them as they are); what mattrt knows about them sits beside them in `tensorrt-<precision>.json`
+  with a copy of the export's manifest, so the output directory opens on its own
+  (`tensorrt_engine.open_plans`).
+- Cache key: graph sha256, TensorRT version, GPU name and compute capability, the profile and
+  the builder options. A plan whose recorded key differs is rebuilt, with a message saying why;
+  an up-to-date plan is reused.
+- The timing cache is loaded before and saved after the builds (default OUT/timing.cache). A
+  sidecar JSON records which TensorRT and GPU wrote it; a cache from another TensorRT version or
+  GPU, or one TensorRT rejects, is reported and a new one started (and then saved in its place).
+- Failures say what TensorRT said: parser errors with node names and operators, a failed build
+  with the logger's last errors (e.g. not enough workspace: raise --workspace).
+
+Profiles (PROFILES) are the deployment targets; each field says exactly what it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mattrt.errors import InputError, MattrtError
+from mattrt.lazy import lazy_import
+from mattrt.manifest import BATCH_DIM, MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
+from mattrt.runtime.engine import check_choice, require_all
+
+trt = lazy_import("tensorrt", probe="tensorrt")
+cupy = lazy_import("cupy", probe="cupy_device")
+
+METADATA_FORMAT = 1
+DEFAULT_TIMING_CACHE = "timing.cache"
+# Probes the build step needs: the builder and a GPU (TensorRT builds on the GPU it targets).
+BUILD_PROBES = ("tensorrt", "cupy_device")
+
+# Builder API the build step calls (one place; tests/test_tensorrt_api.py reads it). The lean
+# runtime's bindings carry the enums, so those names are checked against TensorRT 11.4 there;
+# Builder, IBuilderConfig, INetworkDefinition and OnnxParser are not in the lean bindings and are
+# unchecked anywhere here. FEATURE_DETECTED names are looked up with hasattr before use.
+BUILDER_API = (
+    "Builder", "Builder.create_network", "Builder.create_builder_config", "Builder.create_optimization_profile",
+    "Builder.build_serialized_network", "Builder.num_DLA_cores", "OnnxParser", "OnnxParser.parse_from_file",
+    "OnnxParser.num_errors", "OnnxParser.get_error", "IBuilderConfig.set_memory_pool_limit",
+    "IBuilderConfig.builder_optimization_level", "IBuilderConfig.set_flag", "IBuilderConfig.clear_flag",
+    "IBuilderConfig.hardware_compatibility_level",
+    "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
+    "IBuilderConfig.add_optimization_profile", "IBuilderConfig.default_device_type", "IBuilderConfig.DLA_core",
+    "IOptimizationProfile.set_shape", "INetworkDefinition.num_inputs", "INetworkDefinition.get_input",
+    "ITimingCache.serialize", "ILogger", "Logger.Severity.ERROR", "Logger.Severity.INTERNAL_ERROR",
+    "Logger.Severity.WARNING", "MemoryPoolType.WORKSPACE", "BuilderFlag.VERSION_COMPATIBLE",
+    "BuilderFlag.GPU_FALLBACK", "BuilderFlag.TF32", "HardwareCompatibilityLevel.AMPERE_PLUS", "DeviceType.DLA",
+)
+FEATURE_DETECTED = ("NetworkDefinitionCreationFlag.STRONGLY_TYPED",)
+
+
+class BuildError(MattrtError):
+    """TensorRT could not parse a graph or build a plan (the message carries TensorRT's errors)."""
+
+
+# -- profiles -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrtProfile:
+    """A deployment target: what `mattrt build --profile NAME` changes. Every field is used."""
+
+    name: str
+    summary: str
+    tile_batch: int  # optimization-profile optimum for batched stages (clamped to the export's max_batch)
+    optimization_level: int  # IBuilderConfig.builder_optimization_level (TensorRT's default is 3)
+    workspace_mb: int | None  # WORKSPACE memory-pool limit; None: TensorRT's default (the whole device memory)
+    cuda_graphs: bool  # engines opened from these plans replay one CUDA graph per batch size by default
+    tile_size: int | None  # the export's tile side this target needs (None: any)
+    compute_capability: tuple[int, int] | None  # the GPU this target builds on (None: any)
+    dla: bool  # layers on DLA core 0 with GPU fallback, where this TensorRT has DLA cores (FP16/INT8 graphs)
+    allows_hardware_compatible: bool  # whether --hardware-compatible is possible on this target
+
+
+PROFILES: dict[str, TrtProfile] = {
+    p.name: p
+    for p in (
+        TrtProfile(
+            name="server",
+            summary="H100/H200 class data-centre GPUs: tile batch 8, CUDA graphs, builder optimization level 5",
+            tile_batch=8, optimization_level=5, workspace_mb=None, cuda_graphs=True, tile_size=None,
+            compute_capability=None, dla=False, allows_hardware_compatible=True,
+        ),
+        TrtProfile(
+            name="jetson-orin",
+            summary="Jetson Orin (sm_87) built on the device: 512 px tiles, tile batch 2, 1 GiB workspace, "
+                    "DLA with GPU fallback where this TensorRT has DLA",
+            tile_batch=2, optimization_level=3, workspace_mb=1024, cuda_graphs=False, tile_size=512,
+            compute_capability=(8, 7), dla=True, allows_hardware_compatible=False,
+        ),
+    )
+}
+
+
+def get_profile(name: str) -> TrtProfile:
+    return PROFILES[check_choice(name, tuple(PROFILES), "TensorRT profile")]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the user chose beyond the profile (all part of the cache key)."""
+
+    precision: str = "fp32"
+    profile: str = "server"
+    workspace_mb: int | None = None  # None: the profile's
+    # BuilderFlag.VERSION_COMPATIBLE: later TensorRT of the same major (and the lean runtime) run it
+    version_compatible: bool = False
+    # HardwareCompatibilityLevel.AMPERE_PLUS: any Ampere-or-newer GPU runs it (slower)
+    hardware_compatible: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(self.precision, PRECISIONS, "precision")
+        get_profile(self.profile)
+        if self.workspace_mb is not None and (
+            isinstance(self.workspace_mb, bool) or not isinstance(self.workspace_mb, int) or self.workspace_mb < 1
+        ):
+            raise InputError(f"workspace must be a positive number of MiB, got {self.workspace_mb!r}")
+
+    @property
+    def workspace(self) -> int | None:
+        """The workspace limit in MiB that the build uses (yours, else the profile's)."""
+        return self.workspace_mb if self.workspace_mb is not None else get_profile(self.profile).workspace_mb
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    name: str
+    compute_capability: tuple[int, int]
+
+    @property
+    def sm(self) -> str:
+        return "sm_%d%d" % self.compute_capability
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.sm})"
+
+
+def gpu_identity(device: int = 0) -> GpuIdentity:
+    """Name and compute capability of CUDA device `device` (through CuPy)."""
+    props = cupy.cuda.runtime.getDeviceProperties(device)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return GpuIdentity(name, (int(props["major"]), int(props["minor"])))
+
+
+# -- what the manifest and profile say about one plan ------------------------------------------
+def check_request(manifest: Manifest, options: BuildOptions, gpu: GpuIdentity) -> TrtProfile:
+    """The profile, after checking that it, the options, the export and this GPU go together."""
+    profile = get_profile(options.profile)
+    if profile.tile_size is not None and int(manifest.tile_size) != profile.tile_size:
+        raise InputError(
+            f"the {profile.name} profile builds {profile.tile_size} x {profile.tile_size} tiles; this export of "
+            f"{manifest.model!r} has {manifest.tile_size} x {manifest.tile_size} tiles: re-export with "
+            f"`mattrt export {manifest.model} --tile {profile.tile_size} --out DIR`"
+        )
+    if profile.compute_capability is not None and gpu.compute_capability != profile.compute_capability:
+        raise InputError(
+            f"the {profile.name} profile builds on the target itself (sm_%d%d); this GPU is {gpu.describe()}. "
+            "Run mattrt build on the device (plans are specific to the GPU they are built on)"
+            % profile.compute_capability
+        )
+    if options.hardware_compatible:
+        if not profile.allows_hardware_compatible:
+            raise InputError(f"--hardware-compatible is not supported on the {profile.name} target "
+                             "(TensorRT offers it for Ampere-or-newer data-centre and desktop GPUs only)")
+        if gpu.compute_capability < (8, 0):
+            raise InputError(
+                f"--hardware-compatible needs an Ampere-or-newer GPU to build on; this is {gpu.describe()}")
+    missing = [entry.name for entry in manifest.stages if entry.file_for(options.precision, "tensorrt") is None]
+    if missing:
+        raise InputError(
+            f"the export of {manifest.model!r} has no {options.precision} graph for stage(s) {', '.join(missing)}; "
+            f"add it with `mattrt precision DIR --precision {options.precision}` or build another precision"
+        )
+    return profile
+
+
+def optimum_batch(entry: GraphEntry, manifest: Manifest, profile: TrtProfile) -> int:
+    """The batch TensorRT tunes for: 1 for the semantic stage (one canvas per image), the
+    profile's tile batch for the batched stages; never above the export's max_batch."""
+    if entry.name == "semantic":
+        return 1
+    return max(1, min(profile.tile_batch, int(manifest.max_batch)))
+
+
+def profile_shapes(entry: GraphEntry, manifest: Manifest, profile: TrtProfile) -> dict[str, list[list[int]]]:
+    """input name -> [min, opt, max] shapes of the plan's one optimization profile."""
+    opt = optimum_batch(entry, manifest, profile)
+    shapes = {}
+    for tensor in entry.inputs:
+        if tensor.shape[0] != BATCH_DIM:
+            fixed = list(tensor.concrete_shape(1))
+            shapes[tensor.name] = [fixed, fixed, fixed]
+            continue
+        shapes[tensor.name] = [list(tensor.concrete_shape(b)) for b in (1, opt, int(manifest.max_batch))]
+    return shapes
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_key(graph_sha256: str, tensorrt_version: str, gpu: GpuIdentity, profile: TrtProfile,
+             options: BuildOptions, shapes: dict) -> dict[str, Any]:
+    """The parts a plan depends on; a plan is reused only when all of them are equal."""
+    return {
+        "graph_sha256": graph_sha256,
+        "tensorrt": tensorrt_version,
+        "gpu": gpu.name,
+        "compute_capability": "%d.%d" % gpu.compute_capability,
+        "profile": asdict(profile),
+        "options": {**asdict(options), "workspace_mb": options.workspace},
+        "shapes": shapes,
+        "format": METADATA_FORMAT,
+    }
+
+
+def stale_reasons(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
+    """Why a recorded plan key differs from the wanted one (empty: the plan is up to date)."""
+    if recorded is None:
+        return ["no plan yet"]
+    labels = {"graph_sha256": "the graph changed", "tensorrt": "TensorRT {old} -> {new}", "gpu": "GPU {old} -> {new}",
+              "compute_capability": "compute capability {old} -> {new}", "profile": "profile settings changed",
+              "options": "builder options changed", "shapes": "optimization-profile shapes changed",
+              "format": "metadata format {old} -> {new}"}
+    return [labels.get(part, part + " changed").format(old=recorded.get(part), new=wanted.get(part))
+            for part in wanted if recorded.get(part) != wanted[part]]
+
+
+# -- metadata beside the plans --------------------------------------------------------------
+def metadata_path(out_dir: Path, precision: str) -> Path:
+    return Path(out_dir) / f"tensorrt-{precision}.json"
+
+
+def plan_file_name(stage: str, precision: str) -> str:
+    return f"{stage}-{precision}.plan"
+
+
+def read_metadata(out_dir: Path, precision: str) -> dict[str, Any] | None:
+    path = metadata_path(out_dir, precision)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); delete it to rebuild the {precision} plans") from None
+    if not isinstance(data, dict) or data.get("format") != METADATA_FORMAT or not isinstance(data.get("stages"), dict):
+        raise InputError(f"{path} is not a mattrt plan metadata file of format {METADATA_FORMAT}; "
+                         f"delete it to rebuild the {precision} plans")
+    return data
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file so a reader never sees half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def prepare_out_dir(out_dir: Path, manifest: Manifest, log: Callable[[str], None]) -> None:
+    """Create OUT, or accept an earlier plans directory of the same model; never take over a
+    directory holding something else. The manifest copy is (re)written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy = out_dir / MANIFEST_FILE
+    if copy.is_file():
+        earlier = Manifest.load(out_dir)
+        if earlier.model != manifest.model:
+            raise InputError(f"{out_dir} holds plans of model {earlier.model!r}, not {manifest.model!r}; "
+                             "pick another --out directory")
+        if earlier.to_dict() != manifest.to_dict():
+            log(f"{out_dir}: the export's manifest changed since the last build; plans are checked against it")
+    elif any(out_dir.iterdir()):
+        raise InputError(f"{out_dir} is not empty and holds no mattrt plans (no {MANIFEST_FILE}); "
+                         "pick a new or empty --out directory")
+    write_json(copy, manifest.to_dict())
+
+
+# -- timing cache -----------------------------------------------------------------------------
+def read_timing_cache(path: Path, tensorrt_version: str, gpu: GpuIdentity) -> tuple[bytes, str | None]:
+    """Bytes to seed the timing cache with, and a note when the file is not used. The sidecar
+    PATH.json names the TensorRT and GPU that wrote it; a cache written for another version or
+    GPU starts afresh (TensorRT's caches are tied to both)."""
+    if not path.is_file():
+        return b"", None
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        written = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        written = {"tensorrt": "an unknown version (unreadable " + sidecar.name + ")"}
+    if written.get("tensorrt") not in (None, tensorrt_version):
+        return b"", (f"timing cache {path} was written by TensorRT {written['tensorrt']}, this is {tensorrt_version}: "
+                     "starting a new cache (saved to the same path after the build)")
+    if written.get("gpu") not in (None, gpu.name):
+        return b"", (f"timing cache {path} was written on {written['gpu']}, this is {gpu.name}: "
+                     "starting a new cache (saved to the same path after the build)")
+    return path.read_bytes(), None
+
+
+def write_timing_cache(path: Path, data: bytes, tensorrt_version: str, gpu: GpuIdentity) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)
+    write_json(path.with_name(path.name + ".json"), {"tensorrt": tensorrt_version, "gpu": gpu.name,
+                                                     "compute_capability": "%d.%d" % gpu.compute_capability})
+
+
+# -- TensorRT's messages ----------------------------------------------------------------------
+def capturing_logger(module, min_severity_name: str = "WARNING"):
+    """An ILogger of `module` (tensorrt or a lean runtime) that keeps every message at or above
+    `min_severity_name` (module.Logger.Severity member) for error messages; `last_errors` reads it."""
+    severity = module.Logger.Severity
+    threshold = int(getattr(severity, min_severity_name))
+    errors = {int(severity.INTERNAL_ERROR), int(severity.ERROR)}
+
+    class CapturingLogger(module.ILogger):
+        def __init__(self):
+            module.ILogger.__init__(self)
+            self.messages: list[tuple[bool, str]] = []  # (is an error, text)
+
+        def log(self, level, message):
+            if int(level) <= threshold:  # lower values are more severe
+                self.messages.append((int(level) in errors, str(message)))
+
+    return CapturingLogger()
+
+
+def last_errors(logger, count: int = 5) -> str:
+    """TensorRT's last error messages (or its last warnings, when it logged no error)."""
+    messages = getattr(logger, "messages", [])
+    errors = [text for is_error, text in messages if is_error] or [text for _, text in messages]
+    if not errors:
+        return "TensorRT logged no error"
+    return " | ".join(errors[-count:])
+
+
+def format_parser_errors(parser, graph: Path) -> str:
+    """One line per ONNX parser error: node index, name and operator, error code, description."""
+    lines = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        node = error.node()
+        where = f"node {node}" if node >= 0 else "graph"
+        name, operator = error.node_name(), error.node_operator()
+        if name:
+            where += f" {name!r}"
+        if operator:
+            where += f" ({operator})"
+        code = getattr(error.code(), "name", str(error.code()))
+        lines.append(f"  {where}: [{code}] {error.desc()}")
+    return (f"TensorRT's ONNX parser rejected {graph.name} ({len(lines)} error(s)):\n" + "\n".join(lines)
+            + f"\nCheck the graph with `mattrt lint {graph.parent}`; "
+            "rewrites for unsupported ops are in engines/tensorrt/rewrites.py")
+
+
+def build_failure_message(stage: str, logger, workspace_mb: int | None) -> str:
+    text = last_errors(logger)
+    advice = "see TensorRT's messages above"
+    if "workspace" in text.lower() or "memory" in text.lower():
+        have = f"{workspace_mb} MiB" if workspace_mb else "the device's memory"
+        advice = f"not enough memory for the build ({have}): raise --workspace, or lower the export's --max-batch"
+    return f"TensorRT could not build the {stage} plan: {text}; {advice}"
+
+
+# -- DLA ----------------------------------------------------------------------------------------
+def dla_choice(profile: TrtProfile, precision: str, dla_cores: int, tensorrt_version: str) -> tuple[bool, str | None]:
+    """Whether to place layers on DLA, and a note saying what runs where when it is not used."""
+    if not profile.dla:
+        return False, None
+    if dla_cores < 1:
+        return False, (f"TensorRT {tensorrt_version} reports no DLA cores here (DLA: TensorRT <= 10.7 on JetPack 6, "
+                       "or 11.4.1+ on AGX Orin with JetPack 7.2.2+): every layer runs on the GPU")
+    if precision == "fp32":
+        return False, "DLA computes in FP16/INT8 only: the fp32 plan runs every layer on the GPU"
+    return True, None
+
+
+# -- the build ----------------------------------------------------------------------------------
+def _stderr(message: str) -> None:
+    print(f"mattrt build: {message}", file=sys.stderr)
+
+
+def build_plans(
+    export_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    precision: str = "fp32",
+    profile: str = "server",
+    workspace_mb: int | None = None,
+    timing_cache: str | Path | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
+    log: Callable[[str], None] = _stderr,
+) -> dict[str, Any]:
+    """Build (or reuse) one plan per stage of the export at `precision`; return the metadata
+    written to OUT/tensorrt-<precision>.json. OUT defaults to EXPORT/tensorrt."""
+    export_dir = Path(export_dir)
+    options = BuildOptions(precision, profile, workspace_mb, bool(version_compatible), bool(hardware_compatible))
+    manifest = Manifest.load(export_dir)
+    if export_dir.is_file():
+        export_dir = export_dir.parent
+    require_all(BUILD_PROBES, "building TensorRT plans")
+    out_dir = Path(out_dir) if out_dir is not None else export_dir / "tensorrt"
+    gpu = gpu_identity()
+    chosen = check_request(manifest, options, gpu)
+    version = str(trt.__version__)
+    prepare_out_dir(out_dir, manifest, log)
+    cache_path = Path(timing_cache) if timing_cache is not None else out_dir / DEFAULT_TIMING_CACHE
+    seed, note = read_timing_cache(cache_path, version, gpu)
+    if note:
+        log(note)
+    earlier = read_metadata(out_dir, precision) or {"stages": {}}
+    metadata = {
+        "format": METADATA_FORMAT,
+        "model": manifest.model,
+        "export_dir": str(export_dir),
+        "precision": precision,
+        "tensorrt": version,
+        "gpu": gpu.name,
+        "compute_capability": "%d.%d" % gpu.compute_capability,
+        "profile": asdict(chosen),
+        "options": {**asdict(options), "workspace_mb": options.workspace},
+        "timing_cache": str(cache_path),
+        "notes": [],
+        "stages": {},  # filled stage by stage: after a failure, the finished plans are reused next time
+    }
+    timing = None
+    for entry in manifest.stages:
+        graph = export_dir / entry.file_for(precision, "tensorrt")
+        if not graph.is_file():
+            raise InputError(f"the manifest names {graph}, which does not exist; re-export the model")
+        shapes = profile_shapes(entry, manifest, chosen)
+        key = plan_key(file_sha256(graph), version, gpu, chosen, options, shapes)
+        plan_path = out_dir / plan_file_name(entry.name, precision)
+        recorded = earlier["stages"].get(entry.name, {})
+        reasons = stale_reasons(recorded.get("key"), key)
+        if not reasons and plan_path.is_file() and file_sha256(plan_path) == recorded.get("plan_sha256"):
+            record = recorded
+            log(f"{entry.name}: plan up to date ({plan_path.name})")
+        else:
+            if recorded:
+                log(f"{entry.name}: rebuilding {plan_path.name}: {'; '.join(reasons) or 'the plan file changed'}")
+            record, timing = _build_stage(entry, graph, plan_path, chosen, options, shapes, version, seed, timing, log)
+            record["key"] = key
+            write_timing_cache(cache_path, timing, version, gpu)
+        metadata["stages"][entry.name] = record
+        metadata["notes"] = sorted(set(metadata["notes"]) | set(record.get("notes", [])))
+        write_json(metadata_path(out_dir, precision), metadata)
+    return metadata
+
+
+def _build_stage(entry: GraphEntry, graph: Path, plan_path: Path, profile: TrtProfile, options: BuildOptions,
+                 shapes: dict, version: str, seed: bytes, timing: bytes | None,
+                 log: Callable[[str], None]) -> tuple[dict[str, Any], bytes]:
+    """Parse one graph and build its plan; returns the stage record and the timing cache bytes."""
+    started = time.perf_counter()
+    logger = capturing_logger(trt)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph)):
+        raise BuildError(format_parser_errors(parser, graph))
+    config = builder.create_builder_config()
+    if options.workspace is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace << 20)
+    config.builder_optimization_level = profile.optimization_level
+    # TensorRT enables TF32 by default; the graph's FP32 layers stay FP32 (no quiet precision change).
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compatible:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    notes = []
+    use_dla, note = dla_choice(profile, options.precision, int(builder.num_DLA_cores), version)
+    if note:
+        notes.append(note)
+    if use_dla:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = 0
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache = config.create_timing_cache(timing if timing is not None else seed)
+    if cache is None or not config.set_timing_cache(cache, False):
+        log(f"TensorRT rejected the timing cache ({last_errors(logger)}): starting a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    optimization = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        name = network.get_input(index).name
+        if name not in shapes:
+            raise BuildError(f"{graph.name} has input {name!r}, which the manifest does not list; re-export the model")
+        optimization.set_shape(name, *shapes[name])
+    config.add_optimization_profile(optimization)
+    log(f"{entry.name}: building {plan_path.name} from {graph.name} ({options.precision}, profile {profile.name})")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError(build_failure_message(entry.name, logger, options.workspace))
+    data = bytes(plan)
+    temporary = plan_path.with_name(plan_path.name + ".tmp")
+    temporary.write_bytes(data)
+    temporary.replace(plan_path)
+    record = {
+        "graph": graph.name,
+        "plan": plan_path.name,
+        "plan_sha256": hashlib.sha256(data).hexdigest(),
+        "dla": use_dla,
+        "strongly_typed": bool(flags) or not hasattr(trt.BuilderFlag, "FP16"),  # 11.x: always
+        "tf32": False,
+        "opt_batch": shapes[entry.inputs[0].name][1][0],
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "notes": notes,
+    }
+    return record, bytes(config.get_timing_cache().serialize())
+
+
+def prepare(export_dir: str | Path, out_dir: str | Path, *, device: str = "cuda", precision: str = "fp32",
+            **options) -> dict[str, Any]:
+    """Backend.prepare for the engine cache: build_plans into `out_dir` (cuda only)."""
+    if device != "cuda":
+        raise InputError(f"TensorRT plans run on cuda, not {device!r}")
+    return build_plans(export_dir, out_dir, precision=precision, **options)
+
+
+def describe_profiles() -> Iterable[str]:
+    for profile in PROFILES.values():
+        yield f"{profile.name}: {profile.summary}"
+
+
+__all__ = [
+    "BUILDER_API", "BUILD_PROBES", "BuildError", "BuildOptions", "GpuIdentity", "PROFILES", "TrtProfile",
+    "build_plans", "check_request", "dla_choice", "format_parser_errors", "get_profile", "plan_key",
+    "prepare", "profile_shapes", "read_metadata", "stale_reasons",
+]

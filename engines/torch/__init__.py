@@ -1,0 +1,1 @@
+"""mattrt.engines.torch: registered models run eagerly by PyTorch (CPU, CUDA)."""

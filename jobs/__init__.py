@@ -1,0 +1,1 @@
+"""mattrt.jobs: what runs over many images: infer (one process), bench, demo."""

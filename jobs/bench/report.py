@@ -1,0 +1,322 @@
+"""What a benchmark run reports: one row per case (statistics, memory, accuracy), the tiled
+pipeline against the baselines, the machine and library versions, the plots, and the JSON/CSV
+files; `run_bench` runs a whole benchmark from its options."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mattrt import __version__
+from mattrt.availability import probe
+from mattrt.errors import InputError
+from mattrt.figures import line_chart
+from mattrt.jobs.bench.measure import STAGES, run_cases, summarize
+from mattrt.jobs.bench.plan import (
+    SAMPLE_KIND,
+    SAMPLE_SEED,
+    BenchOptions,
+    BenchPlan,
+    Case,
+    build_plan,
+    resolution_label,
+    result_paths,
+)
+from mattrt.lazy import is_loaded, lazy_import
+from mattrt.runtime import threads as thread_settings
+
+torch = lazy_import("torch", probe="torch")
+
+
+def case_row(case: Case) -> dict[str, Any]:
+    """One CSV/JSON row: the variant, the statistics of the measured runs, memory and accuracy."""
+    v = case.variant
+    width, height = case.size
+    row: dict[str, Any] = {
+        "kind": v.kind, "label": v.label, "backend": v.backend, "device": v.device, "precision": v.precision,
+        "resolution": case.resolution, "width": width, "height": height, "tile": v.tile, "batch": v.batch,
+        "threads": v.threads, "sweep": v.sweep, "status": case.status, "reason": case.reason,
+    }
+    measured = [r for r in case.runs if r["measured"]]
+    if case.status != "ok" or not measured:
+        return row
+    total = summarize([r["total"] for r in measured])
+    row.update({f"{k}_s": total[k] for k in ("p50", "p90", "p99", "mean", "std", "min", "max")})
+    row["runs"] = total["n"]
+    row["images_per_s"] = 1.0 / total["mean"]
+    row["megapixels_per_s"] = width * height / 1e6 / total["mean"]
+    row["matting_p50_s"] = summarize([r["matting"] for r in measured])["p50"]
+    for stage in STAGES:
+        values = [r[stage] for r in measured if stage in r]
+        row[f"{stage}_p50_s"] = summarize(values)["p50"] if values else None
+    if any("device_seconds" in r for r in measured):
+        row["device_p50_s"] = summarize([r["device_seconds"] for r in measured])["p50"]
+        row["device_peak_mib"] = max(r["device_peak_mib"] for r in measured)
+    for key in ("memory_io_read_mib", "memory_matting_mib", "memory_io_write_mib", "peak_rss_mib"):
+        # Memory is a high-water mark: warm-up runs count (they make the allocations later runs reuse).
+        values = [r[key] for r in case.runs if r.get(key) is not None]
+        row[key] = max(values) if values else None
+    for key, value in case.extra.get("stage_memory_mib", {}).items():
+        row[f"memory_{key}_mib"] = value
+    row["sad"] = case.extra.get("sad")
+    row["mse"] = case.extra.get("mse")
+    return row
+
+
+def compare_baselines(rows: list[dict]) -> list[dict]:
+    """Per resolution: the first tiled main variant against each baseline (time ratio, SAD)."""
+    out = []
+    for resolution in dict.fromkeys(r["resolution"] for r in rows):
+        here = [r for r in rows if r["resolution"] == resolution and r["status"] == "ok" and not r["sweep"]]
+        tiled = next((r for r in here if r["kind"] == "tiled"), None)
+        if tiled is None:
+            continue
+        for baseline in (r for r in here if r["kind"] in ("authors", "whole_onnx")):
+            out.append({
+                "resolution": resolution, "tiled": tiled["label"], "baseline": baseline["label"],
+                "tiled_p50_s": tiled["p50_s"], "baseline_p50_s": baseline["p50_s"],
+                "time_ratio_tiled_over_baseline": tiled["p50_s"] / baseline["p50_s"],
+                "tiled_sad": tiled["sad"], "baseline_sad": baseline["sad"],
+                "sad_ratio_tiled_over_baseline": tiled["sad"] / baseline["sad"] if baseline["sad"] else None,
+            })
+    return out
+
+
+def _git_revision() -> dict:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+                              check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10,
+                               check=False)
+        if head.returncode:
+            return {"revision": None, "why": head.stderr.strip()[:200]}
+        return {"revision": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"revision": None, "why": str(exc)}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def hardware() -> dict:
+    info = {
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "available_cores": thread_settings.available_cores(),
+        "memory_gib": _memory_total_gib(), "platform": platform.platform(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if is_loaded(torch) and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict:
+    found = {"mattrt": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "onnxruntime", "tensorrt_runtime", "cupy", "tritonclient"):
+        result = probe(name)
+        found[name] = result.version if result.found else None
+    return found
+
+
+def draw_plots(rows: list[dict], paths: dict[str, Path], title: str) -> list[str]:
+    """The three PNGs (Pillow, calibration.figures: the project's one plotting path). Returns
+    the plots written; a plot with no data is left out."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    written = []
+    series = {}
+    for row in (r for r in ok if not r["sweep"]):
+        label = _short_label(row)
+        x, y = series.setdefault(label, ([], []))
+        x.append(row["width"] * row["height"] / 1e6)
+        y.append(row["p50_s"])
+    if series:
+        line_chart({k: _sorted(v) for k, v in series.items()}, paths["latency_plot"],
+                           title=f"{title}: p50 end-to-end latency", x_label="megapixels", y_label="seconds")
+        written.append(str(paths["latency_plot"]))
+    sweep = {}
+    for row in (r for r in ok if r["kind"] == "tiled"):
+        if not any(o["sweep"] and o["backend"] == row["backend"] and o["device"] == row["device"]
+                   and o["resolution"] == row["resolution"] for o in ok):
+            continue
+        label = f"{_short_label(row)} b{row['batch'] or 'auto'} {row['threads']}t"
+        x, y = sweep.setdefault(label, ([], []))
+        x.append(row["tile"])
+        y.append(row["p50_s"])
+    if sweep:
+        line_chart({k: _sorted(v) for k, v in sweep.items()}, paths["tile_plot"],
+                           title=f"{title}: tile-size sweep at the largest resolution", x_label="tile size (px)",
+                           y_label="p50 seconds")
+        written.append(str(paths["tile_plot"]))
+    accuracy = {}
+    for row in (r for r in ok if not r["sweep"] and r.get("sad") is not None):
+        label = _short_label(row)
+        x, y = accuracy.setdefault(label, ([], []))
+        x.append(row["p50_s"])
+        y.append(row["sad"] / (row["width"] * row["height"] / 1e6))
+    if accuracy:
+        line_chart({k: _sorted(v) for k, v in accuracy.items()}, paths["accuracy_plot"],
+                           title=f"{title}: speed vs accuracy (one point per resolution)", x_label="p50 seconds",
+                           y_label="SAD per megapixel")
+        written.append(str(paths["accuracy_plot"]))
+    return written
+
+
+def _short_label(row: dict) -> str:
+    """A legend label that fits the chart's legend column (about 20 characters)."""
+    if row["kind"] == "authors":
+        return "authors (resize)"
+    if row["kind"] == "whole_onnx":
+        return "whole-image ort"
+    backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(row["backend"], row["backend"])
+    device = "" if row["device"] == "cpu" else f" {row['device']}"
+    return f"{backend}{device} {row['precision']} tiled"
+
+
+def _sorted(pair: tuple[list, list]) -> tuple[list, list]:
+    order = sorted(range(len(pair[0])), key=lambda i: pair[0][i])
+    return [pair[0][i] for i in order], [pair[1][i] for i in order]
+
+
+def write_results(plan: BenchPlan, rows: list[dict], report: dict, overwrite: bool) -> dict[str, Path]:
+    paths = result_paths(plan.out, plan.stem)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    title = f"{plan.model or plan.artifacts}"
+    plots = draw_plots(rows, paths, title)
+    report["files"] = {"csv": str(paths["csv"]), "plots": plots}
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with tempfile.NamedTemporaryFile("w", dir=plan.out, suffix=".csv.partial", delete=False, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    _place(Path(handle.name), paths["csv"], overwrite)
+    staging = paths["json"].with_name(paths["json"].name + ".partial")
+    staging.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _place(staging, paths["json"], overwrite)
+    return paths
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _place(staging: Path, target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        staging.unlink()
+        raise InputError(f"{target} appeared while the benchmark ran; it was left as it is")
+    os.replace(staging, target)
+
+
+def print_table(rows: list[dict], stream=None) -> None:
+    stream = stream or sys.stdout
+    header = ["variant", "res", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "pixel", "I/O",
+              "+RSS MiB", "SAD", "status"]
+    lines = [header]
+    for row in rows:
+        if row["status"] != "ok":
+            lines.append([row["label"], row["resolution"]] + [""] * 10 + [f"{row['status']}: {row['reason']}"])
+            continue
+
+        def seconds(key, row=row):
+            value = row.get(key)
+            return "" if value is None else f"{value:.3f}"
+
+        io = (row.get("io_read_p50_s") or 0) + (row.get("io_write_p50_s") or 0)
+        lines.append([row["label"], row["resolution"], f"{row['p50_s']:.3f}", f"{row['p90_s']:.3f}",
+                      f"{row['megapixels_per_s']:.3f}", seconds("semantic_p50_s"), seconds("detail_p50_s"),
+                      seconds("network_p50_s"), seconds("pixel_p50_s"), f"{io:.3f}",
+                      "" if row.get("memory_matting_mib") is None else f"{row['memory_matting_mib']:.0f}",
+                      "" if row.get("sad") is None else f"{row['sad']:.2f}", "ok"])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)] + [0]
+    for index, line in enumerate(lines):
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip(), file=stream)
+        if index == 0:
+            print("  ".join("-" * w for w in widths), file=stream)
+
+
+def run_bench(options: BenchOptions) -> int:
+    log = lambda message: print(f"mattrt bench: {message}", file=sys.stderr)
+    started = time.perf_counter()
+    plan = build_plan(options)  # every check, before any work
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    pending = [c for c in plan.cases if c.status == "pending"]
+    log(f"{len(pending)} cases x ({plan.warmup} warm-up + {plan.repeats} measured rounds), interleaved; "
+        f"{sum(c.status == 'skipped' for c in plan.cases)} skipped")
+    for case in plan.cases:
+        if case.status == "skipped":
+            log(f"skipped: {case.variant.label} @ {case.resolution}: {case.reason}")
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    run_info = run_cases(plan, log)
+    rows = [case_row(c) for c in plan.cases]
+    report = {
+        "benchmark": "mattrt bench",
+        "date": date,
+        "command": shlex.join(["mattrt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mattrt", "cli.py")
+        else shlex.join(sys.argv),
+        "git": _git_revision(),
+        "hardware": {**hardware(), "load_average_at_start": load_before},
+        "versions": versions(),
+        "threads": thread_settings.describe(),
+        "settings": {
+            "model": plan.model, "artifacts": str(plan.artifacts) if plan.artifacts else None,
+            "model_sizes": plan.settings, "resolutions": [resolution_label(s) for s in plan.sizes],
+            "repeats": plan.repeats, "warmup": plan.warmup, "quick": plan.quick,
+            "interleaving": "round-robin: each round runs every case once, the first case rotating per round; "
+                            "warm-up rounds excluded from statistics",
+            "statistics": "end-to-end seconds (PNG decode + matting + 16-bit alpha PNG encode): p50/p90/p99 by linear "
+                          "interpolation, std with ddof 1; throughput from the mean",
+            "accuracy": f"SAD (sum |alpha - truth| / 1000) and MSE against the exact alpha of calibration.synthetic "
+                        f"{SAMPLE_KIND} images (seed {SAMPLE_SEED})",
+        },
+        **run_info,
+        "cases": rows,
+        "skipped": [{"variant": r["label"], "resolution": r["resolution"], "reason": r["reason"]}
+                    for r in rows if r["status"] == "skipped"],
+        "failed": [{"variant": r["label"], "resolution": r["resolution"], "reason": r["reason"]}
+                   for r in rows if r["status"] == "failed"],
+        "baselines": compare_baselines(rows),
+    }
+    report["wall_seconds"] = time.perf_counter() - started
+    paths = write_results(plan, rows, report, options.overwrite)
+    print_table(rows)
+    for item in report["baselines"]:
+        print(f"{item['resolution']}: tiled {item['tiled_p50_s']:.3f} s, SAD {item['tiled_sad']:.2f}  vs  "
+              f"{item['baseline']} {item['baseline_p50_s']:.3f} s, SAD {item['baseline_sad']:.2f}")
+    log(f"wrote {paths['json']}, {paths['csv']} and {len(report['files']['plots'])} plots in "
+        f"{report['wall_seconds']:.0f} s")
+    return 1 if report["failed"] else 0
+
+
+__all__ = ["case_row", "compare_baselines", "draw_plots", "hardware", "print_table", "run_bench", "versions",
+           "write_results"]

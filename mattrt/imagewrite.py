@@ -1,0 +1,219 @@
+"""Writing images: mattes, RGB(A) pictures and bytes, never half a file.
+
+`write_alpha`, `write_rgb` and `write_rgba` (and `write_bytes`) never replace an existing file
+unless `overwrite=True`, and write to a temporary file in the destination folder that is renamed
+into place once complete, so a crash never leaves half a file under the final name; the new
+file gets the mode the user's umask gives. Floats become 8- or 16-bit levels by
+mattrt.imageio.quantise (round half to even). `encode_png16` makes 16-bit RGB PNGs, which Pillow
+cannot write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from mattrt.errors import InputError
+from mattrt.imageio import quantise
+
+_ALPHA_WRITE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+_RGB_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+_RGBA_WRITE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+
+def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *, bit_depth: int | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a matte as a greyscale PNG or TIFF (lossless formats only).
+
+    alpha: H x W float in [0, 1], uint8 or uint16. bit_depth: 8 or 16; None takes 16 for uint16
+    input and 8 otherwise. Returns the path written.
+    """
+    path = Path(path)
+    fmt = _format_for(path, _ALPHA_WRITE_FORMATS, "a matte", "lossless formats keep the matte exact")
+    array = np.asarray(alpha)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    _check_shape(array, 2, "alpha")
+    pixels = quantise(array, _default_depth(array, bit_depth), "alpha")
+    image = Image.fromarray(pixels)  # uint8 -> "L", uint16 -> "I;16"
+    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt))
+    return path
+
+
+def write_rgb(path: str | os.PathLike, rgb: np.ndarray, *, bit_depth: int | None = None,
+              overwrite: bool = False, quality: int = 95) -> Path:
+    """Write H x W x 3 colour (float in [0, 1], uint8 or uint16) as PNG, JPEG, WebP or TIFF.
+
+    16-bit colour is written as PNG only. quality applies to JPEG and WebP.
+    """
+    path = Path(path)
+    fmt = _format_for(path, _RGB_WRITE_FORMATS, "an RGB image", "")
+    array = np.asarray(rgb)
+    _check_shape(array, 3, "rgb", channels=3)
+    pixels = quantise(array, _default_depth(array, bit_depth), "rgb")
+    if pixels.dtype == np.uint16:
+        if fmt != "PNG":
+            raise InputError(f"{path}: 16-bit colour is written as PNG only; use a .png name or bit_depth=8")
+        _atomic_write(path, overwrite, lambda f: f.write(encode_png16(pixels)))
+        return path
+    image = Image.fromarray(pixels)
+    options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
+    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt, **options))
+    return path
+
+
+def write_rgba(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *, bit_depth: int | None = None,
+               overwrite: bool = False) -> Path:
+    """Write colour plus a separate alpha (straight, not premultiplied) as PNG, WebP or TIFF.
+
+    WebP is written lossless so the alpha channel stays exact; 16 bit is written as PNG only.
+    """
+    path = Path(path)
+    fmt = _format_for(path, _RGBA_WRITE_FORMATS, "an RGBA image", "JPEG has no alpha channel")
+    rgb_array, alpha_array = np.asarray(rgb), np.asarray(alpha)
+    _check_shape(rgb_array, 3, "rgb", channels=3)
+    _check_shape(alpha_array, 2, "alpha")
+    if rgb_array.shape[:2] != alpha_array.shape:
+        raise InputError(f"rgb is {rgb_array.shape[1]}x{rgb_array.shape[0]} but alpha is "
+                         f"{alpha_array.shape[1]}x{alpha_array.shape[0]}; they must match")
+    depth = bit_depth if bit_depth is not None else max(_default_depth(rgb_array, None),
+                                                        _default_depth(alpha_array, None))
+    pixels = np.concatenate([quantise(rgb_array, depth, "rgb"), quantise(alpha_array, depth, "alpha")[..., None]],
+                            axis=-1)
+    if pixels.dtype == np.uint16:
+        if fmt != "PNG":
+            raise InputError(f"{path}: 16-bit RGBA is written as PNG only; use a .png name or bit_depth=8")
+        _atomic_write(path, overwrite, lambda f: f.write(encode_png16(pixels)))
+        return path
+    image = Image.fromarray(pixels)
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt, **options))
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write bytes (a manifest, a report) with the same no-clobber, all-or-nothing rule as the image writers."""
+    path = Path(path)
+    _atomic_write(path, overwrite, lambda stream: stream.write(data))
+    return path
+
+
+def encode_png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit RGB (H x W x 3) or RGBA (H x W x 4) uint16 array as PNG bytes.
+
+    Pillow cannot write 16-bit colour, so mattrt writes the PNG itself: one IHDR, the "Up"
+    filter on every row (a vectorised difference that compresses photographs well) and
+    zlib-compressed IDAT chunks.
+    """
+    if pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise InputError(f"encode_png16 expects H x W x 3 or 4 uint16, got {pixels.dtype} {pixels.shape}")
+    height, width, channels = pixels.shape
+    rows = pixels.astype(">u2").reshape(height, width * channels).view(np.uint8)
+    filtered = rows.copy()
+    filtered[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as the Up filter specifies
+    scanlines = np.concatenate([np.full((height, 1), 2, dtype=np.uint8), filtered], axis=1)
+    compressed = zlib.compress(scanlines.tobytes(), 6)
+    colour_type = 2 if channels == 3 else 6
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    step = 1 << 24
+    idat = b"".join(_png_chunk(b"IDAT", compressed[i:i + step]) for i in range(0, max(len(compressed), 1), step))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + idat + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def _default_depth(array: np.ndarray, bit_depth: int | None) -> int:
+    if bit_depth is not None:
+        return bit_depth
+    return 16 if array.dtype == np.uint16 else 8
+
+
+def _check_shape(array: np.ndarray, ndim: int, what: str, channels: int | None = None) -> None:
+    if array.ndim != ndim or (channels is not None and array.shape[-1] != channels):
+        expected = "H x W" if ndim == 2 else f"H x W x {channels}"
+        raise InputError(f"{what}: expected an {expected} array, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{what}: cannot write a zero-size image (shape {array.shape})")
+
+
+def _format_for(path: Path, formats: dict[str, str], what: str, why: str) -> str:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name to write")
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        allowed = ", ".join(sorted(formats))
+        reason = f" ({why})" if why else ""
+        raise InputError(f"{path}: cannot write {what} as '{path.suffix or 'no suffix'}'; "
+                         f"use one of {allowed}{reason}")
+    return fmt
+
+
+def _file_mode() -> int:
+    # Temporary files are created 0600; the final file gets the usual mode (0666 minus umask).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWriter], object]) -> None:
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: the folder {folder} does not exist")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write into {folder} ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, _file_mode())
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _rename_no_clobber(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):  # a full disk, a quota, an I/O error: name the file
+            raise InputError(f"{path}: could not be written ({exc.strerror or exc}); it was left "
+                             "as it was") from exc
+        raise
+
+
+def _rename_no_clobber(temporary: str, path: Path) -> None:
+    # A hard link fails if the name exists, so a file that appeared since the check survives.
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
+    except OSError:
+        if path.exists():
+            raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
+        os.replace(temporary, path)  # a filesystem without hard links
+        return
+    os.unlink(temporary)
+
+
+__all__ = ["encode_png16", "write_alpha", "write_bytes", "write_rgb", "write_rgba"]

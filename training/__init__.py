@@ -1,0 +1,1 @@
+"""mattrt.training: training of the synthetic-domain model aim_synthetic."""
