@@ -20,6 +20,15 @@ $MATTRT_TRITON_KEY, or is generated into a private file (mode 0600) whose path i
 mattrt never prints the key itself. (Triton takes the key as a command-line flag, so local users
 who can read the server's /proc/<pid>/cmdline can see it.)
 
+GPU repositories (TensorRT plans; "what a repository needs" below): before the server starts, its
+install must have every backend the repository's models need (the nvidia-pytriton wheel's server
+has only the Python backend: TensorRT models need NVIDIA's Triton container or another Triton with
+backends/tensorrt), and the plans' TensorRT version must be one the server's TensorRT runs (read
+from the libnvinfer its TensorRT backend loads; where that cannot be read, a plan the server
+refuses while loading gets the same advice from the log). Version-compatible plans get
+`--backend-config=tensorrt,version-compatible=true`, and GPU repositories a pinned host memory
+pool for their host<->GPU copies (CPU repositories keep none).
+
 Nothing hangs: readiness is polled with a deadline (a server that never becomes ready is
 stopped and its log tail shown), and stopping escalates from SIGTERM to SIGKILL of the whole
 process group (the server and its stub processes).
@@ -65,8 +74,16 @@ from pathlib import Path
 import mattrt
 from mattrt.availability import probe, tritonserver_binary
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
+from mattrt.runtime.tensorrt_engine import version_refusal
 from mattrt.runtime.triton_client import KEY_HEADER, key_headers
-from mattrt.serving.repository import BUSY_PREFIX, STATE_ENV, STOPPING_FILE, check_repository
+from mattrt.serving.repository import (
+    BUSY_PREFIX,
+    STATE_ENV,
+    STOPPING_FILE,
+    check_repository,
+    needed_backends,
+    tensorrt_models,
+)
 
 KEY_ENV = "MATTRT_TRITON_KEY"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
@@ -81,6 +98,12 @@ PYTHON_SHM_GROWTH = 64 * 1024 * 1024
 EXIT_MARGIN_SECONDS = 10
 SHM_DIR = "/dev/shm"
 PYTHON_SHM_PREFIX = "triton_python_backend_shm_region_"
+# Triton's own default pinned pool (src/command_line_parser.h: 1 << 28), for GPU repositories.
+GPU_PINNED_MEMORY_BYTES = 1 << 28
+TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
+# What TensorRT logs when a plan does not fit its version or GPU (seen in Triton logs: server#317,
+# server#7613; TensorRT's "expecting compute X got compute Y").
+PLAN_REFUSALS = ("not compatible with this version of TensorRT", "Version tag does not match", "expecting compute")
 
 
 class ServerError(MattrtError):
@@ -239,6 +262,89 @@ def classify_exit(code: int | None, log: str, drain_seconds: int, *, stopping: b
     return ServerExit(code, "crashed", f"tritonserver exited {when} with status {code}")
 
 
+# -- what a repository needs from the server (GPU repositories) ---------------------------------
+def check_backends(needed: dict[str, list[str]], binary: Path) -> None:
+    """MissingDependencyError naming each backend the repository's models need that the server's
+    install lacks (<install>/backends/<name>/libtriton_<name>.so)."""
+    shipped = binary.parent.parent / "backends"
+    missing = {name: models for name, models in needed.items()
+               if not (shipped / name / f"libtriton_{name}.so").is_file()}
+    if not missing:
+        return
+    what = "; ".join(f"the {name} backend (for {', '.join(models)}; {shipped / name / f'libtriton_{name}.so'} "
+                     "is missing)" for name, models in missing.items())
+    fix = ("serve TensorRT models with the tritonserver of NVIDIA's Triton container (run `mattrt serve` inside "
+           f"{TRITON_CONTAINER}, one with the TensorRT the plans were built by) or pass --tritonserver PATH of a "
+           "Triton install with backends/tensorrt; the nvidia-pytriton wheel's server has only the Python backend"
+           if "tensorrt" in missing else "pass --tritonserver PATH of a Triton install that has it")
+    raise MissingDependencyError(f"the tritonserver at {binary} lacks {what}: {fix}")
+
+
+def tensorrt_of_server(binary: Path, env: dict[str, str]) -> tuple[str, str] | None:
+    """(version, library) of the TensorRT the server's TensorRT backend loads, from `ldd` of
+    backends/tensorrt/libtriton_tensorrt.so with the server's environment (`nvinfer_from_ldd`).
+    None when it cannot be read: the load error tells instead (`tensorrt_load_advice`)."""
+    backend = binary.parent.parent / "backends" / "tensorrt" / "libtriton_tensorrt.so"
+    try:
+        done = subprocess.run(["ldd", str(backend)], capture_output=True, text=True, timeout=60, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return nvinfer_from_ldd(done.stdout)
+
+
+def nvinfer_from_ldd(listing: str) -> tuple[str, str] | None:
+    """(version, file) of the libnvinfer an `ldd` listing resolves: TensorRT's packages link
+    libnvinfer.so.<major> to libnvinfer.so.<version> (e.g. 10.3.0); where the file is
+    libnvinfer.so.<major> itself, only the major is known. None when libnvinfer is not found."""
+    for line in listing.splitlines():
+        found = re.match(r"\s*libnvinfer\.so\.\d+\s+=>\s+(/\S+)", line)
+        if found:
+            library = Path(found.group(1)).resolve()
+            version = re.fullmatch(r"libnvinfer\.so\.(\d+(?:\.\d+)*)", library.name)
+            return (version.group(1), str(library)) if version else None
+    return None
+
+
+def check_tensorrt_version(plans: dict[str, dict], server: tuple[str, str] | None) -> None:
+    """InputError when the server's TensorRT (`tensorrt_of_server`) cannot run the repository's
+    plans by TensorRT's rules (runtime/tensorrt_engine.version_refusal)."""
+    if not plans or server is None:
+        return
+    version, library = server
+    for record in plans.values():
+        refusal = version_refusal(record["tensorrt"], version, version_compatible=record["version_compatible"])
+        if refusal:
+            users = sorted(name for name, other in plans.items() if other == record)
+            raise InputError(
+                f"{', '.join(users)}: {refusal} (the server's TensorRT backend loads {library}): rebuild the plans "
+                f"with the server's TensorRT {version} (e.g. in the same container): `{record['rebuild']}`, then "
+                "regenerate the repository with `mattrt triton-repo ... --overwrite`")
+
+
+def tensorrt_flags(plans: dict[str, dict]) -> list[str]:
+    """Server flags for the repository's TensorRT models. A pinned host pool for their host<->GPU
+    copies (none for a CPU repository); version-compatible plans need the TensorRT backend to
+    allow the lean runtime they embed (tensorrt_backend src/tensorrt.cc reads the option,
+    src/loader.cc then calls setEngineHostCodeAllowed)."""
+    if not plans:
+        return ["--pinned-memory-pool-byte-size=0"]
+    flags = [f"--pinned-memory-pool-byte-size={GPU_PINNED_MEMORY_BYTES}"]
+    if any(record["version_compatible"] for record in plans.values()):
+        flags.append("--backend-config=tensorrt,version-compatible=true")
+    return flags
+
+
+def tensorrt_load_advice(log: str, plans: dict[str, dict]) -> str:
+    """What to do when the server's TensorRT refused a plan while loading ("" otherwise)."""
+    refused = next((line.strip() for line in log.splitlines() if any(text in line for text in PLAN_REFUSALS)), None)
+    if not plans or refused is None:
+        return ""
+    record = next(iter(plans.values()))
+    return (f"\nThe server's TensorRT refused the plans (built by TensorRT {record['tensorrt']} on {record['gpu']}, "
+            f"sm_{record['compute_capability'].replace('.', '')}): {refused}\nRebuild them with the server's TensorRT "
+            f"on its GPU: `{record['rebuild']}`, then regenerate the repository with `mattrt triton-repo ... --overwrite`")
+
+
 def python_backend_regions(pid: int) -> set[Path]:
     """The Python backend's /dev/shm regions mapped by process `pid` and its descendants."""
     found: set[Path] = set()
@@ -280,6 +386,7 @@ class TritonServer:
         self.stopping = False
         self.exit: ServerExit | None = None
         self._held_connection: socket.socket | None = None
+        self.plans: dict[str, dict] = {}  # TensorRT model -> the record of its plans (GPU repositories)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _binary(self) -> Path:
@@ -367,7 +474,7 @@ class TritonServer:
             f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
-            "--pinned-memory-pool-byte-size=0",
+            *tensorrt_flags(self.plans),
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH}",
         ]
@@ -382,8 +489,10 @@ class TritonServer:
     def start(self) -> "TritonServer":
         if self.process is not None:
             raise ServerError("this server is already started")
-        check_repository(self.repository)
+        records = check_repository(self.repository)
         binary = self._binary()
+        check_backends(needed_backends(records), binary)
+        self.plans = tensorrt_models(records)
         self.key, self.key_source = read_key(self.options)
         self.workdir = Path(tempfile.mkdtemp(prefix="mattrt-triton-"))
         if self.key is None:
@@ -396,6 +505,7 @@ class TritonServer:
         self.state_dir.mkdir()
         backends = self._backend_directory(binary)
         env = self._environment(binary)
+        check_tensorrt_version(self.plans, tensorrt_of_server(binary, env) if self.plans else None)
         flags = binary_flags(str(binary), tuple(sorted(env.items())))
         self._pick_ports()
         self.log_path = self.workdir / "tritonserver.log"
@@ -416,11 +526,13 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n{self.log_tail()}")
+                raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n"
+                                  f"{self.log_tail()}{self._load_advice()}")
             if self.http_ready():
                 return
             if time.monotonic() > deadline:
-                raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}")
+                raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n"
+                                  f"{self.log_tail()}{self._load_advice()}")
             time.sleep(0.25)
 
     @property
@@ -436,6 +548,10 @@ class TritonServer:
     def headers(self, protocol: str = "http") -> dict[str, str]:
         """The header that unlocks the restricted APIs (shared memory included); gRPC prefixes it."""
         return key_headers(protocol, self.key)
+
+    def _load_advice(self) -> str:
+        log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.is_file() else ""
+        return tensorrt_load_advice(log, self.plans)
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -602,4 +718,6 @@ class TritonServer:
 
 
 __all__ = ["KEY_ENV", "KEY_HEADER", "RESTRICTED_APIS", "ServerError", "ServerExit", "ServerOptions", "TritonServer",
-           "classify_exit", "free_port", "process_tree", "python_backend_regions", "read_key", "rss_bytes"]
+           "check_backends", "check_tensorrt_version", "classify_exit", "free_port", "nvinfer_from_ldd", "process_tree",
+           "python_backend_regions", "read_key", "rss_bytes", "tensorrt_flags", "tensorrt_load_advice",
+           "tensorrt_of_server"]
