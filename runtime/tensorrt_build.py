@@ -459,7 +459,8 @@ def check_dla_support(tensorrt_version: str, dla_cores: int) -> None:
             f">= {DLA_STRONGLY_TYPED_SINCE} on AGX Orin with JetPack >= 7.2.2): {DLA_FALLBACK_ADVICE}")
     if dla_cores <= DLA_CORE:
         raise BuildError(f"TensorRT {tensorrt_version} reports {dla_cores} DLA core(s) on this device, so DLA core "
-                         f"{DLA_CORE} cannot be used (DLA: Jetson AGX Orin with JetPack >= 7.2.2): {DLA_FALLBACK_ADVICE}")
+                         f"{DLA_CORE} cannot be used (DLA: Jetson AGX Orin with JetPack >= 7.2.2): "
+                         + DLA_FALLBACK_ADVICE)
 
 
 def dla_placement(engine_information: str) -> dict[str, Any]:
@@ -630,7 +631,8 @@ def add_profile(builder, config, network, shapes: dict, graph: Path, logger) -> 
         try:
             optimization.set_shape(name, *shapes[name])
         except RuntimeError as exc:  # the bindings raise when min <= opt <= max does not hold
-            raise BuildError(f"{graph.name}: TensorRT refused the profile {shapes[name]} for input {name!r}: {exc}") from None
+            raise BuildError(f"{graph.name}: TensorRT refused the profile {shapes[name]} for input {name!r}: "
+                             f"{exc}") from None
     # -1: an invalid profile (IBuilderConfig::addOptimizationProfile)
     if config.add_optimization_profile(optimization) < 0:
         raise BuildError(f"TensorRT refused the optimization profile of {graph.name} ({last_errors(logger)}); "

@@ -142,8 +142,9 @@ def version_refusal(built: str, runtime: str, *, version_compatible: bool, lean:
     if used[:common] < made[:common]:
         return f"version-compatible plans built by TensorRT {built} run on that or later versions, not on {runtime}"
     if made[0] != used[0] and (made[0], used[0]) not in CROSS_MAJOR_COMPATIBLE:
+        steps = ", ".join(f"{a} -> {b}" for a, b in sorted(CROSS_MAJOR_COMPATIBLE))
         return (f"version-compatible plans built by TensorRT {built} do not run on TensorRT {runtime}: across major "
-                f"versions TensorRT supports only " + ", ".join(f"{a} -> {b}" for a, b in sorted(CROSS_MAJOR_COMPATIBLE)))
+                f"versions TensorRT supports only {steps}")
     return None
 
 
@@ -280,9 +281,10 @@ class TrtEngine(Engine):
         core defaults to -1; Triton's TensorRT backend sets it the same way, src/loader.cc)."""
         cores = int(self._runtime.num_DLA_cores)
         if not 0 <= self.dla_core < cores:
+            for_gpu = self.rebuild.replace("--profile jetson-orin-dla", "--profile jetson-orin")
             raise PlanError(f"plan {self.plan.name} runs layers on DLA core {self.dla_core}; TensorRT reports {cores} "
-                            "DLA core(s) here: run it on the Jetson AGX Orin it was built for, or rebuild the plans for "
-                            f"the GPU: `{self.rebuild.replace('--profile jetson-orin-dla', '--profile jetson-orin')}`")
+                            "DLA core(s) here: run it on the Jetson AGX Orin it was built for, or rebuild the plans "
+                            f"for the GPU: `{for_gpu}`")
         self._runtime.DLA_core = self.dla_core
 
     def _deactivate(self) -> None:

@@ -342,7 +342,8 @@ def tensorrt_load_advice(log: str, plans: dict[str, dict]) -> str:
     record = next(iter(plans.values()))
     return (f"\nThe server's TensorRT refused the plans (built by TensorRT {record['tensorrt']} on {record['gpu']}, "
             f"sm_{record['compute_capability'].replace('.', '')}): {refused}\nRebuild them with the server's TensorRT "
-            f"on its GPU: `{record['rebuild']}`, then regenerate the repository with `mattrt triton-repo ... --overwrite`")
+            f"on its GPU: `{record['rebuild']}`, then regenerate the repository with "
+            "`mattrt triton-repo ... --overwrite`")
 
 
 def python_backend_regions(pid: int) -> set[Path]:
