@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("export_dir", type=Path, help="export directory (mattrt export, mattrt precision)")
     parser.add_argument("--precisions", default="fp32,fp16,int8",
                         help="comma-separated; those the export lacks are skipped")
-    parser.add_argument("--profile", default="server", help="TensorRT profile (server, jetson-orin)")
+    parser.add_argument("--profile", default="server", help="TensorRT profile (server, jetson-orin, jetson-orin-dla)")
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per stage and configuration")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls first")
     parser.add_argument("--samples", type=int, default=16, help="synthetic images whose stage inputs are compared")

@@ -16,9 +16,11 @@ One repository holds, for a model named N:
               ignore request parameters.
 
 Every model directory carries `mattrt_repository.json` (mattrt version, target, precision, the
-export's manifest and graph hashes); the models refuse to load under another mattrt version, and
-`mattrt serve` checks the records before it starts a server. The model.py files are shims that
-import a class from mattrt.serving.triton_models.
+export's manifest and graph hashes, the Triton backend each model needs, and for the GPU target
+the TensorRT version and options the plans were built with, read from `mattrt build`'s metadata
+beside them); the models refuse to load under another mattrt version, and `mattrt serve` checks
+the records before it starts a server (serving/server.py: backends, TensorRT version, flags).
+The model.py files are shims that import a class from mattrt.serving.triton_models.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mattrt import __version__
-from mattrt.engines.tensorrt.build import plan_file_name
+from mattrt.engines.tensorrt.engine import rebuild_command
+from mattrt.engines.tensorrt.plan_files import metadata_path, plan_file_name, read_metadata
 from mattrt.engines.triton.client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
 from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
 
 TARGETS = ("cpu", "gpu")
 RECORD_FILE = "mattrt_repository.json"
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: each model's Triton backend, the plans' TensorRT record
 # The pipeline model's tensors (names shared with the client, engines/triton/client.py):
 # IMAGE UINT8 H x W x 3 | IMAGE_ENCODED UINT8 [n] (PNG/JPEG/WebP file bytes) ->
 # MATTE UINT8 H x W x C (C = 1 alpha, 4 RGBA) | MATTE_PNG UINT8 [n] (the matte as a PNG file).
@@ -275,6 +278,39 @@ def _stage_artifact(export_dir: Path, entry: GraphEntry, options: RepositoryOpti
     return plan
 
 
+def plans_record(manifest: Manifest, options: RepositoryOptions, max_batch: int) -> dict | None:
+    """What `mattrt serve` needs to know about the GPU target's plans, from the metadata `mattrt
+    build` wrote beside them (None for the CPU target)."""
+    if options.target == "cpu":
+        return None
+    plans = Path(options.plans)
+    metadata = read_metadata(plans, options.precision)
+    if metadata is None:
+        raise InputError(f"{plans} has no {metadata_path(plans, options.precision).name}: pass the directory "
+                         f"`mattrt build --out DIR --precision {options.precision}` wrote as --plans")
+    rebuild = rebuild_command(metadata, plans.resolve())
+    for entry in manifest.stages:
+        stage = metadata["stages"].get(entry.name)
+        plan = plans / plan_file_name(entry.name, options.precision)
+        if stage is None or sha256_file(plan) != stage.get("plan_sha256"):
+            raise InputError(f"{plan} is not the plan its metadata records: rebuild the plans with `{rebuild}`")
+        if stage.get("dla"):
+            raise InputError(
+                f"the {entry.name} plan runs on DLA (built with --profile {metadata['profile']['name']}): DLA plans "
+                "have one fixed batch and need a KIND_NVDLA instance group, which `mattrt triton-repo` does not "
+                "write; build plans for Triton with --profile jetson-orin or server")
+        if stage["max_batch"] < max_batch:
+            raise InputError(f"the {entry.name} plan takes batches up to {stage['max_batch']}: pass --max-batch "
+                             f"{stage['max_batch']}, or rebuild the plans from an export with a larger max batch")
+    return {
+        "tensorrt": metadata["tensorrt"],
+        "version_compatible": bool(metadata["options"].get("version_compatible")),
+        "gpu": metadata["gpu"],
+        "compute_capability": metadata["compute_capability"],
+        "rebuild": rebuild,
+    }
+
+
 def build_repository(export_dir: str | Path, out: str | Path, options: RepositoryOptions = RepositoryOptions(),
                      log=print) -> Path:
     """Write the Triton model repository for an export directory (module docstring); returns `out`."""
@@ -294,6 +330,7 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
             f"{out} already holds model(s) {', '.join(existing)}; pass --overwrite to replace them (other models stay)"
         )
     artifacts = {entry.name: _stage_artifact(export_dir, entry, options) for entry in manifest.stages}
+    plans = plans_record(manifest, options, max_batch)
     manifest_path = export_dir / MANIFEST_FILE
     record = {
         "format": RECORD_FORMAT,
@@ -312,7 +349,8 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
             "checkpoint_sha256": manifest.checkpoint_sha256,
             "versions": manifest.versions,
         },
-        "models": {name: {"role": PIPELINE_ROLE}},
+        "plans": plans,  # None: no TensorRT model
+        "models": {name: {"role": PIPELINE_ROLE, "backend": "python"}},
     }
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mattrt-repo-", dir=out))
@@ -329,6 +367,7 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
             (directory / "config.pbtxt").write_text(stage_config(model_name, entry, options, max_batch))
             record["models"][model_name] = {
                 "role": STAGE_ROLE,
+                "backend": "python" if options.target == "cpu" else "tensorrt",
                 "stage": entry.name,
                 "source": str(source),
                 "file": target_file,
@@ -399,6 +438,21 @@ def check_repository(repo: str | Path) -> list[dict]:
     return records
 
 
+def needed_backends(records: list[dict]) -> dict[str, list[str]]:
+    """Triton backend -> the models of the records that need it."""
+    needed: dict[str, set[str]] = {}
+    for record in records:
+        for model, info in record["models"].items():
+            needed.setdefault(info["backend"], set()).add(model)
+    return {backend: sorted(models) for backend, models in sorted(needed.items())}
+
+
+def tensorrt_models(records: list[dict]) -> dict[str, dict]:
+    """TensorRT model name -> the record of the plans it runs (empty for a CPU repository)."""
+    return {model: record["plans"] for record in records for model, info in record["models"].items()
+            if info["backend"] == "tensorrt"}
+
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ENCODED_INPUT",
@@ -419,6 +473,9 @@ __all__ = [
     "check_record",
     "check_repository",
     "load_record",
+    "needed_backends",
     "pipeline_config",
+    "plans_record",
     "stage_config",
+    "tensorrt_models",
 ]

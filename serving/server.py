@@ -20,6 +20,15 @@ $MATTRT_TRITON_KEY, or is generated into a private file (mode 0600) whose path i
 mattrt never prints the key itself. (Triton takes the key as a command-line flag, so local users
 who can read the server's /proc/<pid>/cmdline can see it.)
 
+GPU repositories (TensorRT plans; "what a repository needs" below): before the server starts, its
+install must have every backend the repository's models need (the nvidia-pytriton wheel's server
+has only the Python backend: TensorRT models need NVIDIA's Triton container or another Triton with
+backends/tensorrt), and the plans' TensorRT version must be one the server's TensorRT runs (read
+from the libnvinfer its TensorRT backend loads; where that cannot be read, a plan the server
+refuses while loading gets the same advice from the log). Version-compatible plans get
+`--backend-config=tensorrt,version-compatible=true`, and GPU repositories a pinned host memory
+pool for their host<->GPU copies (CPU repositories keep none).
+
 Nothing hangs: readiness is polled with a deadline (a server that never becomes ready is
 stopped and its log tail shown), and stopping escalates from SIGTERM to SIGKILL of the whole
 process group (the server and its stub processes).
@@ -48,7 +57,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -66,11 +74,34 @@ import mattrt
 from mattrt.availability import probe, tritonserver_binary
 from mattrt.engines.triton.client import KEY_HEADER, key_headers
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
-from mattrt.serving.repository import BUSY_PREFIX, STATE_ENV, STOPPING_FILE, check_repository
+from mattrt.serving.gpu_repository import (
+    check_backends,
+    check_tensorrt_version,
+    tensorrt_flags,
+    tensorrt_load_advice,
+    tensorrt_of_server,
+)
+from mattrt.serving.processes import (
+    LOOPBACK,
+    ServerExit,
+    classify_exit,
+    free_port,
+    port_free,
+    process_tree,
+    python_backend_regions,
+    rss_bytes,
+)
+from mattrt.serving.repository import (
+    BUSY_PREFIX,
+    STATE_ENV,
+    STOPPING_FILE,
+    check_repository,
+    needed_backends,
+    tensorrt_models,
+)
 
 KEY_ENV = "MATTRT_TRITON_KEY"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
-LOOPBACK = "127.0.0.1"
 # The Python backend's per-stub shared memory: start big enough for a tile batch and grow in
 # large steps (a raw 4K image is 25 MB; the default 1 MB steps cost many remaps).
 PYTHON_SHM_DEFAULT = 16 * 1024 * 1024
@@ -79,8 +110,6 @@ PYTHON_SHM_GROWTH = 64 * 1024 * 1024
 
 # Triton's exit timeout is the drain time plus this: mattrt serve's own drain ends first.
 EXIT_MARGIN_SECONDS = 10
-SHM_DIR = "/dev/shm"
-PYTHON_SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 class ServerError(MattrtError):
@@ -99,25 +128,6 @@ class ServerOptions:
     ready_timeout: float = 180.0
     drain_seconds: int = 30  # how long requests in flight at a stop may take to finish (module docstring)
     max_input_bytes: int = 512 * 1024 * 1024  # --http-max-input-size, where the binary has it
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # As servers bind: a port whose old connections linger in TIME_WAIT is free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -163,107 +173,6 @@ def _check_key(key: str) -> None:
         raise InputError("the API key must have at least 16 characters and no spaces, ',', ':' or '='")
 
 
-def process_tree(pid: int) -> list[int]:
-    """pid and its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
-@dataclass(frozen=True)
-class ServerExit:
-    """How a tritonserver process ended (the module docstring's stopping promise)."""
-
-    code: int | None  # exit status; negative: the signal that ended it
-    outcome: str  # "stopped", "drain-expired", "crashed" or "killed"
-    message: str
-    still_running: int = 0  # pipeline instances still running requests when the drain time ran out
-
-    @property
-    def clean(self) -> bool:
-        return self.outcome == "stopped"
-
-    def record(self) -> dict:
-        return {"status": self.outcome, "exit_code": self.code, "message": self.message,
-                "still_running": self.still_running}
-
-
-_IN_FLIGHT = re.compile(r"Found (\d+) model versions that have in-flight inferences")
-_EXIT_TIMEOUT = "Exit timeout expired"
-
-
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def classify_exit(code: int | None, log: str, drain_seconds: int, *, stopping: bool, killed: bool = False) -> ServerExit:
-    """What an exit status and the server's log say about how it ended. Triton 2.51 exits with
-    status 1 and "Exit timeout expired" when its exit timeout ran out: a clean stop when it then
-    found no request in flight (idle client connections hold its HTTP side until the timeout)."""
-    when = "while stopping" if stopping else "while serving"
-    if killed:
-        return ServerExit(code, "killed", f"tritonserver did not exit within {drain_seconds} s of draining plus its "
-                                          f"exit timeout and was killed with its stub processes")
-    if code == 0:
-        return ServerExit(code, "stopped" if stopping else "crashed",
-                          "tritonserver stopped: every request in flight was answered" if stopping
-                          else "tritonserver exited with status 0 on its own")
-    if code is not None and code < 0:
-        return ServerExit(code, "crashed", f"tritonserver crashed {when}: ended by {_signal_name(code)} "
-                                           f"(exit status {code})")
-    if code == 1 and stopping and _EXIT_TIMEOUT in log:
-        counts = _IN_FLIGHT.findall(log)
-        in_flight = int(counts[-1]) if counts else None
-        if in_flight == 0:
-            return ServerExit(code, "stopped", "tritonserver stopped when its exit timeout ran out: no request was in "
-                                               "flight (idle client connections kept it waiting)")
-        what = f"{in_flight} model version(s)" if in_flight is not None else "some models"
-        return ServerExit(code, "drain-expired", f"tritonserver's exit timeout ran out while {what} still had "
-                                                 "requests in flight; those requests failed")
-    return ServerExit(code, "crashed", f"tritonserver exited {when} with status {code}")
-
-
-def python_backend_regions(pid: int) -> set[Path]:
-    """The Python backend's /dev/shm regions mapped by process `pid` and its descendants."""
-    found: set[Path] = set()
-    for member in process_tree(pid):
-        try:
-            maps = Path(f"/proc/{member}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-            if path.startswith(f"{SHM_DIR}/{PYTHON_SHM_PREFIX}"):
-                found.add(Path(path.removesuffix(" (deleted)")))
-    return found
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class TritonServer:
     """A tritonserver process over one repository (module docstring)."""
 
@@ -280,6 +189,7 @@ class TritonServer:
         self.stopping = False
         self.exit: ServerExit | None = None
         self._held_connection: socket.socket | None = None
+        self.plans: dict[str, dict] = {}  # TensorRT model -> the record of its plans (GPU repositories)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _binary(self) -> Path:
@@ -342,7 +252,7 @@ class TritonServer:
                     port = free_port(host)
             elif not (0 < port < 65536):
                 raise InputError(f"--{kind}-port must lie in 1..65535, got {port}")
-            elif not _port_free(host, port):
+            elif not port_free(host, port):
                 raise InputError(f"{kind} port {port} on {host} is in use; choose another or omit --{kind}-port "
                                  "to use a free one")
             chosen[kind] = port
@@ -367,7 +277,7 @@ class TritonServer:
             f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
-            "--pinned-memory-pool-byte-size=0",
+            *tensorrt_flags(self.plans),
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH}",
         ]
@@ -382,8 +292,10 @@ class TritonServer:
     def start(self) -> "TritonServer":
         if self.process is not None:
             raise ServerError("this server is already started")
-        check_repository(self.repository)
+        records = check_repository(self.repository)
         binary = self._binary()
+        check_backends(needed_backends(records), binary)
+        self.plans = tensorrt_models(records)
         self.key, self.key_source = read_key(self.options)
         self.workdir = Path(tempfile.mkdtemp(prefix="mattrt-triton-"))
         if self.key is None:
@@ -396,6 +308,7 @@ class TritonServer:
         self.state_dir.mkdir()
         backends = self._backend_directory(binary)
         env = self._environment(binary)
+        check_tensorrt_version(self.plans, tensorrt_of_server(binary, env) if self.plans else None)
         flags = binary_flags(str(binary), tuple(sorted(env.items())))
         self._pick_ports()
         self.log_path = self.workdir / "tritonserver.log"
@@ -416,11 +329,13 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n{self.log_tail()}")
+                raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n"
+                                  f"{self.log_tail()}{self._load_advice()}")
             if self.http_ready():
                 return
             if time.monotonic() > deadline:
-                raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n{self.log_tail()}")
+                raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n"
+                                  f"{self.log_tail()}{self._load_advice()}")
             time.sleep(0.25)
 
     @property
@@ -436,6 +351,10 @@ class TritonServer:
     def headers(self, protocol: str = "http") -> dict[str, str]:
         """The header that unlocks the restricted APIs (shared memory included); gRPC prefixes it."""
         return key_headers(protocol, self.key)
+
+    def _load_advice(self) -> str:
+        log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.is_file() else ""
+        return tensorrt_load_advice(log, self.plans)
 
     def log_tail(self, lines: int = 60) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -601,5 +520,5 @@ class TritonServer:
         self.close()
 
 
-__all__ = ["KEY_ENV", "KEY_HEADER", "RESTRICTED_APIS", "ServerError", "ServerExit", "ServerOptions", "TritonServer",
-           "classify_exit", "free_port", "process_tree", "python_backend_regions", "read_key", "rss_bytes"]
+__all__ = ["KEY_ENV", "KEY_HEADER", "LOOPBACK", "RESTRICTED_APIS", "ServerError", "ServerOptions", "TritonServer",
+           "read_key"]

@@ -10,7 +10,7 @@ from mattrt.availability import available, skip_reason
 from mattrt.engines.backends import get_backend
 from mattrt.engines.triton.client import ServerUnavailableError, TritonMattingClient, key_headers
 from mattrt.errors import InputError
-from mattrt.serving.server import free_port
+from mattrt.serving.processes import free_port
 
 pytestmark = pytest.mark.skipif(not available("tritonclient"), reason=skip_reason("tritonclient"))
 

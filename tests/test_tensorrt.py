@@ -1,7 +1,10 @@
 """The tensorrt backend without a TensorRT builder or GPU: profiles and their mapping from the
 manifest, cache keys and invalidation, plan metadata, timing-cache bookkeeping, whether plans
-can run on a given runtime and GPU, and the clear errors (no TensorRT, no GPU, wrong plans,
-parser errors). Building and running plans needs TensorRT and a GPU: benchmarks/trt_parity.py."""
+can run on a given runtime and GPU, DLA decisions, CUDA-graph capture bookkeeping, and the clear
+errors (no TensorRT, no GPU, wrong plans, parser errors, profiles a graph cannot take). Small
+fakes stand in for TensorRT's and CuPy's objects only where our own bookkeeping is tested: they
+are no evidence that TensorRT behaves so (tests/test_tensorrt_gpu.py and benchmarks/trt_parity.py
+run the real thing)."""
 
 from __future__ import annotations
 
@@ -20,24 +23,37 @@ from mattrt.deploy.choice import choose_auto
 from mattrt.engines import backends
 from mattrt.engines.tensorrt.build import (
     PROFILES,
+    BuildError,
     BuildOptions,
     GpuIdentity,
     build_failure_message,
+    check_dla_support,
     check_request,
-    dla_choice,
+    dla_placement,
     format_parser_errors,
-    metadata_path,
     optimum_batch,
+    profile_mismatch,
+    profile_shapes,
+)
+from mattrt.engines.tensorrt.engine import (
+    BACKEND,
+    PlanError,
+    TrtEngine,
+    check_runnable,
+    open_plans,
+    version_refusal,
+)
+from mattrt.engines.tensorrt.plan_files import (
+    METADATA_FORMAT,
+    metadata_path,
     plan_key,
     prepare_out_dir,
-    profile_shapes,
     read_metadata,
     read_timing_cache,
     stale_reasons,
     write_json,
     write_timing_cache,
 )
-from mattrt.engines.tensorrt.engine import BACKEND, PlanError, check_runnable, open_plans
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.manifest import GraphEntry, Manifest, TensorInfo
 
@@ -72,10 +88,12 @@ def manifest(tile: int = 512, max_batch: int = 8, precisions=("fp32", "fp16")) -
 
 # -- profiles and the mapping from the manifest ------------------------------------------------
 def test_profiles_are_the_documented_targets():
-    server, jetson = PROFILES["server"], PROFILES["jetson-orin"]
+    server, jetson, dla = PROFILES["server"], PROFILES["jetson-orin"], PROFILES["jetson-orin-dla"]
     assert (server.optimization_level, server.cuda_graphs, server.tile_batch, server.dla) == (5, True, 8, False)
-    assert (jetson.compute_capability, jetson.tile_size, jetson.dla, jetson.workspace_mb) == ((8, 7), 512, True, 1024)
+    assert (jetson.compute_capability, jetson.tile_size, jetson.dla, jetson.workspace_mb) == ((8, 7), 512, False, 1024)
     assert jetson.tile_batch < server.tile_batch and not jetson.allows_hardware_compatible
+    # the DLA target is the Orin target with layers on DLA, nothing else changed
+    assert replace(dla, name=jetson.name, summary=jetson.summary, dla=False) == jetson
     with pytest.raises(Exception):  # frozen
         server.tile_batch = 4
 
@@ -92,6 +110,28 @@ def test_optimization_profile_spans_the_batch_range_at_the_fixed_shape():
     assert optimum_batch(detail, manifest(max_batch=4), PROFILES["server"]) == 4  # never above max_batch
 
 
+def test_dla_profiles_fix_every_batch_at_the_optimum():
+    # DLA runs no dynamic dimensions: min = opt = max (TensorRT's DLA restrictions)
+    export = manifest(tile=512, max_batch=8)
+    semantic, detail = export.stages
+    dla = PROFILES["jetson-orin-dla"]
+    assert profile_shapes(detail, export, dla)["image"] == [[2, 3, 512, 512]] * 3
+    assert profile_shapes(semantic, export, dla)["image"] == [[1, 3, 320, 320]] * 3
+    assert profile_shapes(detail, manifest(tile=512, max_batch=1), dla)["guidance"] == [[1, 3, 512, 512]] * 3
+
+
+def test_a_graph_input_that_cannot_take_the_profile_is_named_with_both_shapes():
+    shapes = [[1, 3, 512, 512], [8, 3, 512, 512], [8, 3, 512, 512]]
+    assert profile_mismatch("image", (-1, 3, 512, 512), shapes) is None
+    assert profile_mismatch("image", (-1, -1, -1, -1), shapes) is None
+    fixed = profile_mismatch("image", (1, 3, 512, 512), shapes)
+    assert "input 'image' has shape [1, 3, 512, 512] in the graph" in fixed
+    assert "batch dimension is fixed at 1" in fixed and "needs 1..8 (opt 8)" in fixed and "dynamic batch" in fixed
+    assert "dimension 2 is fixed at 256" in profile_mismatch("image", (-1, 3, 256, 512), shapes)
+    assert "has 3 dimensions" in profile_mismatch("image", (-1, 3, 512), shapes)
+    assert profile_mismatch("image", (2, 3, 512, 512), [[2, 3, 512, 512]] * 3) is None  # a DLA profile
+
+
 def test_build_options_are_checked():
     assert BuildOptions(profile="jetson-orin").workspace == 1024
     assert BuildOptions(profile="jetson-orin", workspace_mb=512).workspace == 512
@@ -103,7 +143,7 @@ def test_build_options_are_checked():
 
 def test_requests_that_cannot_work_are_refused_with_what_to_do():
     assert check_request(manifest(), BuildOptions(), H200).name == "server"
-    assert check_request(manifest(tile=512), BuildOptions(profile="jetson-orin", precision="fp16"), ORIN).dla
+    assert check_request(manifest(tile=512), BuildOptions(profile="jetson-orin", precision="fp32"), ORIN).tile_size == 512
     with pytest.raises(InputError, match="--tile 512"):
         check_request(manifest(tile=1024), BuildOptions(profile="jetson-orin"), ORIN)
     with pytest.raises(InputError, match=r"sm_87.*NVIDIA H200 \(sm_90\)"):
@@ -116,15 +156,33 @@ def test_requests_that_cannot_work_are_refused_with_what_to_do():
         check_request(manifest(), BuildOptions(precision="int8"), H200)
 
 
-def test_dla_only_where_this_tensorrt_has_it_and_the_graph_is_fp16_or_int8():
-    jetson = PROFILES["jetson-orin"]
-    assert dla_choice(PROFILES["server"], "fp16", 2, "10.3.0") == (False, None)
-    assert dla_choice(jetson, "fp16", 2, "10.3.0") == (True, None)
-    assert dla_choice(jetson, "int8", 1, "11.4.1") == (True, None)
-    used, note = dla_choice(jetson, "fp16", 0, "11.2.0")
-    assert not used and "11.2.0 reports no DLA cores" in note and "GPU" in note
-    used, note = dla_choice(jetson, "fp32", 2, "10.3.0")
-    assert not used and "FP16/INT8" in note
+def test_dla_is_refused_where_it_cannot_run_strongly_typed_networks_never_quietly_replaced():
+    assert check_request(manifest(), BuildOptions(profile="jetson-orin-dla", precision="fp16"), ORIN).dla
+    with pytest.raises(InputError, match="FP16/INT8 only.*--precision fp16 or int8.*--profile jetson-orin"):
+        check_request(manifest(), BuildOptions(profile="jetson-orin-dla"), ORIN)
+    check_dla_support("11.4.1.2", 2)
+    check_dla_support("11.5.0", 1)
+    for version in ("10.3.0", "10.7.0.23", "11.2.0", "11.4.0.106"):  # 10.x: weak typing only; 11.0-11.4.0: no DLA
+        with pytest.raises(BuildError, match=rf"TensorRT {version} cannot place strongly typed networks on DLA.*"
+                                             r">= 11\.4\.1.*--profile jetson-orin"):
+            check_dla_support(version, 2)
+    with pytest.raises(BuildError, match="11.4.1 reports 0 DLA core.*--profile jetson-orin"):
+        check_dla_support("11.4.1", 0)
+
+
+def test_the_dla_placement_is_read_from_the_engine_inspectors_layers():
+    # Our reading of the inspector's JSON (the format as TensorRT's layer profiles show DLA
+    # subgraphs, TensorRT#3143); a real DLA plan checks it in tests/test_tensorrt_gpu.py.
+    information = json.dumps({"Layers": [
+        {"Name": "image to nvm", "LayerType": "Reformat"},
+        {"Name": "{ForeignNode[/enc/conv1/Conv.../enc/relu4/Relu]}", "LayerType": "DLA"},
+        {"Name": "image from nvm", "LayerType": "Reformat"},
+        {"Name": "{ForeignNode[/dec/MatMul.../dec/Softmax]}", "LayerType": "Myelin"},
+        {"Name": "/dec/Resize", "LayerType": "Resize"},
+    ], "Bindings": ["image", "detail"]})
+    assert dla_placement(information) == {"core": 0, "dla_subgraphs": ["{ForeignNode[/enc/conv1/Conv.../enc/relu4/Relu]}"],
+                                          "other_layers": 4}
+    assert dla_placement(json.dumps({"Layers": [{"Name": "conv", "LayerType": "CaskConvolution"}]}))["dla_subgraphs"] == []
 
 
 # -- cache keys ---------------------------------------------------------------------------------
@@ -160,7 +218,7 @@ def test_the_workspace_in_the_key_is_the_one_the_build_uses():
 
 # -- metadata and the plans directory ------------------------------------------------------------
 def test_metadata_round_trips_and_bad_files_say_what_to_do(tmp_path):
-    data = {"format": 1, "precision": "fp16", "stages": {"detail": {"plan": "detail-fp16.plan", "key": key()}}}
+    data = {"format": METADATA_FORMAT, "precision": "fp16", "stages": {"detail": {"plan": "detail-fp16.plan", "key": key()}}}
     write_json(metadata_path(tmp_path, "fp16"), data)
     assert read_metadata(tmp_path, "fp16") == data
     assert read_metadata(tmp_path, "int8") is None
@@ -262,7 +320,8 @@ def built(**changes):
 
 def test_plans_run_only_on_the_tensorrt_and_gpu_they_were_built_for():
     assert check_runnable(built(), "11.4.1.5", "tensorrt", H200, "REBUILD") == []
-    with pytest.raises(PlanError, match="built by TensorRT 11.4.1.5; this is TensorRT 11.5.0.2: rebuild with `REB"):
+    with pytest.raises(PlanError, match=r"built by TensorRT 11.4.1.5 \(not version compatible\), this is TensorRT "
+                                        r"11.5.0.2: rebuild them with TensorRT 11.5.0.2: `REBUILD` \(add --version-comp"):
         check_runnable(built(), "11.5.0.2", "tensorrt", H200, "REBUILD")
     with pytest.raises(PlanError, match=r"built for NVIDIA H200 \(sm_90\); this GPU is Orin \(sm_87\)"):
         check_runnable(built(), "11.4.1.5", "tensorrt", ORIN, "REBUILD")
@@ -271,22 +330,144 @@ def test_plans_run_only_on_the_tensorrt_and_gpu_they_were_built_for():
 
 
 def test_compatible_plans_run_where_tensorrt_says_they_can():
+    # TensorRT 11.4.1 Support Matrix, "Engine Portability": later versions of the same major, and
+    # across majors only 10 -> 11 and 8 -> 10
     compatible = built(options={"version_compatible": True})
     assert check_runnable(compatible, "11.6.0.1", "tensorrt", H200, "R") == []
-    with pytest.raises(PlanError, match="not on 11.3.0.1"):
+    with pytest.raises(PlanError, match="run on that or later versions, not on 11.3.0.1"):
         check_runnable(compatible, "11.3.0.1", "tensorrt", H200, "R")
-    with pytest.raises(PlanError, match="run on TensorRT 11.x"):
+    with pytest.raises(PlanError, match="do not run on TensorRT 12.0.0.1: across major versions TensorRT supports only "
+                                        "8 -> 10, 10 -> 11"):
         check_runnable(compatible, "12.0.0.1", "tensorrt", H200, "R")
+    assert check_runnable(built(tensorrt="10.16.1.11", options={"version_compatible": True}), "11.4.1.5", "tensorrt",
+                          H200, "R") == []
+    assert version_refusal("8.6.1.6", "10.3.0", version_compatible=True) is None
+    assert "do not run on TensorRT 11.4.1" in version_refusal("8.6.1.6", "11.4.1", version_compatible=True)
+    assert "not on 10.16.1" in version_refusal("11.4.1.5", "10.16.1", version_compatible=True)
+    # a version known in part (the server's libnvinfer.so.11) compares on the parts it names
+    assert version_refusal("11.4.1.5", "11", version_compatible=False) is None
+    assert version_refusal("10.16.1.11", "11", version_compatible=False) is not None
     hardware = built(options={"hardware_compatible": True})
     assert check_runnable(hardware, "11.4.1.5", "tensorrt", A100, "R") == []
     with pytest.raises(PlanError, match="Ampere or newer"):
         check_runnable(hardware, "11.4.1.5", "tensorrt", T4, "R")
 
 
-def test_the_lean_runtime_needs_version_compatible_plans():
-    with pytest.raises(PlanError, match="lean runtime.*--version-compatible"):
+def test_the_lean_runtime_needs_version_compatible_plans_of_its_own_version():
+    # IRuntime::loadRuntime (NvInferRuntime.h): the lean runtime runs version-compatible plans built
+    # by the same TensorRT version
+    with pytest.raises(PlanError, match="lean runtime 11.4.1.5 runs version-compatible plans only.*"
+                                        "`R --version-compatible`, or install the full TensorRT"):
         check_runnable(built(), "11.4.1.5", "tensorrt_lean_bindings", H200, "R")
-    assert check_runnable(built(options={"version_compatible": True}), "11.4.1.5", "tensorrt_lean", H200, "R") == []
+    compatible = built(options={"version_compatible": True})
+    assert check_runnable(compatible, "11.4.1.5", "tensorrt_lean", H200, "R") == []
+    with pytest.raises(PlanError, match="lean runtime 11.6.0.1 runs version-compatible plans built by its own version; "
+                                        "these were built by TensorRT 11.4.1.5: rebuild them with TensorRT 11.6.0.1"):
+        check_runnable(compatible, "11.6.0.1", "tensorrt_lean", H200, "R")
+
+
+# -- the engine's own bookkeeping (fakes stand in for TensorRT's context and CuPy's stream) -------
+class FakeDeviceArray:
+    def __init__(self, shape, pointer):
+        self.shape, self.data = shape, SimpleNamespace(ptr=pointer)
+
+
+class FakeContext:
+    """An IExecutionContext stand-in that accepts every shape and address and counts runs."""
+
+    def __init__(self, capture_enqueues=True):
+        self.runs, self.capture_enqueues, self.capturing = 0, capture_enqueues, False
+
+    def set_input_shape(self, name, shape):
+        return True
+
+    def set_tensor_address(self, name, pointer):
+        return True
+
+    def execute_async_v3(self, stream):
+        self.runs += 1
+        return self.capture_enqueues or not self.capturing
+
+
+class FakeStream:
+    """A CuPy stream stand-in whose capture ends as `end` says: a graph, or CuPy's CUDA error."""
+
+    ptr = 7
+
+    def __init__(self, context, end):
+        self.context, self.end, self.captures = context, end, 0
+
+    def begin_capture(self):
+        self.captures += 1
+        self.context.capturing = True
+
+    def end_capture(self):
+        self.context.capturing = False
+        if isinstance(self.end, Exception):
+            raise self.end
+        return self.end
+
+
+class FakeGraph:
+    def __init__(self):
+        self.launches = 0
+
+    def launch(self, stream):
+        self.launches += 1
+
+
+def graph_engine(tmp_path, context, end) -> TrtEngine:
+    meta = TensorInfo("image", ["batch", 3, 8, 8], "float32").meta()
+    out = TensorInfo("detail", ["batch", 1, 8, 8], "float32").meta()
+    engine = TrtEngine(tmp_path / "detail-fp16.plan", name="detail", precision="fp16", inputs=(meta,), outputs=(out,),
+                       max_batch=4, cuda_graphs=True)
+    engine._context, engine._stream, engine._logger = context, FakeStream(context, end), SimpleNamespace(messages=[])
+    engine._buffers = {"image": FakeDeviceArray((4, 3, 8, 8), 512), "detail": FakeDeviceArray((4, 1, 8, 8), 1024)}
+    return engine
+
+
+def test_a_failed_graph_capture_is_logged_once_and_its_batch_runs_plain_from_then_on(tmp_path, capsys):
+    context = FakeContext()
+    invalidated = RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
+    engine = graph_engine(tmp_path, context, invalidated)
+    feeds = {"image": FakeDeviceArray((3, 3, 8, 8), 512)}
+    engine._execute(3, feeds)  # no exception: the plain run before the capture gave this call's outputs
+    assert (context.runs, engine._stream.captures) == (2, 1)
+    warning = capsys.readouterr().err
+    assert "no CUDA graph at batch 3 (the capture was invalidated: cudaErrorStreamCaptureInvalidated" in warning
+    assert "runs without a CUDA graph from now on" in warning
+    engine._execute(3, feeds)
+    assert (context.runs, engine._stream.captures) == (3, 1) and capsys.readouterr().err == ""  # once, not again
+    graph = FakeGraph()
+    engine._stream.end = graph  # another batch size still gets its graph
+    engine._execute(2, {"image": FakeDeviceArray((2, 3, 8, 8), 512)})
+    engine._execute(2, {"image": FakeDeviceArray((2, 3, 8, 8), 512)})
+    assert (context.runs, graph.launches, sorted(engine._graphs), sorted(engine._graphless)) == (5, 1, [2], [3])
+
+
+def test_a_capture_tensorrt_cannot_enqueue_is_recorded_with_its_message(tmp_path, capsys):
+    context = FakeContext(capture_enqueues=False)
+    engine = graph_engine(tmp_path, context, FakeGraph())
+    engine._logger.messages.append((True, "Error Code 1: enqueue during capture"))
+    engine._execute(1, {"image": FakeDeviceArray((1, 3, 8, 8), 512)})
+    assert engine._graphs == {} and "enqueue during capture" in engine._graphless[1]
+    assert "TensorRT could not enqueue while capturing" in capsys.readouterr().err
+
+
+def test_a_dla_plan_gets_its_core_or_a_clear_refusal(tmp_path):
+    meta = TensorInfo("image", ["batch", 3, 8, 8], "float32").meta()
+    engine = TrtEngine(tmp_path / "detail-fp16.plan", name="detail", precision="fp16", inputs=(meta,), outputs=(meta,),
+                       max_batch=2, fixed_batch=True, dla_core=0,
+                       rebuild="mattrt build E --out P --precision fp16 --profile jetson-orin-dla")
+    engine._runtime = SimpleNamespace(num_DLA_cores=2, DLA_core=-1)  # IRuntime's default core is -1
+    engine._use_dla_core()
+    assert engine._runtime.DLA_core == 0
+    engine._runtime = SimpleNamespace(num_DLA_cores=0, DLA_core=-1)
+    with pytest.raises(PlanError, match="DLA core 0; TensorRT reports 0 DLA core.*--profile jetson-orin`"):
+        engine._use_dla_core()
+    assert engine._run_batch(1) == 2 and engine._run_batch(2) == 2  # a fixed-batch plan always runs its batch
+    engine.fixed_batch = False
+    assert engine._run_batch(1) == 1
 
 
 # -- the backend in the registry and the command --------------------------------------------------

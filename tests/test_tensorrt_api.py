@@ -2,9 +2,10 @@
 
 In CI that is TensorRT 11.4's lean runtime (the dev extra installs `tensorrt-lean-cu13-*`; its
 bindings import without a GPU). It carries the runtime API and the builder's enums, so this
-checks all of RUNTIME_API and the enum part of BUILDER_API; Builder, IBuilderConfig,
-INetworkDefinition and OnnxParser are not in the lean bindings and stay unchecked here (a
-machine with the full TensorRT checks them too). Also checked against the real bindings: the
+checks all of RUNTIME_API (the runtime's DLA core included) and the enum part of BUILDER_API;
+Builder, IBuilderConfig, INetworkDefinition, ITensor, OnnxParser and EngineInspector (the class
+behind ICudaEngine.create_engine_inspector, which is checked) are not in the lean bindings and stay
+unchecked here (a machine with the full TensorRT checks them too). Also checked against the real bindings: the
 logger keeps TensorRT's errors, and a runtime created without a usable CUDA driver is refused
 with TensorRT's own message instead of crashing the process on first use.
 """
@@ -53,10 +54,11 @@ def test_the_builder_names_this_tensorrt_carries_exist():
     assert not missing, f"{module.__name__} {module.__version__} lacks {missing}"
     unchecked = sorted({name.split(".")[0] for name in BUILDER_API} - {name.split(".")[0] for name in carried})
     if tensorrt_runtime_module() != "tensorrt":  # the lean bindings: enums yes, builder classes no
-        assert {"MemoryPoolType", "BuilderFlag", "HardwareCompatibilityLevel", "DeviceType", "ILogger"} <= {
+        assert {"MemoryPoolType", "BuilderFlag", "HardwareCompatibilityLevel", "DeviceType", "ILogger",
+                "ProfilingVerbosity", "LayerInformationFormat", "ICudaEngine", "Runtime"} <= {
             name.split(".")[0] for name in carried}
         assert set(unchecked) <= {"Builder", "IBuilderConfig", "INetworkDefinition", "IOptimizationProfile",
-                                  "OnnxParser"}
+                                  "OnnxParser", "ITensor", "EngineInspector"}
 
 
 def test_the_backend_does_not_use_what_tensorrt_11_removed():

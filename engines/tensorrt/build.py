@@ -12,7 +12,17 @@ Why it is written this way:
   version strings.
 - One optimization profile per plan: batch 1..manifest.max_batch at the stage's fixed spatial
   shape; the optimum is the batch the pipeline sends (1 for the semantic stage, the profile's
-  tile batch for the others, never above max_batch).
+  tile batch for the others, never above max_batch). DLA runs no dynamic dimensions (TensorRT's
+  "DLA Supported Layers and Restrictions": min = opt = max, run-time shapes = build shapes), so a
+  DLA profile fixes every batch at that optimum and the engine pads shorter batches
+  (tensorrt_engine.TrtEngine). A graph whose input shape cannot take the profile (e.g. a fixed
+  batch) is a BuildError naming the input and both shapes.
+- DLA (the jetson-orin-dla profile): mattrt's networks are strongly typed, and TensorRT documents
+  strongly typed networks on DLA from 11.4.1 on (its release notes; AGX Orin with JetPack >=
+  7.2.2). 10.x documents DLA through the FP16/INT8 builder flags only, 11.0-11.3 have no DLA: such
+  a TensorRT, or one reporting no DLA core, is refused with its version named. What actually runs
+  on DLA is read back from the built plan with TensorRT's engine inspector and recorded; a plan
+  with no layer on DLA is refused, never recorded as a DLA plan.
 - Plans stay plain TensorRT plans (trtexec --loadEngine and Triton's tensorrt_plan backend load
   them as they are); what mattrt knows about them sits beside them in `tensorrt-<precision>.json`
   with a copy of the export's manifest, so the output directory opens on its own
@@ -39,16 +49,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from packaging.version import Version
+
+from mattrt.engines.tensorrt.plan_files import (
+    DEFAULT_TIMING_CACHE,
+    METADATA_FORMAT,
+    file_sha256,
+    metadata_path,
+    plan_file_name,
+    plan_key,
+    prepare_out_dir,
+    read_metadata,
+    read_timing_cache,
+    stale_reasons,
+    write_json,
+    write_timing_cache,
+)
 from mattrt.errors import InputError, MattrtError
 from mattrt.lazy import lazy_import
-from mattrt.manifest import BATCH_DIM, MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
+from mattrt.manifest import BATCH_DIM, PRECISIONS, GraphEntry, Manifest
 from mattrt.runtime.engine import check_choice, require_all
 
 trt = lazy_import("tensorrt", probe="tensorrt")
 cupy = lazy_import("cupy", probe="cupy_device")
 
-METADATA_FORMAT = 1
-DEFAULT_TIMING_CACHE = "timing.cache"
 # Probes the build step needs: the builder and a GPU (TensorRT builds on the GPU it targets).
 BUILD_PROBES = ("tensorrt", "cupy_device")
 
@@ -65,9 +89,14 @@ BUILDER_API = (
     "IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache",
     "IBuilderConfig.add_optimization_profile", "IBuilderConfig.default_device_type", "IBuilderConfig.DLA_core",
     "IOptimizationProfile.set_shape", "INetworkDefinition.num_inputs", "INetworkDefinition.get_input",
+    "ITensor.name", "ITensor.shape",
     "ITimingCache.serialize", "ILogger", "Logger.Severity.ERROR", "Logger.Severity.INTERNAL_ERROR",
     "Logger.Severity.WARNING", "MemoryPoolType.WORKSPACE", "BuilderFlag.VERSION_COMPATIBLE",
     "BuilderFlag.GPU_FALLBACK", "BuilderFlag.TF32", "HardwareCompatibilityLevel.AMPERE_PLUS", "DeviceType.DLA",
+    # reading back where the DLA plan's layers run
+    "IBuilderConfig.profiling_verbosity", "ProfilingVerbosity.DETAILED", "Runtime", "Runtime.DLA_core",
+    "Runtime.deserialize_cuda_engine", "ICudaEngine.create_engine_inspector", "EngineInspector.get_engine_information",
+    "LayerInformationFormat.JSON",
 )
 FEATURE_DETECTED = ("NetworkDefinitionCreationFlag.STRONGLY_TYPED",)
 
@@ -89,7 +118,9 @@ class TrtProfile:
     cuda_graphs: bool  # engines opened from these plans replay one CUDA graph per batch size by default
     tile_size: int | None  # the export's tile side this target needs (None: any)
     compute_capability: tuple[int, int] | None  # the GPU this target builds on (None: any)
-    dla: bool  # layers on DLA core 0 with GPU fallback, where this TensorRT has DLA cores (FP16/INT8 graphs)
+    # Layers on DLA core DLA_CORE, the rest on the GPU (GPU fallback); every batch fixed at the
+    # optimum (DLA has no dynamic dimensions); FP16/INT8 graphs on a TensorRT that can (module docstring).
+    dla: bool
     allows_hardware_compatible: bool  # whether --hardware-compatible is possible on this target
 
 
@@ -104,8 +135,15 @@ PROFILES: dict[str, TrtProfile] = {
         ),
         TrtProfile(
             name="jetson-orin",
-            summary="Jetson Orin (sm_87) built on the device: 512 px tiles, tile batch 2, 1 GiB workspace, "
-                    "DLA with GPU fallback where this TensorRT has DLA",
+            summary="Jetson Orin's GPU (sm_87), built on the device: 512 px tiles, tile batch 2, 1 GiB workspace "
+                    "(TensorRT 10.x on JetPack 6 or 11.4.1 on JetPack 7)",
+            tile_batch=2, optimization_level=3, workspace_mb=1024, cuda_graphs=False, tile_size=512,
+            compute_capability=(8, 7), dla=False, allows_hardware_compatible=False,
+        ),
+        TrtProfile(
+            name="jetson-orin-dla",
+            summary="Jetson AGX Orin's DLA core 0 with GPU fallback (FP16/INT8 graphs; TensorRT >= 11.4.1, "
+                    "JetPack >= 7.2.2): fixed batch 2, 512 px tiles, 1 GiB workspace",
             tile_batch=2, optimization_level=3, workspace_mb=1024, cuda_graphs=False, tile_size=512,
             compute_capability=(8, 7), dla=True, allows_hardware_compatible=False,
         ),
@@ -186,6 +224,9 @@ def check_request(manifest: Manifest, options: BuildOptions, gpu: GpuIdentity) -
         if gpu.compute_capability < (8, 0):
             raise InputError(
                 f"--hardware-compatible needs an Ampere-or-newer GPU to build on; this is {gpu.describe()}")
+    if profile.dla and options.precision == "fp32":
+        raise InputError(f"the {profile.name} profile places layers on DLA, which computes in FP16/INT8 only: build "
+                         "--precision fp16 or int8, or use --profile jetson-orin for an fp32 plan on the GPU")
     missing = [entry.name for entry in manifest.stages if entry.file_for(options.precision, "tensorrt") is None]
     if missing:
         raise InputError(
@@ -204,129 +245,42 @@ def optimum_batch(entry: GraphEntry, manifest: Manifest, profile: TrtProfile) ->
 
 
 def profile_shapes(entry: GraphEntry, manifest: Manifest, profile: TrtProfile) -> dict[str, list[list[int]]]:
-    """input name -> [min, opt, max] shapes of the plan's one optimization profile."""
+    """input name -> [min, opt, max] shapes of the plan's one optimization profile (a DLA profile:
+    min = opt = max, the batch fixed at the optimum)."""
     opt = optimum_batch(entry, manifest, profile)
+    batches = (opt, opt, opt) if profile.dla else (1, opt, int(manifest.max_batch))
     shapes = {}
     for tensor in entry.inputs:
         if tensor.shape[0] != BATCH_DIM:
             fixed = list(tensor.concrete_shape(1))
             shapes[tensor.name] = [fixed, fixed, fixed]
             continue
-        shapes[tensor.name] = [list(tensor.concrete_shape(b)) for b in (1, opt, int(manifest.max_batch))]
+        shapes[tensor.name] = [list(tensor.concrete_shape(b)) for b in batches]
     return shapes
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def plan_key(graph_sha256: str, tensorrt_version: str, gpu: GpuIdentity, profile: TrtProfile,
-             options: BuildOptions, shapes: dict) -> dict[str, Any]:
-    """The parts a plan depends on; a plan is reused only when all of them are equal."""
-    return {
-        "graph_sha256": graph_sha256,
-        "tensorrt": tensorrt_version,
-        "gpu": gpu.name,
-        "compute_capability": "%d.%d" % gpu.compute_capability,
-        "profile": asdict(profile),
-        "options": {**asdict(options), "workspace_mb": options.workspace},
-        "shapes": shapes,
-        "format": METADATA_FORMAT,
-    }
-
-
-def stale_reasons(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
-    """Why a recorded plan key differs from the wanted one (empty: the plan is up to date)."""
-    if recorded is None:
-        return ["no plan yet"]
-    labels = {"graph_sha256": "the graph changed", "tensorrt": "TensorRT {old} -> {new}", "gpu": "GPU {old} -> {new}",
-              "compute_capability": "compute capability {old} -> {new}", "profile": "profile settings changed",
-              "options": "builder options changed", "shapes": "optimization-profile shapes changed",
-              "format": "metadata format {old} -> {new}"}
-    return [labels.get(part, part + " changed").format(old=recorded.get(part), new=wanted.get(part))
-            for part in wanted if recorded.get(part) != wanted[part]]
+def profile_mismatch(name: str, graph_shape: tuple[int, ...], shapes: list[list[int]]) -> str | None:
+    """Why an input of shape `graph_shape` in the parsed graph (-1: dynamic) cannot take the
+    profile's [min, opt, max] `shapes` (None: it can). TensorRT only rejects the profile later,
+    as a bare RuntimeError or a failed build."""
+    low, opt, high = shapes
+    if len(graph_shape) != len(low):
+        return (f"input {name!r} has {len(graph_shape)} dimensions {list(graph_shape)} in the graph, the optimization "
+                f"profile {len(low)} ({low} .. {high}); re-export the model")
+    for axis, size in enumerate(graph_shape):
+        if size >= 0 and not low[axis] == opt[axis] == high[axis] == size:
+            what = "batch dimension" if axis == 0 else f"dimension {axis}"
+            fix = ("re-export it with a dynamic batch (`mattrt export MODEL --out DIR` writes one)" if axis == 0
+                   else "re-export the model (the graph and its manifest disagree)")
+            return (f"input {name!r} has shape {list(graph_shape)} in the graph: its {what} is fixed at {size}, "
+                    f"but the plan's optimization profile needs {low[axis]}..{high[axis]} (opt {opt[axis]}); {fix}")
+    return None
 
 
 # -- metadata beside the plans --------------------------------------------------------------
-def metadata_path(out_dir: Path, precision: str) -> Path:
-    return Path(out_dir) / f"tensorrt-{precision}.json"
-
-
-def plan_file_name(stage: str, precision: str) -> str:
-    return f"{stage}-{precision}.plan"
-
-
-def read_metadata(out_dir: Path, precision: str) -> dict[str, Any] | None:
-    path = metadata_path(out_dir, precision)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); delete it to rebuild the {precision} plans") from None
-    if not isinstance(data, dict) or data.get("format") != METADATA_FORMAT or not isinstance(data.get("stages"), dict):
-        raise InputError(f"{path} is not a mattrt plan metadata file of format {METADATA_FORMAT}; "
-                         f"delete it to rebuild the {precision} plans")
-    return data
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write through a temporary file so a reader never sees half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    temporary.replace(path)
-
-
-def prepare_out_dir(out_dir: Path, manifest: Manifest, log: Callable[[str], None]) -> None:
-    """Create OUT, or accept an earlier plans directory of the same model; never take over a
-    directory holding something else. The manifest copy is (re)written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    copy = out_dir / MANIFEST_FILE
-    if copy.is_file():
-        earlier = Manifest.load(out_dir)
-        if earlier.model != manifest.model:
-            raise InputError(f"{out_dir} holds plans of model {earlier.model!r}, not {manifest.model!r}; "
-                             "pick another --out directory")
-        if earlier.to_dict() != manifest.to_dict():
-            log(f"{out_dir}: the export's manifest changed since the last build; plans are checked against it")
-    elif any(out_dir.iterdir()):
-        raise InputError(f"{out_dir} is not empty and holds no mattrt plans (no {MANIFEST_FILE}); "
-                         "pick a new or empty --out directory")
-    write_json(copy, manifest.to_dict())
 
 
 # -- timing cache -----------------------------------------------------------------------------
-def read_timing_cache(path: Path, tensorrt_version: str, gpu: GpuIdentity) -> tuple[bytes, str | None]:
-    """Bytes to seed the timing cache with, and a note when the file is not used. The sidecar
-    PATH.json names the TensorRT and GPU that wrote it; a cache written for another version or
-    GPU starts afresh (TensorRT's caches are tied to both)."""
-    if not path.is_file():
-        return b"", None
-    sidecar = path.with_name(path.name + ".json")
-    try:
-        written = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    except (json.JSONDecodeError, OSError):
-        written = {"tensorrt": "an unknown version (unreadable " + sidecar.name + ")"}
-    if written.get("tensorrt") not in (None, tensorrt_version):
-        return b"", (f"timing cache {path} was written by TensorRT {written['tensorrt']}, this is {tensorrt_version}: "
-                     "starting a new cache (saved to the same path after the build)")
-    if written.get("gpu") not in (None, gpu.name):
-        return b"", (f"timing cache {path} was written on {written['gpu']}, this is {gpu.name}: "
-                     "starting a new cache (saved to the same path after the build)")
-    return path.read_bytes(), None
-
-
-def write_timing_cache(path: Path, data: bytes, tensorrt_version: str, gpu: GpuIdentity) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    temporary.replace(path)
-    write_json(path.with_name(path.name + ".json"), {"tensorrt": tensorrt_version, "gpu": gpu.name,
-                                                     "compute_capability": "%d.%d" % gpu.compute_capability})
 
 
 # -- TensorRT's messages ----------------------------------------------------------------------
@@ -387,16 +341,40 @@ def build_failure_message(stage: str, logger, workspace_mb: int | None) -> str:
 
 
 # -- DLA ----------------------------------------------------------------------------------------
-def dla_choice(profile: TrtProfile, precision: str, dla_cores: int, tensorrt_version: str) -> tuple[bool, str | None]:
-    """Whether to place layers on DLA, and a note saying what runs where when it is not used."""
-    if not profile.dla:
-        return False, None
-    if dla_cores < 1:
-        return False, (f"TensorRT {tensorrt_version} reports no DLA cores here (DLA: TensorRT <= 10.7 on JetPack 6, "
-                       "or 11.4.1+ on AGX Orin with JetPack 7.2.2+): every layer runs on the GPU")
-    if precision == "fp32":
-        return False, "DLA computes in FP16/INT8 only: the fp32 plan runs every layer on the GPU"
-    return True, None
+DLA_CORE = 0
+# The first TensorRT that documents strongly typed networks on DLA (11.4.1 release notes, "Strongly
+# typed networks for DLA"; "Working with DLA": AGX Orin with JetPack >= 7.2.2, none in 11.0-11.3,
+# 10.x through the FP16/INT8 builder flags only, which strongly typed networks forbid).
+DLA_STRONGLY_TYPED_SINCE = "11.4.1"
+DLA_FALLBACK_ADVICE = "build with --profile jetson-orin to run every layer on the GPU"
+# Engine-inspector layer types of GPU subgraphs that TensorRT also names {ForeignNode[...]}.
+GPU_FOREIGN_NODE_TYPES = ("Myelin", "kgen")
+
+
+def check_dla_support(tensorrt_version: str, dla_cores: int) -> None:
+    """BuildError unless this TensorRT can place mattrt's strongly typed networks on a DLA core."""
+    if Version(tensorrt_version) < Version(DLA_STRONGLY_TYPED_SINCE):
+        raise BuildError(
+            f"TensorRT {tensorrt_version} cannot place strongly typed networks on DLA (10.x documents DLA only through "
+            f"the FP16/INT8 builder flags, 11.0-11.3 have no DLA; strongly typed DLA builds need TensorRT "
+            f">= {DLA_STRONGLY_TYPED_SINCE} on AGX Orin with JetPack >= 7.2.2): {DLA_FALLBACK_ADVICE}")
+    if dla_cores <= DLA_CORE:
+        raise BuildError(f"TensorRT {tensorrt_version} reports {dla_cores} DLA core(s) on this device, so DLA core "
+                         f"{DLA_CORE} cannot be used (DLA: Jetson AGX Orin with JetPack >= 7.2.2): "
+                         + DLA_FALLBACK_ADVICE)
+
+
+def dla_placement(engine_information: str) -> dict[str, Any]:
+    """Where a DLA plan's layers run, from the engine inspector's JSON (profiling verbosity
+    DETAILED): TensorRT fuses each DLA loadable into one layer named {ForeignNode[first...last]}
+    (trtexec's layer profiles, TensorRT#3143); Myelin subgraphs on the GPU share that name form
+    and are told apart by their layer type. No DLA plan has been inspected here: the first
+    jetson-orin-dla build checks this reading (tests/test_tensorrt_gpu.py)."""
+    layers = json.loads(engine_information).get("Layers", [])
+    on_dla = [layer["Name"] for layer in layers if isinstance(layer, dict)
+              and str(layer.get("Name", "")).startswith("{ForeignNode[")
+              and layer.get("LayerType") not in GPU_FOREIGN_NODE_TYPES]
+    return {"core": DLA_CORE, "dla_subgraphs": on_dla, "other_layers": len(layers) - len(on_dla)}
 
 
 # -- the build ----------------------------------------------------------------------------------
@@ -497,46 +475,84 @@ def _build_stage(entry: GraphEntry, graph: Path, plan_path: Path, profile: TrtPr
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    notes = []
-    use_dla, note = dla_choice(profile, options.precision, int(builder.num_DLA_cores), version)
-    if note:
-        notes.append(note)
-    if use_dla:
+    if profile.dla:
+        check_dla_support(version, int(builder.num_DLA_cores))
         config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = 0
+        config.DLA_core = DLA_CORE
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer types for dla_placement
     cache = config.create_timing_cache(timing if timing is not None else seed)
     if cache is None or not config.set_timing_cache(cache, False):
         log(f"TensorRT rejected the timing cache ({last_errors(logger)}): starting a new one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
-    optimization = builder.create_optimization_profile()
-    for index in range(network.num_inputs):
-        name = network.get_input(index).name
-        if name not in shapes:
-            raise BuildError(f"{graph.name} has input {name!r}, which the manifest does not list; re-export the model")
-        optimization.set_shape(name, *shapes[name])
-    config.add_optimization_profile(optimization)
+    add_profile(builder, config, network, shapes, graph, logger)
     log(f"{entry.name}: building {plan_path.name} from {graph.name} ({options.precision}, profile {profile.name})")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BuildError(build_failure_message(entry.name, logger, options.workspace))
     data = bytes(plan)
+    notes, dla = [], None
+    if profile.dla:
+        dla = read_dla_placement(data, logger, entry.name)
+        if dla["other_layers"]:
+            notes.append(f"{entry.name}: {len(dla['dla_subgraphs'])} DLA subgraph(s) on DLA core {DLA_CORE}; "
+                         f"{dla['other_layers']} other layer(s) run on the GPU (GPU fallback and DLA transfers)")
     temporary = plan_path.with_name(plan_path.name + ".tmp")
     temporary.write_bytes(data)
     temporary.replace(plan_path)
+    batches = shapes[entry.inputs[0].name]
     record = {
         "graph": graph.name,
         "plan": plan_path.name,
         "plan_sha256": hashlib.sha256(data).hexdigest(),
-        "dla": use_dla,
+        "dla": dla,  # None: every layer on the GPU
         "strongly_typed": bool(flags) or not hasattr(trt.BuilderFlag, "FP16"),  # 11.x: always
         "tf32": False,
-        "opt_batch": shapes[entry.inputs[0].name][1][0],
+        "min_batch": batches[0][0],
+        "opt_batch": batches[1][0],
+        "max_batch": batches[2][0],
         "build_seconds": round(time.perf_counter() - started, 3),
         "notes": notes,
     }
     return record, bytes(config.get_timing_cache().serialize())
+
+
+def add_profile(builder, config, network, shapes: dict, graph: Path, logger) -> None:
+    """The plan's one optimization profile, each input checked against the parsed graph first."""
+    optimization = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        name = tensor.name
+        if name not in shapes:
+            raise BuildError(f"{graph.name} has input {name!r}, which the manifest does not list; re-export the model")
+        problem = profile_mismatch(name, tuple(int(d) for d in tensor.shape), shapes[name])
+        if problem:
+            raise BuildError(f"{graph.name}: {problem}")
+        try:
+            optimization.set_shape(name, *shapes[name])
+        except RuntimeError as exc:  # the bindings raise when min <= opt <= max does not hold
+            raise BuildError(f"{graph.name}: TensorRT refused the profile {shapes[name]} for input {name!r}: "
+                             f"{exc}") from None
+    # -1: an invalid profile (IBuilderConfig::addOptimizationProfile)
+    if config.add_optimization_profile(optimization) < 0:
+        raise BuildError(f"TensorRT refused the optimization profile of {graph.name} ({last_errors(logger)}); "
+                         f"shapes: {shapes}")
+
+
+def read_dla_placement(plan: bytes, logger, stage: str) -> dict[str, Any]:
+    """dla_placement of a freshly built DLA plan; BuildError when no layer runs on DLA (such a
+    plan is a GPU plan and is not recorded as a DLA one)."""
+    runtime = trt.Runtime(logger)
+    runtime.DLA_core = DLA_CORE  # before deserializing: a DLA plan needs its core (IRuntime::setDLACore)
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise BuildError(f"TensorRT could not load the {stage} plan it just built: {last_errors(logger)}")
+    placement = dla_placement(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    if not placement["dla_subgraphs"]:
+        raise BuildError(f"TensorRT placed none of the {stage} stage's layers on DLA (all {placement['other_layers']} "
+                         f"run on the GPU): {DLA_FALLBACK_ADVICE}")
+    return placement
 
 
 def prepare(export_dir: str | Path, out_dir: str | Path, *, device: str = "cuda", precision: str = "fp32",
@@ -553,7 +569,7 @@ def describe_profiles() -> Iterable[str]:
 
 
 __all__ = [
-    "BUILDER_API", "BUILD_PROBES", "BuildError", "BuildOptions", "GpuIdentity", "PROFILES", "TrtProfile",
-    "build_plans", "check_request", "dla_choice", "format_parser_errors", "get_profile", "plan_key",
-    "prepare", "profile_shapes", "read_metadata", "stale_reasons",
+    "BUILDER_API", "BUILD_PROBES", "BuildError", "BuildOptions", "DLA_CORE", "GpuIdentity", "PROFILES", "TrtProfile",
+    "build_plans", "check_dla_support", "check_request", "dla_placement", "format_parser_errors", "get_profile",
+    "prepare", "profile_mismatch", "profile_shapes",
 ]

@@ -6,11 +6,14 @@
 
 Why it is written this way:
 - Before anything is deserialized, the plans' metadata (tensorrt-<precision>.json) is checked
-  against this runtime and GPU: another TensorRT version (unless the plans are version
-  compatible and this runtime is the same major and not older), another compute capability
-  (unless hardware compatible), or a lean runtime with plans that are not version compatible is
-  an error that says how to rebuild. TensorRT has no preflight API, so deserialization is still
+  against this runtime and GPU by TensorRT's documented rules (`version_refusal`): plans run on
+  the TensorRT that built them; version-compatible plans also on later ones of the same major and
+  across the two major steps TensorRT supports (10 -> 11, 8 -> 10); the lean runtime runs only
+  version-compatible plans of its own version; another compute capability needs hardware-compatible
+  plans. A refusal says how to rebuild. TensorRT has no preflight API, so deserialization is still
   checked: a None engine is an error that carries TensorRT's last log line.
+- A DLA plan (metadata `dla`) gets its DLA core set on the runtime before it is deserialized (the
+  runtime's core defaults to -1), and a device without that core is refused.
 - One GPU array library: CuPy holds the inputs and outputs, the stream and the CUDA graphs (no
   pycuda). `execute_async_v3` runs on the engine's own non-blocking stream, ordered after the
   caller's current stream by an event and before it again by another, so the pipeline's CuPy
@@ -21,7 +24,11 @@ Why it is written this way:
   first copied into the engine's own input buffers (one device copy), so the captured addresses
   stay fixed; one graph is captured per batch size, after one plain run (TensorRT's lazy setup
   must not be captured), and re-captured whenever the bound addresses differ from the captured
-  ones.
+  ones. A capture that fails is logged once and its batch size runs without a graph from then on
+  (the plain run already gave that call's outputs), as Triton's TensorRT backend does. Feeds are
+  also copied when their address is not 256-byte aligned (setTensorAddress needs it) and when a
+  fixed-batch plan (DLA) gets a shorter batch: the engine's buffer is zero-padded to the plan's
+  batch and the first rows of the outputs returned.
 - Host path (`run`): NumPy feeds are uploaded into the input buffers and the outputs copied back.
 - `RUNTIME_API` lists every TensorRT name this module uses; tests/test_tensorrt_api.py checks
   them against the TensorRT 11.4 lean runtime's bindings.
@@ -41,6 +48,7 @@ from packaging.version import Version
 from mattrt import availability
 from mattrt.engines.tensorrt import build as tensorrt_build
 from mattrt.engines.tensorrt.build import GpuIdentity, capturing_logger, gpu_identity, last_errors
+from mattrt.engines.tensorrt.plan_files import metadata_path, read_metadata
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
 from mattrt.lazy import lazy_import
 from mattrt.manifest import PRECISIONS, Manifest
@@ -55,7 +63,8 @@ RUN_PROBES = ("tensorrt_runtime", "cupy_device")
 # Every TensorRT runtime name this module uses (checked against TensorRT 11.4 by
 # tests/test_tensorrt_api.py). Dotted: attribute of an attribute of the module.
 RUNTIME_API = (
-    "Runtime", "Runtime.deserialize_cuda_engine", "Runtime.engine_host_code_allowed",
+    "Runtime", "Runtime.deserialize_cuda_engine", "Runtime.engine_host_code_allowed", "Runtime.DLA_core",
+    "Runtime.num_DLA_cores",
     "ILogger", "Logger.Severity.INTERNAL_ERROR", "Logger.Severity.ERROR", "Logger.Severity.WARNING",
     "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
     "ICudaEngine.get_tensor_dtype", "ICudaEngine.get_tensor_shape", "ICudaEngine.get_tensor_profile_shape",
@@ -66,6 +75,11 @@ RUNTIME_API = (
     "DataType.FLOAT", "DataType.HALF", "DataType.INT8", "DataType.INT32", "DataType.INT64", "DataType.BOOL",
     "DataType.UINT8",
 )
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment" (NvInferRuntime.h).
+TENSOR_ALIGNMENT = 256
+# Version-compatible plans across major versions: only these (built, runtime) majors (TensorRT
+# 11.4.1 Support Matrix, "Engine Portability"); within a major, any later version runs them.
+CROSS_MAJOR_COMPATIBLE = frozenset({(8, 10), (10, 11)})
 _NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
                 "BOOL": np.bool_, "UINT8": np.uint8}
 
@@ -111,29 +125,46 @@ def create_runtime(module, logger):
 
 
 # -- can these plans run here? ------------------------------------------------------------------
+def version_refusal(built: str, runtime: str, *, version_compatible: bool, lean: bool = False) -> str | None:
+    """Why a plan built by TensorRT `built` cannot run on TensorRT `runtime` (None: it can), by the
+    rules in the module docstring. Versions compare on the parts both name ("10" vs "10.3.0.26":
+    the major only), so a version known only in part is refused only where that part decides."""
+    made, used = Version(built).release, Version(runtime).release
+    common = min(len(made), len(used))
+    same = made[:common] == used[:common]
+    if lean:  # IRuntime::loadRuntime (NvInferRuntime.h): version-compatible plans of the lean runtime's own version
+        if not version_compatible:
+            return f"TensorRT's lean runtime {runtime} runs version-compatible plans only; these were built without it"
+        return None if same else (f"TensorRT's lean runtime {runtime} runs version-compatible plans built by its own "
+                                  f"version; these were built by TensorRT {built}")
+    if not version_compatible:
+        return None if same else (f"the plans were built by TensorRT {built} (not version compatible), this is "
+                                  f"TensorRT {runtime}")
+    if used[:common] < made[:common]:
+        return f"version-compatible plans built by TensorRT {built} run on that or later versions, not on {runtime}"
+    if made[0] != used[0] and (made[0], used[0]) not in CROSS_MAJOR_COMPATIBLE:
+        steps = ", ".join(f"{a} -> {b}" for a, b in sorted(CROSS_MAJOR_COMPATIBLE))
+        return (f"version-compatible plans built by TensorRT {built} do not run on TensorRT {runtime}: across major "
+                f"versions TensorRT supports only {steps}")
+    return None
+
+
 def check_runnable(metadata: dict[str, Any], runtime_version: str, runtime_name: str, gpu: GpuIdentity,
                    rebuild: str) -> list[str]:
     """PlanError when plans built as `metadata` says cannot run on this runtime and GPU; else
     notes (e.g. another GPU model of the same compute capability). `rebuild` is the command."""
     options = metadata.get("options", {})
-    built = str(metadata.get("tensorrt"))
-    if is_lean(runtime_name) and not options.get("version_compatible"):
-        raise PlanError(
-            f"this machine runs plans with TensorRT's lean runtime ({runtime_name}), which loads version-compatible "
-            f"plans only; these were built without it: rebuild with `{rebuild} --version-compatible`, or install "
-            "the full TensorRT"
-        )
-    if options.get("version_compatible"):
-        if Version(runtime_version).major != Version(built).major or Version(runtime_version) < Version(built):
-            raise PlanError(
-                f"the plans were built version compatible by TensorRT {built}; they run on TensorRT "
-                f"{Version(built).major}.x from {built} on, not on {runtime_version}: rebuild with `{rebuild}`"
-            )
-    elif runtime_version != built:
-        raise PlanError(
-            f"the plans were built by TensorRT {built}; this is TensorRT {runtime_version}: rebuild with `{rebuild}` "
-            "(or build them --version-compatible to run on later versions)"
-        )
+    version_compatible = bool(options.get("version_compatible"))
+    refusal = version_refusal(str(metadata.get("tensorrt")), runtime_version, version_compatible=version_compatible,
+                              lean=is_lean(runtime_name))
+    if refusal:
+        if is_lean(runtime_name) and not version_compatible:
+            advice = (f"rebuild them with TensorRT {runtime_version}: `{rebuild} --version-compatible`, or install "
+                      "the full TensorRT")
+        else:
+            advice = f"rebuild them with TensorRT {runtime_version}: `{rebuild}`" + (
+                "" if version_compatible else " (add --version-compatible to run them on later versions too)")
+        raise PlanError(f"{refusal}: {advice}")
     recorded = tuple(int(v) for v in str(metadata.get("compute_capability", "0.0")).split("."))
     notes = []
     if options.get("hardware_compatible"):
@@ -181,7 +212,7 @@ class TrtEngine(Engine):
     def __init__(self, plan: Path, *, name: str, precision: str, inputs: tuple[TensorMeta, ...],
                  outputs: tuple[TensorMeta, ...], max_batch: int, plan_sha256: str | None = None,
                  version_compatible: bool = False, cuda_graphs: bool = False, rebuild: str = "mattrt build",
-                 preferred_batch: int | None = None):
+                 preferred_batch: int | None = None, fixed_batch: bool = False, dla_core: int | None = None):
         super().__init__(name, "cuda", precision)
         self.plan = Path(plan)
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
@@ -191,12 +222,15 @@ class TrtEngine(Engine):
         self.cuda_graphs = bool(cuda_graphs)
         self.rebuild = rebuild
         self.preferred_batch = preferred_batch  # the batch the plan was tuned for (optimization-profile opt)
+        self.fixed_batch = bool(fixed_batch)  # the plan runs max_batch only (DLA): shorter batches are padded
+        self.dla_core = dla_core  # the DLA core a DLA plan runs on (None: GPU only)
         self._reset()
 
     def _reset(self) -> None:
         """Release in dependency order: graphs and context before the engine, the engine before
         the runtime."""
         self._graphs: dict[int, tuple[tuple, Any]] = {}  # batch -> (bound addresses, CUDA graph)
+        self._graphless: dict[int, str] = {}  # batch -> why its capture failed (plain runs from then on)
         self._bound: dict[str, int] = {}
         self._context = None
         self._engine = None
@@ -221,6 +255,8 @@ class TrtEngine(Engine):
         self._logger = capturing_logger(module)
         self._runtime = create_runtime(module, self._logger)
         try:
+            if self.dla_core is not None:
+                self._use_dla_core()
             if self.version_compatible:
                 # Version-compatible plans carry the lean runtime as host code; these are plans mattrt built.
                 self._runtime.engine_host_code_allowed = True
@@ -240,6 +276,17 @@ class TrtEngine(Engine):
         except BaseException:
             self._reset()
             raise
+
+    def _use_dla_core(self) -> None:
+        """Set the plan's DLA core on the runtime before deserializing (IRuntime::setDLACore: the
+        core defaults to -1; Triton's TensorRT backend sets it the same way, src/loader.cc)."""
+        cores = int(self._runtime.num_DLA_cores)
+        if not 0 <= self.dla_core < cores:
+            for_gpu = self.rebuild.replace("--profile jetson-orin-dla", "--profile jetson-orin")
+            raise PlanError(f"plan {self.plan.name} runs layers on DLA core {self.dla_core}; TensorRT reports {cores} "
+                            "DLA core(s) here: run it on the Jetson AGX Orin it was built for, or rebuild the plans "
+                            f"for the GPU: `{for_gpu}`")
+        self._runtime.DLA_core = self.dla_core
 
     def _deactivate(self) -> None:
         if self._stream is not None:
@@ -269,7 +316,7 @@ class TrtEngine(Engine):
             if mode == "INPUT" and not problems:
                 largest = tuple(engine.get_tensor_profile_shape(name, 0)[2])
                 if largest[0] < self.max_batch:
-                    problems.append(f"takes batches up to {largest[0]}, the manifest says {self.max_batch}")
+                    problems.append(f"takes batches up to {largest[0]}, the metadata says {self.max_batch}")
             if problems:
                 raise PlanError(f"plan {self.plan.name}: tensor {name!r} " + "; ".join(problems)
                                 + f": rebuild with `{self.rebuild}`")
@@ -311,7 +358,7 @@ class TrtEngine(Engine):
     def _execute(self, batch: int, inputs: dict[str, Any]) -> None:
         """Run on the engine's stream (inputs already in device memory, ordered before it)."""
         addresses = self._bind(batch, inputs)
-        if not self.cuda_graphs:
+        if not self.cuda_graphs or batch in self._graphless:
             self._enqueue()
             return
         captured = self._graphs.get(batch)
@@ -319,15 +366,37 @@ class TrtEngine(Engine):
             captured[1].launch(stream=self._stream)
             return
         self._enqueue()  # the plain run does TensorRT's lazy setup for this shape and gives this call's outputs
-        self._stream.begin_capture()
+        graph = self._capture(batch)
+        if graph is not None:
+            self._graphs[batch] = (addresses, graph)
+
+    def _capture(self, batch: int):
+        """A CUDA graph of one run at `batch`, or None when the capture failed: then the failure is
+        logged once and `batch` runs without a graph from now on (Triton's TensorRT backend does
+        the same, src/instance_state.cc). CuPy raises a CUDA error as a RuntimeError subclass and
+        clears it (cudaGetLastError) before raising; nothing captured has run."""
+        failure = None
         try:
-            enqueued = self._context.execute_async_v3(self._stream.ptr)
-        finally:
-            graph = self._stream.end_capture()
-        if not enqueued:
-            raise EngineError(f"capturing a CUDA graph of {self.plan.name} failed: {last_errors(self._logger)}; "
-                              "open the plans with cuda_graphs=False")
-        self._graphs[batch] = (addresses, graph)
+            self._stream.begin_capture()
+        except RuntimeError as exc:
+            failure = f"the capture did not begin: {exc}"
+        else:
+            enqueued, graph = False, None
+            try:
+                enqueued = self._context.execute_async_v3(self._stream.ptr)
+            finally:
+                try:
+                    graph = self._stream.end_capture()
+                except RuntimeError as exc:  # e.g. cudaErrorStreamCaptureInvalidated
+                    failure = f"the capture was invalidated: {exc}"
+            if failure is None and not enqueued:
+                failure = f"TensorRT could not enqueue while capturing: {last_errors(self._logger)}"
+            if failure is None:
+                return graph
+        self._graphless[batch] = failure
+        print(f"mattrt: warning: {self.plan.name}: no CUDA graph at batch {batch} ({failure}); batch {batch} runs "
+              "without a CUDA graph from now on", file=sys.stderr)
+        return None
 
     def _ordered_after_caller(self):
         caller = cupy.cuda.get_current_stream()
@@ -336,21 +405,37 @@ class TrtEngine(Engine):
         self._stream.wait_event(ready)
         return caller
 
+    def _run_batch(self, batch: int) -> int:
+        """The batch the plan runs for a call of `batch` items (a fixed-batch plan: always its own)."""
+        return self.max_batch if self.fixed_batch else batch
+
+    def _own_input(self, name: str, array, batch: int, run_batch: int):
+        """The engine's input buffer for `name` holding `array` (CuPy, or NumPy to upload) in its
+        first `batch` rows and zeros up to `run_batch`; on the engine's stream."""
+        own = self._buffers[name][:run_batch]
+        if isinstance(array, np.ndarray):
+            own[:batch].set(np.ascontiguousarray(array), stream=self._stream)
+        else:
+            own[:batch] = array
+        if run_batch > batch:
+            own[batch:] = 0
+        return own
+
     def _infer_device(self, feeds: dict[str, Any], batch: int) -> dict[str, Any]:
         """CuPy (DLPack) feeds on this device; returns views of the output buffers (valid until
         the next call), ordered before the caller's current stream."""
         caller = self._ordered_after_caller()
+        run_batch = self._run_batch(batch)
         inputs = {}
         with self._stream:
             for meta in self.inputs:
                 array = feeds[meta.name]
                 array = cupy.ascontiguousarray(array if isinstance(array, cupy.ndarray) else cupy.from_dlpack(array))
-                if self.cuda_graphs:  # fixed addresses for the captured graph
-                    own = self._buffers[meta.name][:batch]
-                    own[...] = array
-                    array = own
+                # Copied for CUDA graphs (fixed addresses), padding, or an address TensorRT refuses.
+                if self.cuda_graphs or run_batch != batch or array.data.ptr % TENSOR_ALIGNMENT:
+                    array = self._own_input(meta.name, array, batch, run_batch)
                 inputs[meta.name] = array
-            self._execute(batch, inputs)
+            self._execute(run_batch, inputs)
         done = cupy.cuda.Event(disable_timing=True)
         done.record(self._stream)
         caller.wait_event(done)
@@ -358,13 +443,10 @@ class TrtEngine(Engine):
 
     def _infer(self, feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         self._ordered_after_caller()  # earlier device outputs may still be read on the caller's stream
-        inputs = {}
-        for meta in self.inputs:
-            own = self._buffers[meta.name][:batch]
-            own.set(np.ascontiguousarray(feeds[meta.name]), stream=self._stream)
-            inputs[meta.name] = own
+        run_batch = self._run_batch(batch)
         with self._stream:
-            self._execute(batch, inputs)
+            inputs = {meta.name: self._own_input(meta.name, feeds[meta.name], batch, run_batch) for meta in self.inputs}
+            self._execute(run_batch, inputs)
         outputs = {meta.name: self._buffers[meta.name][:batch].get(stream=self._stream) for meta in self.outputs}
         self._stream.synchronize()
         return outputs
@@ -380,9 +462,9 @@ def open_plans(directory: str | Path, device: str = "cuda", precision: str = "fp
     check_choice(precision, PRECISIONS, "precision")
     directory = Path(directory)
     manifest = Manifest.load(directory)
-    metadata = tensorrt_build.read_metadata(directory, precision)
+    metadata = read_metadata(directory, precision)
     if metadata is None:
-        missing = tensorrt_build.metadata_path(directory, precision).name
+        missing = metadata_path(directory, precision).name
         raise InputError(f"{directory} holds no {precision} plans ({missing} is missing): build them with "
                          f"`mattrt build EXPORT_DIR --out {directory} --precision {precision}`")
     rebuild = rebuild_command(metadata, directory)
@@ -396,12 +478,14 @@ def open_plans(directory: str | Path, device: str = "cuda", precision: str = "fp
         record = metadata["stages"].get(entry.name)
         if record is None:
             raise PlanError(f"{directory} has no {precision} plan for stage {entry.name!r}: rebuild with `{rebuild}`")
+        dla = record.get("dla")
         engines[entry.name] = TrtEngine(
             directory / record["plan"], name=entry.name, precision=precision,
             inputs=tuple(t.meta() for t in entry.inputs), outputs=tuple(t.meta() for t in entry.outputs),
-            max_batch=int(manifest.max_batch), plan_sha256=record.get("plan_sha256"),
+            max_batch=int(record["max_batch"]), plan_sha256=record.get("plan_sha256"),
             version_compatible=bool(metadata["options"].get("version_compatible")), cuda_graphs=graphs, rebuild=rebuild,
-            preferred_batch=record.get("opt_batch"),
+            preferred_batch=record.get("opt_batch"), fixed_batch=record["min_batch"] == record["max_batch"],
+            dla_core=dla["core"] if dla else None,
         )
     return ModelSpec.from_manifest(manifest, source=str(directory)), engines
 
@@ -431,4 +515,5 @@ BACKEND = Backend(
 )
 
 
-__all__ = ["BACKEND", "PlanError", "RUNTIME_API", "TrtEngine", "check_runnable", "create_runtime", "open_plans"]
+__all__ = ["BACKEND", "PlanError", "RUNTIME_API", "TrtEngine", "check_runnable", "create_runtime", "open_plans",
+           "version_refusal"]

@@ -33,7 +33,7 @@ def build_description() -> str:
     return (
             "Build one TensorRT plan per stage from the export's graph at the chosen precision (the graph sets "
             "the precision: FP32, FP16 graph, INT8 Q/DQ graph), with one optimization profile over batch "
-            "1..max_batch at the stage's fixed size. Plans whose graph, TensorRT version, GPU, profile and "
+            "1..max_batch at the stage's fixed size (DLA profiles: one fixed batch, shorter batches padded). Plans whose graph, TensorRT version, GPU, profile and "
             "options are unchanged are reused; others are rebuilt with a message. Writes OUT/<stage>-<precision>.plan, "
             "OUT/tensorrt-<precision>.json and a copy of the manifest. Profiles: "
             + "; ".join(describe_profiles())
