@@ -54,7 +54,7 @@ from mattrt.manifest import (
 )
 from mattrt.models import MattingModel, create_model, get_settings
 from mattrt.models.fusion import get_fusion
-from mattrt.models.registry import list_models
+from mattrt.models.registry import INIT_SEED, list_models
 from mattrt.models.settings import stage_size_overrides
 
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion, parsed by TensorRT 10.x and 11.x
@@ -116,7 +116,7 @@ def load_model(
 
     requested = _size_overrides(model_or_name, semantic_size, tile_size)
     if isinstance(model_or_name, str):
-        return create_model(model_or_name, checkpoint=checkpoint, **requested)
+        return create_model(model_or_name, checkpoint=checkpoint, seed=INIT_SEED, **requested)
     if not isinstance(model_or_name, MattingModel):
         raise InputError(
             f"export needs a registered model name or a MattingModel, got {type(model_or_name).__name__}"

@@ -39,6 +39,7 @@ SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 MANIFEST_KEY = "mattrt.manifest"
 FORMAT_VERSION = 1
 BATCH_DIM = "batch"
+NETWORK_DEFAULT = {"output": "trimap", "fit": "letterbox"}
 # Every precision a graph file can have; fp32 is what `mattrt export` writes, the others are
 # added by calibration (FP16 graph, INT8 Q/DQ graph).
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -143,7 +144,7 @@ class Manifest:
     stages: list[GraphEntry]  # network stages in call order
     fusion_graph: GraphEntry | None  # trimap + detail -> alpha, the model's fusion as native ops
     normalization: dict[str, Any]  # channel_order, mean, std, input_range
-    fusion: str
+    fusion: str | None  # None: the network's output is alpha (see `network`)
     guidance: dict[str, Any]  # kind, channels
     stride_multiple: int
     semantic_size: int  # the semantic canvas S (S x S)
@@ -155,6 +156,11 @@ class Manifest:
     versions: dict[str, str]  # mattrt, torch, onnx, onnxruntime, ...
     created: str  # ISO 8601, UTC
     lint: dict[str, Any] = field(default_factory=dict)  # {"passed": bool, "problems": [...]}
+    # What the semantic stage is (NETWORK_DEFAULT for the registered models): "output" trimap
+    # (probabilities a detail stage and the fusion follow) or alpha (an imported single-stage
+    # network); "fit" letterbox (aspect kept on the canvas) or stretch (resized to the square);
+    # "refine" the full-resolution refinement of an alpha network; "card" its model card.
+    network: dict[str, Any] = field(default_factory=lambda: dict(NETWORK_DEFAULT))
     format_version: int = FORMAT_VERSION
 
     # -- access -------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
+import torch
+
 from mattrt.errors import InputError, UnknownModelError
 from mattrt.models.settings import ModelSettings
 
@@ -76,13 +78,26 @@ def get_settings(name: str, /, **overrides) -> ModelSettings:
     return dataclasses.replace(entry.settings, **overrides)
 
 
+# The seed the deployment chain draws the initial weights of a model named without a checkpoint from.
+INIT_SEED = 0
+
+
 def create_model(
-    name: str, /, checkpoint: str | Path | Mapping[str, str | Path] | None = None, **overrides
+    name: str, /, checkpoint: str | Path | Mapping[str, str | Path] | None = None, *, seed: int | None = None,
+    **overrides
 ) -> "MattingModel":
     """Build a registered model in eval mode; with `checkpoint` (a file, or {part: file} for
-    models assembled from separately distributed networks), load its weights strictly."""
+    models assembled from separately distributed networks), load its weights strictly. With
+    `seed`, the initial weights are drawn from that seed (torch's global random state is left as
+    it was): what the deployment chain does for a model named without a checkpoint, so that the
+    same name gives the same weights in every process (the artifact cache keys them by name)."""
     settings = get_settings(name, **overrides)
-    model = _entry(name).builder(settings)
+    if seed is None:
+        model = _entry(name).builder(settings)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _entry(name).builder(settings)
     model.eval()
     if checkpoint is not None:
         model.load_weights(checkpoint)

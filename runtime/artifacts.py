@@ -40,6 +40,12 @@ class ModelSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # "registry" or the export directory
     checkpoint_sha256: Any = None
+    # The semantic stage's output: "trimap" (a detail stage and the fusion follow) or "alpha" (an
+    # imported single-stage network, refined at full resolution by `refine`); how the image is
+    # fitted to its canvas: "letterbox" (aspect kept) or "stretch" (resized to the square).
+    semantic_output: str = "trimap"
+    fit: str = "letterbox"
+    refine: dict[str, Any] = field(default_factory=dict)  # refinement settings of an alpha network
 
     @classmethod
     def from_settings(cls, settings: "ModelSettings", checkpoint_sha256: Any = None) -> "ModelSpec":
@@ -83,6 +89,9 @@ class ModelSpec:
             settings=dict(manifest.settings),
             source=source,
             checkpoint_sha256=manifest.checkpoint_sha256,
+            semantic_output=manifest.network["output"],
+            fit=manifest.network["fit"],
+            refine=dict(manifest.network.get("refine", {})),
         )
 
     @property
@@ -95,6 +104,12 @@ def check_engines(spec: ModelSpec, engines: Mapping[str, Engine]) -> None:
     missing = [s for s in spec.stages if s not in engines]
     if missing:
         raise InputError(f"model {spec.name!r}: no engine for stage(s) {', '.join(missing)}")
+    if spec.semantic_output == "alpha":
+        semantic = engines.get("semantic")
+        if semantic is None or semantic.input_names != ["image"] or semantic.output_names != ["alpha"]:
+            raise InputError(f"model {spec.name!r} is an alpha network: its one stage 'semantic' must read 'image' and "
+                             f"return 'alpha'; it has {semantic.describe() if semantic else 'no semantic stage'}")
+        return
     for required in ("semantic", "detail"):
         if required not in engines:
             raise InputError(f"model {spec.name!r}: the pipeline needs a {required!r} stage")

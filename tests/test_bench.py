@@ -30,7 +30,7 @@ def no_work(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--quick", "--sweep-backends", "nonesuch"], "unknown backend 'nonesuch'"),
     (["--quick", "--tiles", "256"], "tile 256 is larger than the 384x216 image"),
-    (["--quick", "--tiles", "100"], "multiple of the model's stride multiple 32"),
+    (["--quick", "--tiles", "100"], "tile size 100 (--tile) is not a multiple of model 'aim_synthetic''s stride multiple 32"),
     (["--quick", "--resolutions", "4K", "wide"], "resolution 'wide' does not parse"),
     (["--quick", "--resolutions", "640x"], "resolution '640x' does not parse"),
     (["--quick", "--resolutions", "4x4"], "at least 8 pixels"),

@@ -33,6 +33,7 @@ from mattrt.engines.torch import kernel_routing
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
 from mattrt.models import create_model
+from mattrt.models.registry import INIT_SEED
 from mattrt.runtime import threads as threads_module
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice, require_all
@@ -56,7 +57,7 @@ class StageLoader:
 
     def model(self) -> "MattingModel":
         if isinstance(self._model, str):
-            self._model = create_model(self._model, checkpoint=self._checkpoint)
+            self._model = create_model(self._model, checkpoint=self._checkpoint, seed=INIT_SEED)
         return self._model
 
     def __call__(self) -> "Stage":
@@ -223,7 +224,7 @@ def load_model_engines(
     check_choice(device, DEVICES, "device")
     threads_module.configure_torch(threads)
     if isinstance(model, str):
-        model = create_model(model, checkpoint=checkpoint)
+        model = create_model(model, checkpoint=checkpoint, seed=INIT_SEED)
     elif checkpoint is not None:
         model.load_weights(checkpoint)
     engines = model_engines(model, device=device, precision=precision, channels_last=channels_last, kernels=kernels)

@@ -12,6 +12,7 @@ from typing import Any
 
 from mattrt.availability import available
 from mattrt.deploy.choice import AUTO, choose_auto
+from mattrt.deploy.sources import ExportSource, ModelSource
 from mattrt.engines.backends import BACKENDS, backend_names
 from mattrt.errors import InputError
 from mattrt.manifest import Manifest
@@ -243,11 +244,11 @@ def build_plan(options: BenchOptions) -> BenchPlan:
         smaller = settings["tile_size"] * 2 // 3 // settings["stride_multiple"] * settings["stride_multiple"]
         if smaller > settings["tile_overlap"] and smaller >= settings["stride_multiple"]:
             tiles.append(smaller)
-    if settings["fixed_tile"] and tiles != [settings["tile_size"]]:
-        raise InputError(
-            f"the export in {options.artifacts} is fixed at tile {settings['tile_size']}; sweep tiles with --model "
-            "(each tile size is exported through the artifact cache)"
-        )
+    for tile in tiles:  # each tile checked by the source a run opens (deploy/sources.py), before any work
+        if options.artifacts is not None:
+            ExportSource(Path(options.artifacts), tile_size=tile)
+        else:
+            ModelSource(model, tile_size=tile)
     batches = list(options.batches or [None])
     check_sizes(sizes, tiles, [b for b in batches if b is not None], settings)
     thread_counts = list(options.threads or [thread_settings.available_cores()])
