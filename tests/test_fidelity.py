@@ -1,4 +1,4 @@
-"""`mattrt fidelity` (calibration/fidelity.py) and the Pillow figures (mattrt/figures.py)."""
+"""`mattrt fidelity` (calibration/fidelity.py), its image panels (mattrt/figures.py) and the charts (mattrt/charts.py)."""
 
 from __future__ import annotations
 
@@ -95,11 +95,11 @@ def test_heat_map_and_grid():
 
 
 def test_line_chart_draws_series(tmp_path):
-    from mattrt.figures import line_chart
+    from mattrt.charts import line_chart, save_png
 
     steps = np.arange(50)
-    path = line_chart({"a": (steps, np.exp(-steps / 10) + 0.01), "b": (steps, np.full(50, 0.5))}, tmp_path / "c.png",
-                      title="t", x_label="step", y_label="loss", log_y=True)
+    path = save_png(line_chart({"a": (steps, np.exp(-steps / 10) + 0.01), "b": (steps, np.full(50, 0.5))},
+                               title="t", x_label="step", y_label="loss", log_y=True), tmp_path / "c.png")
     pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
     blue = (abs(pixels - [31, 119, 180]).sum(axis=2) < 30).sum()
     orange = (abs(pixels - [255, 127, 14]).sum(axis=2) < 30).sum()

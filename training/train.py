@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mattrt.charts import line_chart, save_png
 from mattrt.data.synthetic import (
     KINDS,
     default_trimap_radius,
@@ -60,7 +61,6 @@ from mattrt.data.synthetic import (
     sample_rng,
 )
 from mattrt.errors import InputError
-from mattrt.figures import line_chart
 from mattrt.metrics import evaluate, mean_metrics
 from mattrt.models import create_model, get_settings
 from mattrt.models.checkpoints import file_sha256
@@ -344,7 +344,7 @@ def loss_curve(history: Sequence[dict], path: Path, title: str) -> Path:
         values = np.array([h[key] for h in history], dtype=np.float64)
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
         series[key] = (steps[window - 1:], smooth)
-    return line_chart(series, path, title=title, x_label="step", y_label=f"loss ({window}-step mean)", log_y=True)
+    return save_png(line_chart(series, title=title, x_label="step", y_label=f"loss ({window}-step mean)", log_y=True), path)
 
 
 def main(argv: list[str] | None = None) -> int:

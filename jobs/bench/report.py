@@ -21,8 +21,8 @@ import numpy as np
 
 from mattrt import __version__
 from mattrt.availability import probe
+from mattrt.charts import labelled_points, save_png, value_chart
 from mattrt.errors import InputError
-from mattrt.figures import line_chart
 from mattrt.jobs.bench.measure import STAGES, run_cases, summarize
 from mattrt.jobs.bench.plan import (
     SAMPLE_KIND,
@@ -148,44 +148,38 @@ def versions() -> dict:
 
 
 def draw_plots(rows: list[dict], paths: dict[str, Path], title: str) -> list[str]:
-    """The three PNGs (Pillow, calibration.figures: the project's one plotting path). Returns
-    the plots written; a plot with no data is left out."""
+    """The three PNGs (matplotlib, mattrt/charts.py): latency per variant (bars with values at one
+    resolution, curves over megapixels at several), the tile sweep, and speed against accuracy
+    (labelled points). Returns the plots written; a plot with no data is left out."""
     ok = [r for r in rows if r["status"] == "ok"]
     written = []
     series = {}
     for row in (r for r in ok if not r["sweep"]):
-        label = _short_label(row)
-        x, y = series.setdefault(label, ([], []))
+        x, y = series.setdefault(_short_label(row), ([], []))
         x.append(row["width"] * row["height"] / 1e6)
         y.append(row["p50_s"])
     if series:
-        line_chart({k: _sorted(v) for k, v in series.items()}, paths["latency_plot"],
-                           title=f"{title}: p50 end-to-end latency", x_label="megapixels", y_label="seconds")
+        save_png(value_chart(series, title=f"{title}: p50 end-to-end latency", x_label="megapixels",
+                             y_label="p50 seconds", value_unit=" s"), paths["latency_plot"])
         written.append(str(paths["latency_plot"]))
     sweep = {}
     for row in (r for r in ok if r["kind"] == "tiled"):
         if not any(o["sweep"] and o["backend"] == row["backend"] and o["device"] == row["device"]
                    and o["resolution"] == row["resolution"] for o in ok):
             continue
-        label = f"{_short_label(row)} b{row['batch'] or 'auto'} {row['threads']}t"
+        label = f"{_short_label(row)}, batch {row['batch'] or 'auto'}, {row['threads']} threads"
         x, y = sweep.setdefault(label, ([], []))
         x.append(row["tile"])
         y.append(row["p50_s"])
     if sweep:
-        line_chart({k: _sorted(v) for k, v in sweep.items()}, paths["tile_plot"],
-                           title=f"{title}: tile-size sweep at the largest resolution", x_label="tile size (px)",
-                           y_label="p50 seconds")
+        save_png(value_chart(sweep, title=f"{title}: tile-size sweep at the largest resolution",
+                             x_label="tile size (px)", y_label="p50 seconds", value_unit=" s"), paths["tile_plot"])
         written.append(str(paths["tile_plot"]))
-    accuracy = {}
-    for row in (r for r in ok if not r["sweep"] and r.get("sad") is not None):
-        label = _short_label(row)
-        x, y = accuracy.setdefault(label, ([], []))
-        x.append(row["p50_s"])
-        y.append(row["sad"] / (row["width"] * row["height"] / 1e6))
-    if accuracy:
-        line_chart({k: _sorted(v) for k, v in accuracy.items()}, paths["accuracy_plot"],
-                           title=f"{title}: speed vs accuracy (one point per resolution)", x_label="p50 seconds",
-                           y_label="SAD per megapixel")
+    points = [(_short_label(row), row["resolution"], row["p50_s"], row["sad"] / (row["width"] * row["height"] / 1e6))
+              for row in ok if not row["sweep"] and row.get("sad") is not None]
+    if points:
+        save_png(labelled_points(points, title=f"{title}: speed vs accuracy", x_label="p50 seconds",
+                                 y_label="SAD per megapixel (lower is better)"), paths["accuracy_plot"])
         written.append(str(paths["accuracy_plot"]))
     return written
 
@@ -199,11 +193,6 @@ def _short_label(row: dict) -> str:
     backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(row["backend"], row["backend"])
     device = "" if row["device"] == "cpu" else f" {row['device']}"
     return f"{backend}{device} {row['precision']} tiled"
-
-
-def _sorted(pair: tuple[list, list]) -> tuple[list, list]:
-    order = sorted(range(len(pair[0])), key=lambda i: pair[0][i])
-    return [pair[0][i] for i in order], [pair[1][i] for i in order]
 
 
 def write_results(plan: BenchPlan, rows: list[dict], report: dict, overwrite: bool) -> dict[str, Path]:
