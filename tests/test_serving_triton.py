@@ -226,6 +226,14 @@ def test_malformed_tensors_get_errors_and_the_next_request_is_served(server, ref
     ({"output": "cutout"}, "output must be one of alpha, rgba"),
     ({"overlap": "wide"}, "overlap must be an integer"),
     ({"colour": 1}, "unknown parameter"),
+    # strings that are integers only to str.isdigit() or to a loose reading: never converted
+    ({"overlap": "--5"}, r"overlap must be an integer in \[0, \d+\] \(ASCII digits\), got '--5'"),
+    ({"overlap": "\u00b2"}, r"overlap must be an integer .*got '\u00b2'"),  # superscript two
+    ({"overlap": "\u0663"}, r"overlap must be an integer .*got '\u0663'"),  # Arabic-Indic three
+    ({"tile_size": "\u2076\u2074"}, "tile_size must be an integer"),  # superscript 64
+    ({"batch": "\u2460"}, "batch must be an integer"),  # circled one
+    ({"batch": "1.0"}, "batch must be an integer"),
+    ({"overlap": "9" * 40}, r"overlap must lie in \[0, \d+\], got 9{24}\.\.\."),
 ])
 def test_out_of_range_parameters_are_invalid_arguments(server, parameters, message):
     good = image(64, 72)
@@ -235,6 +243,14 @@ def test_out_of_range_parameters_are_invalid_arguments(server, parameters, messa
             remote.matte(good)
         remote.parameters.clear()
         assert remote.matte(good).shape == (64, 72, 1)
+
+
+@pytest.mark.parametrize("value", ["--5", "\u00b2", "\u0663", "-", "", "1e3", "9" * 5000])
+def test_malformed_parameter_strings_over_http_json_are_400s(server, value):
+    with pytest.raises(tritonutils.InferenceServerException) as caught:
+        raw_infer(server, [http_input("IMAGE", image(64, 72))], parameters={"overlap": value})
+    assert caught.value.status() == "400", caught.value
+    assert re.search(r"parameter overlap must (be an integer|lie in)", caught.value.message()), caught.value.message()
 
 
 # -- security -------------------------------------------------------------------------------------
