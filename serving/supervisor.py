@@ -56,13 +56,7 @@ import numpy as np
 from mattrt.engines.triton.client import KEY_HEADER, TritonMattingClient
 from mattrt.errors import InputError, MattrtError
 from mattrt.serving.keys import generate_key_file, key_warnings, read_key
-from mattrt.serving.processes import (
-    ServerExit,
-    allocated_bytes,
-    prefix_regions,
-    protect_regions,
-    stub_processes,
-)
+from mattrt.serving.processes import allocated_bytes, prefix_regions, protect_regions, stub_processes
 from mattrt.serving.repository import MIN_SIDE, PIPELINE_ROLE, python_instances
 from mattrt.serving.server import PYTHON_SHM_DEFAULT, PYTHON_SHM_GROWTH, ServerError, ServerOptions, TritonServer
 from mattrt.serving.status import RESTART_REASONS, StatusEndpoint
@@ -413,9 +407,9 @@ class Supervisor:
             self.emit({"status": "crashed", **self.last_exit})
             print(f"mattrt serve: {ended.message}; its log: {log}; log tail:\n{_tail(log)}", file=sys.stderr,
                   flush=True)
-        self._restart(fault, ended, down_since)
+        self._restart(fault, down_since)
 
-    def _restart(self, fault: Fault, ended: ServerExit, down_since: float) -> None:
+    def _restart(self, fault: Fault, down_since: float) -> None:
         while True:
             delay = 0.0 if fault.planned else self.policy.next_delay()
             if delay is None:
@@ -424,7 +418,7 @@ class Supervisor:
             self._set_state("restarting", fault.reason)
             self.emit({"status": "restarting", "cause": fault.kind, "reason": fault.reason, "delay_seconds": delay,
                        "restarts": sum(self.counters.restarts.values()), "max_restarts": self.supervise.max_restarts,
-                       "window_seconds": self.supervise.restart_window})
+                       "window_seconds": self.supervise.restart_window, "previous_exit": self.last_exit})
             time.sleep(delay)
             try:
                 self._new_server()

@@ -693,10 +693,11 @@ class Serve:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
-        # the logs of the servers that crashed here, kept by the supervisor in its folder
+        # the logs of the servers that ended here, kept by the supervisor in its folder
         for line in self.lines:
-            if line["status"] == "crashed" and line.get("log"):
-                shutil.rmtree(Path(line["log"]).parent, ignore_errors=True)
+            log = (line.get("previous_exit") or {}).get("log")
+            if line["status"] == "restarting" and log:
+                shutil.rmtree(Path(log).parent, ignore_errors=True)
 
 
 def served_within(serve: Serve, started: float, target: float = 30.0, **options) -> float:
