@@ -200,6 +200,12 @@ def stage_config(model_name: str, entry: GraphEntry, options: RepositoryOptions,
     return "\n".join(lines) + "\n"
 
 
+def pipeline_instances(instances: int) -> int:
+    """Instances of the pipeline model: one image at a time each, at least two so that one slow
+    image does not hold every other request back."""
+    return max(2, instances)
+
+
 def pipeline_config(name: str, stage_models: dict[str, str], options: RepositoryOptions, manifest: Manifest) -> str:
     """config.pbtxt of the BLS pipeline model: any image size, raw or encoded."""
     lines = [
@@ -216,7 +222,7 @@ def pipeline_config(name: str, stage_models: dict[str, str], options: Repository
         "]",
         # Each instance is one process running one image at a time; stage calls of concurrent
         # images meet in the stage models' dynamic batcher.
-        f"instance_group [ {{ count: {max(2, options.instances)} kind: KIND_CPU }} ]",
+        f"instance_group [ {{ count: {pipeline_instances(options.instances)} kind: KIND_CPU }} ]",
         _parameters({
             "mattrt_role": PIPELINE_ROLE,
             "stage_models": json.dumps(stage_models, separators=(",", ":")),
@@ -447,6 +453,19 @@ def needed_backends(records: list[dict]) -> dict[str, list[str]]:
     return {backend: sorted(models) for backend, models in sorted(needed.items())}
 
 
+def python_instances(records: list[dict]) -> dict[str, str]:
+    """Instance name -> role of every Python model instance the records' repository runs, as Triton
+    names them (<model>_<group>_<k>; one instance group per model): each is one stub process."""
+    found = {}
+    for record in records:
+        for model, info in record["models"].items():
+            if info["backend"] != "python":
+                continue
+            count = pipeline_instances(record["instances"]) if info["role"] == PIPELINE_ROLE else record["instances"]
+            found.update({f"{model}_0_{k}": info["role"] for k in range(count)})
+    return found
+
+
 def tensorrt_models(records: list[dict]) -> dict[str, dict]:
     """TensorRT model name -> the record of the plans it runs (empty for a CPU repository)."""
     return {model: record["plans"] for record in records for model, info in record["models"].items()
@@ -475,7 +494,9 @@ __all__ = [
     "load_record",
     "needed_backends",
     "pipeline_config",
+    "pipeline_instances",
     "plans_record",
+    "python_instances",
     "stage_config",
     "tensorrt_models",
 ]

@@ -11,14 +11,27 @@ to, so the server's PATH starts with this interpreter's bin directory (mattrt's 
 environment); the embedded interpreter ignores PYTHONPATH, so the generated model.py shims
 apply the PYTHONPATH passed here (the tree this mattrt was imported from).
 
-Security: the server binds to 127.0.0.1 unless told otherwise, runs with model control off
+Security: the server binds to 127.0.0.1 unless told otherwise (`http_host` puts Triton's HTTP
+side on another address than gRPC and metrics, e.g. loopback only), runs with model control off
 (`--model-control-mode=none`: nothing is loaded or unloaded through the API), and the
 model-repository, shared-memory, trace and logging APIs of HTTP and gRPC answer only requests
 carrying the header `mattrt-key: <key>` (gRPC: `triton-grpc-protocol-mattrt-key`; Triton's
-`--http-restricted-api` and `--grpc-restricted-protocol`). The key comes from a key file,
-$MATTRT_TRITON_KEY, or is generated into a private file (mode 0600) whose path is reported;
-mattrt never prints the key itself. (Triton takes the key as a command-line flag, so local users
-who can read the server's /proc/<pid>/cmdline can see it.)
+`--http-restricted-api` and `--grpc-restricted-protocol`); `restrict_inference` adds inference
+to them (an unauthenticated request is then refused before Triton parses its body). The key
+comes from a key file, $MATTRT_TRITON_KEY, or is generated into a private file (mode 0600) whose
+path is reported; mattrt never prints the key itself. (Triton 2.51 takes the key only as a
+command-line flag, so local users who can read the server's /proc/<pid>/cmdline can see it:
+serving/keys.py.) The Python backend's shared-memory regions carry every request's pixels: each
+start gets its own region prefix (serving/processes.py), the regions are made 0600 as soon as
+they appear (the backend creates them 0644 whatever the umask), and they are removed after every
+exit, a SIGKILL of the whole process group included; leftovers of servers whose starting
+process died are swept at the next start.
+
+Request memory: Triton 2.51 has no HTTP body limit (a newer binary's `--http-max-input-size` is
+set from the repository's pixel limit where it exists) and reads every body in full before any
+check; gRPC request buffers are not kept for reuse (`--grpc-infer-allocation-pool-size=0`, where
+the binary has it). What a refused oversized request leaves in the Python backend's regions is
+handled by the supervisor (serving/supervisor.py).
 
 GPU repositories (TensorRT plans; "what a repository needs" below): before the server starts, its
 install must have every backend the repository's models need (the nvidia-pytriton wheel's server
@@ -57,7 +70,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -81,15 +93,20 @@ from mattrt.serving.gpu_repository import (
     tensorrt_load_advice,
     tensorrt_of_server,
 )
+from mattrt.serving.keys import KEY_ENV, check_key, generate_key_file, read_key
 from mattrt.serving.processes import (
     LOOPBACK,
     ServerExit,
     classify_exit,
     free_port,
+    new_shm_prefix,
     port_free,
+    process_state,
     process_tree,
-    python_backend_regions,
+    protect_regions,
+    remove_regions,
     rss_bytes,
+    sweep_dead_starters,
 )
 from mattrt.serving.repository import (
     BUSY_PREFIX,
@@ -100,7 +117,6 @@ from mattrt.serving.repository import (
     tensorrt_models,
 )
 
-KEY_ENV = "MATTRT_TRITON_KEY"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 # The Python backend's per-stub shared memory: start big enough for a tile batch and grow in
 # large steps (a raw 4K image is 25 MB; the default 1 MB steps cost many remaps).
@@ -127,7 +143,16 @@ class ServerOptions:
     key_file: Path | None = None
     ready_timeout: float = 180.0
     drain_seconds: int = 30  # how long requests in flight at a stop may take to finish (module docstring)
-    max_input_bytes: int = 512 * 1024 * 1024  # --http-max-input-size, where the binary has it
+    max_input_bytes: int | None = None  # --http-max-input-size where the binary has it; None: max_input_bytes()
+    http_host: str | None = None  # None: host (e.g. loopback, with gRPC exposed on host)
+    restrict_inference: bool = False  # inference needs the key too
+
+
+def max_input_bytes(max_pixels: int) -> int:
+    """The largest request body a repository's pixel limit allows: raw pixels (3 bytes each) or an
+    encoded file of them (a stored PNG/TIFF adds a little per row), with room for the JSON header.
+    JSON-encoded (non-binary) tensors of large images do not fit: send binary data or a file."""
+    return 3 * max_pixels + max_pixels // 8 + (1 << 20)
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -150,29 +175,6 @@ def binary_flags(binary: str, env_items: tuple) -> str:
     return done.stdout + done.stderr
 
 
-def read_key(options: ServerOptions) -> tuple[str | None, str]:
-    """(key, where it came from) from the options, the environment or the key file."""
-    if options.key:
-        return options.key, "the given key"
-    if options.key_file is not None:
-        path = Path(options.key_file)
-        try:
-            key = path.read_text().strip()
-        except OSError as exc:
-            raise InputError(f"cannot read the key file {path}: {exc}") from None
-        if not key:
-            raise InputError(f"the key file {path} is empty")
-        return key, str(path)
-    if os.environ.get(KEY_ENV):
-        return os.environ[KEY_ENV], f"${KEY_ENV}"
-    return None, ""
-
-
-def _check_key(key: str) -> None:
-    if len(key) < 16 or any(c.isspace() or c in ",:=" for c in key):
-        raise InputError("the API key must have at least 16 characters and no spaces, ',', ':' or '='")
-
-
 class TritonServer:
     """A tritonserver process over one repository (module docstring)."""
 
@@ -190,6 +192,8 @@ class TritonServer:
         self.exit: ServerExit | None = None
         self._held_connection: socket.socket | None = None
         self.plans: dict[str, dict] = {}  # TensorRT model -> the record of its plans (GPU repositories)
+        self.records: list[dict] = []  # the repository's records (serving/repository.py)
+        self.shm_prefix: str | None = None  # this start's Python backend region prefix (module docstring)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _binary(self) -> Path:
@@ -241,10 +245,13 @@ class TritonServer:
     def state_dir(self) -> Path:
         return self.workdir / "state"
 
+    def _host(self, kind: str) -> str:
+        return (self.options.http_host or self.options.host) if kind == "http" else self.options.host
+
     def _pick_ports(self) -> None:
-        host = self.options.host
         chosen: dict[str, int] = {}
         for kind in ("http", "grpc", "metrics"):
+            host = self._host(kind)
             port = getattr(self.options, f"{kind}_port")
             if port is None:
                 port = free_port(host)
@@ -262,7 +269,8 @@ class TritonServer:
 
     def command(self, binary: Path, backends: Path, flags: str) -> list[str]:
         host, ports = self.options.host, self.ports
-        restricted = f"{','.join(RESTRICTED_APIS)}:{KEY_HEADER}={self.key}"
+        apis = RESTRICTED_APIS + (("inference",) if self.options.restrict_inference else ())
+        restricted = f"{','.join(apis)}:{KEY_HEADER}={self.key}"
         command = [
             str(binary),
             f"--model-repository={self.repository}",
@@ -271,7 +279,7 @@ class TritonServer:
             "--strict-readiness=true",
             "--disable-auto-complete-config",
             f"--exit-timeout-secs={self.options.drain_seconds + EXIT_MARGIN_SECONDS}",
-            f"--http-address={host}", f"--http-port={ports['http']}",
+            f"--http-address={self._host('http')}", f"--http-port={ports['http']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
@@ -280,10 +288,15 @@ class TritonServer:
             *tensorrt_flags(self.plans),
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_DEFAULT}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_GROWTH}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        # Request buffers are not kept for reuse (2.51 keeps up to 8 of any size by default).
+        if "--grpc-infer-allocation-pool-size" in flags:
+            command.append("--grpc-infer-allocation-pool-size=0")
         # Newer releases only: 2.51 has no input-size limit flag and no client-shm switch.
         if "--http-max-input-size" in flags:
-            command.append(f"--http-max-input-size={self.options.max_input_bytes}")
+            limit = self.options.max_input_bytes or max_input_bytes(max(r["max_pixels"] for r in self.records))
+            command.append(f"--http-max-input-size={limit}")
         if "--allow-client-shm" in flags:
             command.append("--allow-client-shm=true")
         return command
@@ -292,25 +305,24 @@ class TritonServer:
     def start(self) -> "TritonServer":
         if self.process is not None:
             raise ServerError("this server is already started")
-        records = check_repository(self.repository)
+        self.records = records = check_repository(self.repository)
         binary = self._binary()
         check_backends(needed_backends(records), binary)
         self.plans = tensorrt_models(records)
-        self.key, self.key_source = read_key(self.options)
+        self.key, self.key_source = read_key(self.options.key, self.options.key_file)
         self.workdir = Path(tempfile.mkdtemp(prefix="mattrt-triton-"))
         if self.key is None:
-            self.key = secrets.token_urlsafe(24)
-            self.key_file = self.workdir / "api-key"
-            self.key_file.touch(mode=0o600)
-            self.key_file.write_text(self.key + "\n")
+            self.key, self.key_file = generate_key_file(self.workdir)
             self.key_source = str(self.key_file)
-        _check_key(self.key)
+        check_key(self.key)
         self.state_dir.mkdir()
         backends = self._backend_directory(binary)
         env = self._environment(binary)
         check_tensorrt_version(self.plans, tensorrt_of_server(binary, env) if self.plans else None)
         flags = binary_flags(str(binary), tuple(sorted(env.items())))
         self._pick_ports()
+        sweep_dead_starters()
+        self.shm_prefix = new_shm_prefix()
         self.log_path = self.workdir / "tritonserver.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -325,18 +337,21 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float) -> None:
+        """Poll readiness; meanwhile the regions the models' stubs create are made private at once."""
         deadline = time.monotonic() + timeout
         while True:
+            protect_regions(self.shm_prefix)
             code = self.process.poll()
             if code is not None:
                 raise ServerError(f"tritonserver exited with code {code} before it was ready; log tail:\n"
                                   f"{self.log_tail()}{self._load_advice()}")
             if self.http_ready():
+                protect_regions(self.shm_prefix)
                 return
             if time.monotonic() > deadline:
                 raise ServerError(f"tritonserver was not ready after {timeout:.0f} s; log tail:\n"
                                   f"{self.log_tail()}{self._load_advice()}")
-            time.sleep(0.25)
+            time.sleep(0.05)
 
     @property
     def running(self) -> bool:
@@ -344,9 +359,9 @@ class TritonServer:
 
     @property
     def endpoints(self) -> dict[str, str]:
-        host = _connect_host(self.options.host)
-        shown = f"[{host}]" if ":" in host else host
-        return {kind: f"{shown}:{port}" for kind, port in self.ports.items()}
+        shown = {kind: _connect_host(self._host(kind)) for kind in self.ports}
+        return {kind: f"[{shown[kind]}]:{port}" if ":" in shown[kind] else f"{shown[kind]}:{port}"
+                for kind, port in self.ports.items()}
 
     def headers(self, protocol: str = "http") -> dict[str, str]:
         """The header that unlocks the restricted APIs (shared memory included); gRPC prefixes it."""
@@ -369,10 +384,6 @@ class TritonServer:
         if not self.running:
             return {}
         return {pid: rss_bytes(pid) for pid in process_tree(self.process.pid)}
-
-    def _shared_memory_files(self) -> set[Path]:
-        """The Python backend's /dev/shm regions mapped by the server and its stubs."""
-        return python_backend_regions(self.process.pid) if self.running else set()
 
     def _group_alive(self, pgid: int) -> bool:
         try:
@@ -432,7 +443,7 @@ class TritonServer:
         pids = []
         for path in self.state_dir.glob(f"{BUSY_PREFIX}*"):
             pid = path.name.removeprefix(BUSY_PREFIX)
-            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+            if pid.isdigit() and process_state(int(pid)) not in (None, "Z", "X"):  # a killed stub is no request
                 pids.append(int(pid))
         return pids
 
@@ -447,30 +458,30 @@ class TritonServer:
             time.sleep(0.05)
         return 0
 
-    def stop(self) -> ServerExit | None:
+    def stop(self, exit_wait: float | None = None) -> ServerExit | None:
         """begin_stop(), drain(), let tritonserver exit (SIGKILL of what is left of its process
-        group if it has not after its exit timeout plus 15 s); how it ended, also kept in
-        `self.exit`. Shared-memory regions a killed stub could not remove are removed here."""
+        group if it has not after its exit timeout plus 15 s, or after `exit_wait` seconds); how it
+        ended, also kept in `self.exit`. Shared-memory regions a killed stub could not remove are
+        removed here."""
         if self.process is None:
             return None
         if self.exit is not None:
             return self.exit
         process = self.process
-        regions = self._shared_memory_files()
         stopping = self.stopping or process.poll() is None
         try:
             self.begin_stop(settle=0)
             still_running = self.drain(self.options.drain_seconds)
         finally:
             self._release_http_connection()
-        deadline = time.monotonic() + self.options.drain_seconds + EXIT_MARGIN_SECONDS + 15
+        wait = self.options.drain_seconds + EXIT_MARGIN_SECONDS + 15 if exit_wait is None else exit_wait
+        deadline = time.monotonic() + wait
         while process.poll() is None and time.monotonic() < deadline:
-            regions |= self._shared_memory_files()  # stubs restarted while shutting down map new ones
-            time.sleep(0.2)
+            time.sleep(0.05)
         killed = process.poll() is None
-        self._kill_group(process)
-        for region in regions:
-            region.unlink(missing_ok=True)
+        self._kill_group(process, grace=5.0 if exit_wait is None else 0)
+        if self.shm_prefix:
+            remove_regions(self.shm_prefix)
         log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.is_file() else ""
         ended = classify_exit(process.returncode, log, self.options.drain_seconds, stopping=stopping, killed=killed)
         if still_running and ended.outcome == "stopped":
@@ -485,10 +496,9 @@ class TritonServer:
         if self.process is None or self.exit is not None:
             return self.exit
         self._release_http_connection()
-        regions = self._shared_memory_files()
         self._kill_group(self.process, grace=0)
-        for region in regions:
-            region.unlink(missing_ok=True)
+        if self.shm_prefix:
+            remove_regions(self.shm_prefix)
         self.exit = ServerExit(self.process.returncode, "killed", "tritonserver was killed at once by a second stop "
                                                                   "signal; requests in flight failed")
         return self.exit
@@ -521,4 +531,4 @@ class TritonServer:
 
 
 __all__ = ["KEY_ENV", "KEY_HEADER", "LOOPBACK", "RESTRICTED_APIS", "ServerError", "ServerOptions", "TritonServer",
-           "read_key"]
+           "max_input_bytes", "read_key"]

@@ -34,6 +34,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from mattrt.engines.onnxruntime.engine import OnnxRuntimeEngine, SessionLoader
-from mattrt.engines.triton.client import SERVER_STOPPING
+from mattrt.engines.triton.client import SERVER_STOPPING, STUB_UNHEALTHY
 from mattrt.errors import InputError, MattrtError
 from mattrt.imageio import decode_image, quantise
 from mattrt.lazy import lazy_import
@@ -222,14 +223,24 @@ class BlsEngine(Engine):
         return {n: np.array(_array(pb_utils.get_output_tensor_by_name(response, n))) for n in self.output_names}
 
 
+_ASCII_INTEGER = re.compile(r"\s*([+-]?)0*([0-9]{1,18})\s*", re.ASCII)
+
+
 def _int_parameter(params: dict, key: str, low: int, high: int) -> int | None:
+    """An integer request parameter: a JSON/gRPC integer, or a string of ASCII digits with an
+    optional sign (gRPC clients often send strings). Anything else (superscripts, other scripts'
+    digits, "--5", floats, booleans) is the client's error, never a silent conversion."""
     if key not in params:
         return None
     value = params[key]
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
+    if isinstance(value, str):
+        digits = _ASCII_INTEGER.fullmatch(value)
+        if digits is None and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value, re.ASCII):
+            raise InputError(f"parameter {key} must lie in [{low}, {high}], got {value.strip()[:24]}...")
+        value = int(digits.group(1) + digits.group(2)) if digits else value
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InputError(f"parameter {key} must be an integer in [{low}, {high}], got {value!r}")
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
+        raise InputError(f"parameter {key} must be an integer in [{low}, {high}] (ASCII digits), got {shown!r}")
     if not low <= value <= high:
         raise InputError(f"parameter {key} must lie in [{low}, {high}], got {value}")
     return value
@@ -273,7 +284,9 @@ class PipelineModel:
                 except InputError as exc:
                     responses.append(_error(str(exc), "INVALID_ARG"))
                 except Exception as exc:  # one failed image never takes the model down
-                    responses.append(_error(f"{type(exc).__name__}: {exc}"))
+                    # a stage's dead stub: not this request's fault, worth another try (mattrt serve restarts it)
+                    code = "UNAVAILABLE" if STUB_UNHEALTHY in str(exc) else "INTERNAL"
+                    responses.append(_error(f"{type(exc).__name__}: {exc}", code))
             return responses
 
     def _parameters(self, request) -> dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mattrt.availability import available, skip_reason
+from mattrt.cli import main
 from mattrt.engines.backends import get_backend
 from mattrt.engines.triton.client import ServerUnavailableError, TritonMattingClient, key_headers
 from mattrt.errors import InputError
@@ -47,6 +49,24 @@ def test_an_absent_server_fails_after_the_bounded_retries(protocol):
     with pytest.raises(ServerUnavailableError, match="after 3 attempts.*image #7 was not processed"):
         client.matte(np.zeros((16, 16, 3), np.uint8), index=7)
     client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_model_discovery_from_an_absent_server_fails_after_the_bounded_retries(protocol):
+    """Discovery (no model named) retries on a fresh connection each time, as inference does
+    (it once retried the connection it had just closed: "connection pool closed")."""
+    with pytest.raises(ServerUnavailableError, match="did not answer for the list of models after 3 attempts"):
+        TritonMattingClient(f"127.0.0.1:{free_port()}", protocol=protocol, retries=2, retry_wait=0)
+
+
+def test_the_infer_command_names_an_unreachable_server(tmp_path, capsys):
+    photo = tmp_path / "x.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    url = f"127.0.0.1:{free_port()}"
+    assert main(["infer", str(photo), "--out", str(tmp_path / "out"), "--backend", "triton", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert f"Triton at {url} (http) did not answer for the list of models after 4 attempts" in err, err
+    assert "connection pool closed" not in err and "Traceback" not in err
 
 
 def test_registry_entry_and_key_headers():

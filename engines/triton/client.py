@@ -14,9 +14,12 @@ registered with the server (same machine only; the shared-memory API needs the s
 16-bit images travel as 16-bit PNGs (the raw input is 8-bit) so nothing is reduced.
 
 Failures: a request the server rejects (bad image, out-of-range parameter) raises InputError
-with the server's message at once; a server that cannot be reached, goes away, or answers
-"server is stopping" (a mattrt server draining after a stop signal) is retried `retries` times
-with a growing wait, then ServerUnavailableError names the image. Nothing is
+with the server's message at once; a server that cannot be reached, goes away, answers
+"server is stopping" (a mattrt server draining after a stop signal), "... has no available
+versions" (its models being unloaded) or "Stub process ... is not healthy" (a model instance
+died; `mattrt serve` restarts the server) is retried `retries` times
+with a growing wait, then ServerUnavailableError names the image. Model discovery and metadata
+calls follow the same policy. Nothing is
 dropped: `matte_many` returns one matte per image, in order, or raises.
 
 `BACKEND` is the registry entry (engines/backends.py): a server runs the whole pipeline, so its
@@ -64,8 +67,14 @@ PNG_OUTPUT = "MATTE_PNG"
 PIPELINE_ROLE = "pipeline"
 # What a stopping mattrt server answers requests that had not started (UNAVAILABLE): retried.
 SERVER_STOPPING = "server is stopping"
+# What Triton answers a request routed to a dead or hung Python stub process ("Stub process '<instance>'
+# is not healthy."): retried, as another instance, or the server `mattrt serve` restarts, can serve it.
+STUB_UNHEALTHY = "is not healthy"
+# What Triton answers while a stopping server unloads its models: retried like an absent server.
+MODEL_UNLOADED = "has no available versions"
 # Statuses that mean "the server is not there (yet/any more)": worth another attempt.
 _RETRYABLE = {"502", "503", "504", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
+_RETRYABLE_TEXT = (SERVER_STOPPING, STUB_UNHEALTHY, MODEL_UNLOADED)
 _INVALID = {"400", "StatusCode.INVALID_ARGUMENT"}
 _REGION_IDS = itertools.count()
 
@@ -195,7 +204,7 @@ class TritonMattingClient:
             status = exc.status()
             if "restricted" in str(exc.message()):  # Triton answers a missing key with UNAVAILABLE
                 return False
-            if SERVER_STOPPING in str(exc.message()) or status in _RETRYABLE:
+            if status in _RETRYABLE or any(text in str(exc.message()) for text in _RETRYABLE_TEXT):
                 return True
             message = str(exc.message()).lower()
             return status is None and any(w in message for w in ("connect", "reset", "broken pipe", "refused"))
@@ -214,11 +223,16 @@ class TritonMattingClient:
         return TritonRequestError(f"{what}: {type(exc).__name__}: {exc}")
 
     # -- model metadata ---------------------------------------------------------------------------
+    def _call_connection(self, what: str, method: str, *args, **kwargs):
+        """`method` of this thread's connection with the retry policy. The connection is looked up
+        per attempt: a retry must not call into the one `_reset_connection` has just closed."""
+        return self._call(what, lambda: getattr(self._connection(), method)(*args, **kwargs))
+
     def _config(self, model: str) -> dict:
-        client = self._connection()
         if self.protocol == "http":
-            return self._call(f"the config of {model}", client.get_model_config, model, headers=self.headers)
-        answer = self._call(f"the config of {model}", client.get_model_config, model, headers=self.headers, as_json=True)
+            return self._call_connection(f"the config of {model}", "get_model_config", model, headers=self.headers)
+        answer = self._call_connection(f"the config of {model}", "get_model_config", model, headers=self.headers,
+                                       as_json=True)
         return answer["config"]
 
     @staticmethod
@@ -228,9 +242,8 @@ class TritonMattingClient:
 
     def _discover_model(self) -> str:
         """The one mattrt pipeline model the server serves (from its statistics, unrestricted)."""
-        client = self._connection()
         kwargs = {"headers": self.headers} | ({} if self.protocol == "http" else {"as_json": True})
-        stats = self._call("the list of models", client.get_inference_statistics, **kwargs)
+        stats = self._call_connection("the list of models", "get_inference_statistics", **kwargs)
         names = sorted({m["name"] for m in stats.get("model_stats", [])})
         pipelines = [n for n in names if self._parameter(self._config(n), "mattrt_role") == PIPELINE_ROLE]
         if len(pipelines) != 1:
@@ -519,6 +532,7 @@ __all__ = [
     "RemotePipeline",
     "SERVER_STOPPING",
     "SHM_MODES",
+    "STUB_UNHEALTHY",
     "ServerUnavailableError",
     "TRANSFERS",
     "TritonMattingClient",

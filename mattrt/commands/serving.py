@@ -6,10 +6,9 @@ import argparse
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 
-from mattrt.commands.arguments import command_log, positive_int
+from mattrt.commands.arguments import command_log, non_negative_int, positive_float, positive_int
 from mattrt.commands.command import Command
 from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.sources import ModelSource
@@ -17,8 +16,10 @@ from mattrt.deploy.steps import GraphsFromSource, PrecisionFromGraphs
 from mattrt.errors import InputError
 from mattrt.manifest import PRECISIONS
 from mattrt.models.checkpoints import parse_checkpoint
+from mattrt.serving.processes import ServerExit
 from mattrt.serving.repository import DEFAULT_MAX_PIXELS, TARGETS, RepositoryOptions, build_repository
-from mattrt.serving.server import KEY_ENV, KEY_HEADER, LOOPBACK, ServerError, ServerOptions, TritonServer
+from mattrt.serving.server import KEY_ENV, KEY_HEADER, LOOPBACK, ServerError, ServerOptions
+from mattrt.serving.supervisor import Supervisor, SupervisorOptions
 
 
 def add_triton_repo_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,12 +70,18 @@ TRITON_REPO_DESCRIPTION = (
 )
 SERVE_DESCRIPTION = (
     "Starts tritonserver (from the nvidia-pytriton wheel or --tritonserver), waits until the models are "
-    "ready, prints the endpoints, and stops on Ctrl-C or SIGTERM: from the signal on new requests are refused "
-    "(\"server is stopping\"), requests in flight finish within --drain-seconds, and the exit is reported as it "
-    "was (a crash while stopping exits 1; a second signal stops at once). Binds to 127.0.0.1 unless --host; model "
-    f"control is off; the repository, shared-memory, trace and logging APIs need the header '{KEY_HEADER}' "
-    f"(gRPC: 'triton-grpc-protocol-{KEY_HEADER}') with the key from --key-file, ${KEY_ENV}, or a generated key "
-    "file (its path is printed, never the key)."
+    "ready, prints the endpoints as a JSON line, and supervises it: a crashed server, a dead or hung model stub "
+    "process (found by process watch and a canary request; Triton 2.51 keeps saying ready then), or shared "
+    "memory grown past its budget by an oversized request gets a new server on the same ports, with bounded "
+    "back-off; after --max-restarts failures within --restart-window it exits 1 with the log tail. Each "
+    "transition is a JSON line; GET /ready on the status endpoint answers 200 only while serving works "
+    "(/status: JSON, /metrics: Prometheus counters). On Ctrl-C or SIGTERM: from the signal on new requests are "
+    "refused (\"server is stopping\"), requests in flight finish within --drain-seconds, and the exit is reported "
+    "as it was (a crash while stopping exits 1; a second signal stops at once). Binds to 127.0.0.1 unless "
+    f"--host; model control is off; the repository, shared-memory, trace and logging APIs need the header "
+    f"'{KEY_HEADER}' (gRPC: 'triton-grpc-protocol-{KEY_HEADER}') with the key from --key-file, ${KEY_ENV}, or a "
+    "key generated per run into a 0600 file (its path is printed, never the key; Triton 2.51 takes the key on "
+    "its command line, where local users can read it)."
 )
 
 
@@ -89,18 +96,55 @@ def add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ready-timeout", type=float, default=180.0, metavar="S", help="seconds to wait for the models (default 180)")
     s.add_argument("--drain-seconds", type=positive_int, default=ServerOptions.drain_seconds, metavar="S",
                    help=f"on a stop signal, how long requests in flight may take to finish (default {ServerOptions.drain_seconds})")
+    s.add_argument("--http-host", metavar="ADDR", help="address of Triton's HTTP endpoint (default: --host); "
+                   "--host 0.0.0.0 --http-host 127.0.0.1 exposes gRPC only (Triton 2.51's HTTP JSON parser crashes "
+                   "on some bodies; gRPC has no such crash)")
+    s.add_argument("--require-key-for-inference", action="store_true",
+                   help="inference needs the key too (clients pass it: --backend triton reads $MATTRT_TRITON_KEY); "
+                        "requests without it are refused before Triton parses their body")
+    s.add_argument("--status-port", type=int, metavar="P",
+                   help="port of mattrt's status endpoint on --host: GET /ready, /live, /status, /metrics "
+                        "(default: a free port, printed in the ready line)")
+    defaults = SupervisorOptions()
+    s.add_argument("--canary-seconds", type=float, default=defaults.canary_seconds, metavar="S",
+                   help=f"seconds between canary requests (a tiny image per pipeline instance; default "
+                        f"{defaults.canary_seconds:g}; 0: none, then only dead stub processes are found)")
+    s.add_argument("--max-restarts", type=non_negative_int, default=defaults.max_restarts, metavar="N",
+                   help="restarts after failures within --restart-window before giving up (default "
+                        f"{defaults.max_restarts})")
+    s.add_argument("--restart-window", type=positive_float, default=defaults.restart_window, metavar="S",
+                   help=f"seconds over which --max-restarts counts (default {defaults.restart_window:g})")
+    s.add_argument("--restart-delay", type=positive_float, default=defaults.restart_delay, metavar="S",
+                   help=f"wait before the first restart, doubled per failure in the window up to "
+                        f"{defaults.restart_delay_max:g} s (default {defaults.restart_delay:g})")
+    s.add_argument("--shm-budget-mib", type=non_negative_int, metavar="N",
+                   help="restart the server (gracefully, when no request runs) once a pipeline instance's shared "
+                        "memory holds more than N MiB (default: what the repository's --max-pixels needs; 0: never)")
+
+
+def _supervisor_options(args: argparse.Namespace) -> SupervisorOptions:
+    if args.canary_seconds < 0:
+        raise InputError(f"--canary-seconds must be 0 (no canary) or more, got {args.canary_seconds}")
+    if args.status_port is not None and not 0 < args.status_port < 65536:
+        raise InputError(f"--status-port must lie in 1..65535, got {args.status_port}")
+    budget = None if args.shm_budget_mib is None else args.shm_budget_mib * 2**20
+    return SupervisorOptions(canary_seconds=args.canary_seconds, max_restarts=args.max_restarts,
+                             restart_window=args.restart_window, restart_delay=args.restart_delay,
+                             shm_budget=budget, status_port=args.status_port)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until a stop signal; then drain and report how the server ended (serving/server.py)."""
+    """Serve and supervise until a stop signal; then drain and report how the server ended
+    (serving/server.py, serving/supervisor.py)."""
     if args.ready_timeout <= 0:
         raise InputError(f"--ready-timeout must be positive, got {args.ready_timeout}")
     options = ServerOptions(
         host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         binary=args.tritonserver, key_file=args.key_file, ready_timeout=args.ready_timeout,
-        drain_seconds=args.drain_seconds,
+        drain_seconds=args.drain_seconds, http_host=args.http_host,
+        restrict_inference=args.require_key_for_inference,
     )
-    server = TritonServer(args.repository, options)
+    supervisor = Supervisor(args.repository, options, _supervisor_options(args))
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -108,34 +152,31 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         try:
-            server.start()
-            print(json.dumps({
-                "status": "ready",
-                **server.endpoints,
-                "restricted_apis_key_header": KEY_HEADER,
-                "key_from": server.key_source,
-                "log": str(server.log_path),
-            }), flush=True)
-            while server.running:
-                time.sleep(0.5)
-            ended = server.stop()
-            raise ServerError(f"{ended.message}; log tail:\n{server.log_tail()}")
+            supervisor.start()
+            supervisor.run()  # returns only by a stop signal, or raises ServerError once it gives up
         except KeyboardInterrupt:
             pass
-        try:
-            ready_off = server.begin_stop()
-            print(json.dumps({"status": "stopping", "drain_seconds": options.drain_seconds,
-                              "http_ready": not ready_off}), flush=True)
-            ended = server.stop()
-        except KeyboardInterrupt:  # a second signal: no more waiting
-            ended = server.kill()
+        supervisor.stopping()
+        server = supervisor.server
+        if server is None or server.process is None or server.exit is not None:  # between two servers
+            print(json.dumps({"status": "stopping", "drain_seconds": options.drain_seconds, "http_ready": False}),
+                  flush=True)
+            ended = ServerExit(None, "stopped", "stopped while no tritonserver ran (it was being restarted)")
+        else:
+            try:
+                ready_off = server.begin_stop()
+                print(json.dumps({"status": "stopping", "drain_seconds": options.drain_seconds,
+                                  "http_ready": not ready_off}), flush=True)
+                ended = server.stop()
+            except KeyboardInterrupt:  # a second signal: no more waiting
+                ended = server.kill()
         print(json.dumps(ended.record()), file=sys.stderr, flush=True)
         if not ended.clean:
             raise ServerError(f"{ended.message}; log tail:\n{server.log_tail()}")
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        server.close()
+        supervisor.close()
 
 
 COMMANDS = {
