@@ -19,11 +19,16 @@ of it fastest. `refine_alpha(image, alpha)` does, for an H x W image with long s
    colour guided filter (window radius r = round(L * guided_fraction), eps 1e-5) guided by the
    full-resolution image, and the result is written into the band, in tiles of `tile` px whose
    halo (2r for the filter, R + 1 for the band) makes each tile's result that of the whole
-   image up to float rounding (`tiled_versus_whole` measures it).
+   image up to float rounding: the box filters' prefix sums start at the tile's edge, so a
+   float32 rounding can differ (`tiled_versus_whole` measures it: at most 2.4e-7 on 1080p
+   scenes; the tests allow 1e-5).
 
 Memory: the coarse level is bounded by `coarse_side` (pymatting's Laplacian of a 480 x 270 band
-is about 50 MB) and the full-resolution work by one tile plus its halo (about 110 bytes per
-pixel of (tile + 4r)^2: 60 MB at 4K, 90 MB at 8K); beyond that only the output alpha is image-sized.
+is about 50 MB) and the full-resolution work by one tile: about 280 bytes per pixel of the tile's
+region, (tile + 4r)^2 (140 MB at 4K, 225 MB at 8K); beyond that only the output alpha is
+image-sized. Measured in fresh processes (benchmarks/refine.py --memory): refine_alpha adds
+182 MiB to the process at 4K and 383 MiB at 8K (133 MiB of it the output), 1.7 GB at 4K in one
+piece (tile=None).
 
 Where it runs (`pixel`): the band seeds and dilation, the guided filter and the band blend are
 the CUDA kernels of kernels/guided_filter.cu and kernels/morphology.cu ("device": CuPy on the
@@ -32,12 +37,14 @@ NumPy references ("host", the default: the one NumPy implementation); the upsamp
 coarse matte gathers with array operations where the tile lives (kernels/fusion.py's
 `resample`, as the pipeline's guidance tiles do). The coarse level (resizing, its band and the
 sparse solve) always runs on the CPU: it is small by construction, and float32 GPU arithmetic
-would not hold the Laplacian's eps of 1e-7. Host, emulation and (by construction) device
-results are equal bit for bit; tests/test_refine.py checks host against the emulation.
+would not hold the Laplacian's eps of 1e-7. Host and emulation results are equal bit for bit
+(tests/test_refine.py); the device does the same IEEE float operations and should be equal too,
+which tests/test_kernels_gpu.py asserts: it has not run on a GPU yet.
 
-pymatting's functions are compiled by numba when pymatting is first imported: about 60 s on a
-busy 2-core machine without numba's cache, 1.5-2 s with it (numba caches next to pymatting, or
-under $NUMBA_CACHE_DIR). `warm_up()` pays that before a first request.
+pymatting's functions (all of them, eagerly) are compiled by numba when pymatting is first
+imported: 52 s on a busy 2-core machine with an empty numba cache, 1.0 s from the cache (numba
+caches next to pymatting when that folder is writable, else in the user's cache or under
+$NUMBA_CACHE_DIR). `warm_up()` pays that before a first request.
 """
 
 from __future__ import annotations
