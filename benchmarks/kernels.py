@@ -86,6 +86,8 @@ class Bench:
             "stitch": (4096, 1024, 768),  # image side, tile, tile stride (4 x 4 tiles)
             "preprocess": (4096, 1024, 1046),  # image side, tile, tile stride (4 x 4 tiles past every edge)
             "morphology": (4, 2048, 5),  # N, side, radius
+            "guided_filter": (3840, 2160, 48),  # width, height, radius (4K: r = L/80)
+            "refine": (1920, 1080),  # synthetic scene for refine_alpha, host vs device
         },
         "quick": {
             "copy_mib": 256,
@@ -95,6 +97,8 @@ class Bench:
             "stitch": (2048, 512, 384),
             "preprocess": (2048, 512, 534),
             "morphology": (2, 1024, 5),
+            "guided_filter": (1920, 1080, 24),
+            "refine": (960, 540),
         },
     }
 
@@ -567,6 +571,120 @@ class Bench:
                         baseline="-max_pool2d(-x) on float32 (torch)",
                         note="two separable passes; bytes count one read and one write")
 
+    def guided_filter(self) -> None:
+        """The refinement's kernels (guided_filter.cu): parity on odd sizes, then the guided
+        filter on a 4K tile with its halo and on a whole image, against the same filter in torch
+        (float64 cumsum box means, torch.linalg.solve), and refine_alpha on the device vs the host."""
+        np, torch, cupy = self.np, self.torch, self.cupy
+        from mattrt.kernels import guided_filter as gf
+
+        rng = np.random.default_rng(7)
+        planes = rng.random((13, 77, 131), dtype=np.float32)
+        for radius in (0, 5, 48):
+            parity = self.exact(gf.box_mean(cupy.asarray(planes), radius), gf.box_mean_reference(planes, radius))
+            self.parity_row("box_mean", f"r={radius} {planes.shape}", parity, parity["exact"])
+        alpha = rng.random((77, 131), dtype=np.float32)
+        alpha[alpha < 0.4], alpha[alpha > 0.7] = 0.0, 1.0
+        parity = self.exact(gf.band_seed(cupy.asarray(alpha), 0.02, 0.98), gf.band_seed_reference(alpha, 0.02, 0.98))
+        self.parity_row("band_seed", f"{alpha.shape}", parity, parity["exact"])
+        guide = rng.random((77, 131, 3), dtype=np.float32)
+        window, band = alpha[9:60, 20:120].copy(), (rng.random((51, 100)) > 0.3).astype(np.uint8)
+        for radius in (1, 12):
+            parity = self.exact(
+                gf.guided_filter_band(cupy.asarray(guide), cupy.asarray(alpha), cupy.asarray(window), cupy.asarray(band),
+                                      (9, 20), radius, 1e-5),
+                gf.guided_filter_band_reference(guide, alpha, window, band, (9, 20), radius, 1e-5))
+            self.parity_row("guided_filter_band", f"r={radius} window {window.shape} of {alpha.shape}", parity,
+                            parity["exact"])
+
+        width, height, radius = self.sizes["guided_filter"]
+
+        def torch_guided(g, p, r, eps):
+            """He et al.'s colour guided filter in torch (float32 statistics of float64 box sums)."""
+            def box(x):  # P x H x W window means, clipped windows
+                for dim in (2, 1):
+                    n = x.shape[dim]
+                    prefix = torch.cumsum(x.double(), dim)
+                    index = torch.arange(n, device=x.device)
+                    hi = prefix.index_select(dim, (index + r).clamp(max=n - 1))
+                    lo = prefix.index_select(dim, (index - r - 1).clamp(min=0))
+                    keep = (index - r - 1 >= 0).to(prefix.dtype).reshape([-1 if d == dim else 1 for d in range(3)])
+                    x = (hi - lo * keep).float()
+                ones = torch.ones((1, *x.shape[1:]), device=x.device)
+                count = ones
+                for dim in (2, 1):
+                    n = count.shape[dim]
+                    index = torch.arange(n, device=x.device)
+                    length = ((index + r).clamp(max=n - 1) - (index - r).clamp(min=0) + 1).float()
+                    count = count * length.reshape([-1 if d == dim else 1 for d in range(3)])
+                return x / count
+
+            i = g.permute(2, 0, 1) - 0.5
+            prods = torch.stack([i[0], i[1], i[2], p, i[0] * p, i[1] * p, i[2] * p] +
+                                [i[a] * i[b] for a, b in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))])
+            m = box(prods)
+            mean_i, mean_p = m[:3], m[3]
+            cov = m[4:7] - mean_i * mean_p
+            sigma = torch.empty((*p.shape, 3, 3), device=p.device)
+            for k, (a, b) in enumerate(((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))):
+                value = m[7 + k] - mean_i[a] * mean_i[b] + (eps if a == b else 0.0)
+                sigma[..., a, b] = value
+                sigma[..., b, a] = value
+            a = torch.linalg.solve(sigma, cov.permute(1, 2, 0)[..., None])[..., 0].permute(2, 0, 1)
+            b = mean_p - (a * mean_i).sum(0)
+            mab = box(torch.cat([a, b[None]]))
+            return ((mab[:3] * i).sum(0) + mab[3]).clamp(0, 1)
+
+        for label, (h, w, top, left, oh, ow) in (
+                ("4K tile: core 512 + halo 2r", (512 + 4 * radius, 512 + 4 * radius, 2 * radius, 2 * radius, 512, 512)),
+                (f"whole {width}x{height}", (height, width, 0, 0, height, width))):
+            g_t = torch.rand(h, w, 3, device="cuda")
+            p_t = (torch.rand(h, w, device="cuda") > 0.5).float()
+            a_t = p_t[top:top + oh, left:left + ow].contiguous()
+            band_t = torch.ones(oh, ow, dtype=torch.uint8, device="cuda")
+            g_c, p_c, a_c, band_c = self.cp(g_t), self.cp(p_t), self.cp(a_t), self.cp(band_t)
+            out = cupy.empty((oh, ow), np.float32)
+            kernel_ms = self.time_ms(lambda: gf.guided_filter_band(g_c, p_c, a_c, band_c, (top, left), radius, 1e-5,
+                                                                   out=out))
+            torch_ms = self.time_torch_ms(lambda: torch_guided(g_t, p_t, radius, 1e-5))
+            parity = self.compare(lambda: {"max_abs_err_vs_torch": float(
+                (torch.from_dlpack(out) - torch_guided(g_t, p_t, radius, 1e-5)[top:top + oh, left:left + ow]).abs().max())})
+            self.record("guided_filter_band", f"{label}, region {w}x{h}, r={radius}", parity=parity, kernel_ms=kernel_ms,
+                        torch_ms=torch_ms, nbytes=h * w * 16 + oh * ow * 9,
+                        baseline="cumsum box means + torch.linalg.solve (torch)",
+                        note="bytes: guide and p read once, alpha and band read and the output written once; "
+                             "the 17 box-filtered planes move about 20x more")
+
+        from mattrt.data.synthetic import generate_sample, sample_rng
+        from mattrt.metrics import sad
+        from mattrt.runtime import ops
+        from mattrt.runtime.refine import refine_alpha, warm_up
+
+        warm_up()
+        width, height = self.sizes["refine"]
+        sample = generate_sample("salient_opaque", (width, height), sample_rng(0, 0))
+        low = ops.resize_image(sample.alpha[..., None], height // 4, width // 4)
+        from mattrt.kernels.fusion import upsample_region
+
+        alpha = np.clip(upsample_region(low[..., 0], height, width, np.arange(height), np.arange(width)), 0, 1)
+        alpha = alpha.astype(np.float32)
+        timings = {}
+        results = {}
+        for where in ("host", "device", "host", "device"):  # interleaved; the second of each is kept
+            stats = {}
+            started = time.perf_counter()
+            results[where] = refine_alpha(sample.image, alpha, None, where, stats=stats)
+            timings[where] = (time.perf_counter() - started) * 1e3, stats["seconds"]
+        parity = {"exact": bool(np.array_equal(results["device"], results["host"])),
+                  "max_abs_err": float(np.abs(results["device"] - results["host"]).max()),
+                  "sad_bilinear": sad(alpha, sample.alpha), "sad_refined": sad(results["device"], sample.alpha),
+                  "device_stage_s": timings["device"][1], "host_stage_s": timings["host"][1]}
+        self.record("refine_alpha", f"{width}x{height} synthetic, device vs host (wall, coarse solve on the CPU)",
+                    parity=parity, kernel_ms=timings["device"][0], torch_ms=timings["host"][0],
+                    nbytes=height * width * 3 + 2 * height * width * 4,
+                    baseline="refine_alpha on the host (NumPy references)",
+                    note="wall time of the whole call, not CUDA events; 'torch' columns hold the host path")
+
 
 # ---------------------------------------------------------------------------------------------
 
@@ -643,7 +761,8 @@ def main(argv=None) -> int:
     stream = cupy.cuda.Stream.null if stream_ptr == 0 else cupy.cuda.ExternalStream(stream_ptr)
     with cupy.cuda.Device(0), stream:
         bench.guarded("copy bandwidth", bench.copy)
-        for name in ("max_unpool", "attention", "torch_ops_cuda", "fusion", "stitch", "preprocess", "morphology"):
+        for name in ("max_unpool", "attention", "torch_ops_cuda", "fusion", "stitch", "preprocess", "morphology",
+                     "guided_filter"):
             bench.guarded(name, getattr(bench, name))
 
     print()

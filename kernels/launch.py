@@ -37,6 +37,7 @@ SOURCES: tuple[str, ...] = (
     "stitch.cu",
     "preprocess.cu",
     "morphology.cu",
+    "guided_filter.cu",
 )
 
 # Options used for every compilation (NVRTC in compile.py and CuPy's RawModule alike).

@@ -17,10 +17,16 @@ from mattrt.kernels import (
     attention_pool2d_reference,
     attention_unpool2d,
     attention_unpool2d_reference,
+    band_seed,
+    band_seed_reference,
+    box_mean,
+    box_mean_reference,
     dilate,
     dilate_reference,
     erode,
     erode_reference,
+    guided_filter_band,
+    guided_filter_band_reference,
     max_unpool2d,
     max_unpool2d_reference,
     preprocess_tiles,
@@ -119,6 +125,37 @@ def test_min_max_filters_on_gpu_equal_reference(cp, rng, radius):
     mask = (rng.random((2, 1, 45, 77)) > 0.6).astype(np.float32)
     np.testing.assert_array_equal(cp.asnumpy(erode(cp.asarray(mask), radius)), erode_reference(mask, radius))
     np.testing.assert_array_equal(cp.asnumpy(dilate(cp.asarray(mask), radius)), dilate_reference(mask, radius))
+
+
+@pytest.mark.parametrize("radius", [0, 3, 40])
+def test_refinement_kernels_on_gpu_equal_reference(cp, rng, radius):
+    """guided_filter.cu on the GPU: the same IEEE operations as the references, so equal bit for bit."""
+    planes = rng.random((5, 61, 83), dtype=np.float32)
+    np.testing.assert_array_equal(cp.asnumpy(box_mean(cp.asarray(planes), radius)), box_mean_reference(planes, radius))
+    alpha = rng.random((61, 83), dtype=np.float32)
+    alpha[alpha < 0.4], alpha[alpha > 0.7] = 0.0, 1.0
+    np.testing.assert_array_equal(cp.asnumpy(band_seed(cp.asarray(alpha), 0.02, 0.98)),
+                                  band_seed_reference(alpha, 0.02, 0.98))
+    guide = rng.random((61, 83, 3), dtype=np.float32)
+    window = alpha[10:40, 5:70].copy()
+    band = (rng.random(window.shape) > 0.3).astype(np.uint8)
+    got = guided_filter_band(cp.asarray(guide), cp.asarray(alpha), cp.asarray(window), cp.asarray(band), (10, 5),
+                             radius, 1e-5)
+    np.testing.assert_array_equal(cp.asnumpy(got),
+                                  guided_filter_band_reference(guide, alpha, window, band, (10, 5), radius, 1e-5))
+
+
+def test_refinement_on_the_device_equals_the_host(rng):
+    from mattrt.data.synthetic import generate_sample, sample_rng
+    from mattrt.runtime.refine import RefineOptions, refine_alpha
+
+    sample = generate_sample("salient_opaque", (480, 320), sample_rng(5, 0))
+    alpha = np.clip(sample.alpha + rng.normal(0, 0.05, sample.alpha.shape).astype(np.float32), 0, 1)
+    options = RefineOptions(tile=128, coarse_side=240)
+    stats = {}
+    got = refine_alpha(sample.image, alpha, options, "device", stats=stats)
+    assert stats["pixel"] == "device" and stats["tiles_refined"] > 1
+    np.testing.assert_array_equal(got, refine_alpha(sample.image, alpha, options))
 
 
 @needs_torch_cuda
