@@ -213,7 +213,6 @@ def scene_list(count_1080p: int, count_4k: int) -> list[tuple[str, int, int]]:
 
 
 def measure_scenes(args, log) -> list[dict]:
-    import numpy as np
 
     from mattrt.data.synthetic import generate_sample, sample_rng
     from mattrt.metrics import gradient_error, mse, sad

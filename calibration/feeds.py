@@ -192,13 +192,16 @@ def collect_stage_feeds(directory: str | Path, source: DataSource, *, max_sample
 
     spec, engines = open_artifacts(directory, precision="fp32")
     recorders: Mapping[str, RecordingEngine] = {name: RecordingEngine(engine) for name, engine in engines.items()}
-    detail_batch = batch or min(4, engines["detail"].max_batch or 4)
+    if spec.semantic_output == "alpha":  # one network: its inputs are all there is to record
+        options = {"refine": "none"}
+    else:
+        options = {"batch": batch or min(4, engines["detail"].max_batch or 4)}
     names: list[str] = []
     images = iter_images(source)
     if progress:
 
         images = tqdm(images, total=source.count, desc="calibration images", leave=False)
-    with Pipeline(spec, recorders, batch=detail_batch) as pipeline:
+    with Pipeline(spec, recorders, **options) as pipeline:
         for name, image in images:
             pipeline.run(image)
             names.append(name)

@@ -130,7 +130,7 @@ def check_engines(spec: ModelSpec, engines: Mapping[str, Engine]) -> None:
 @dataclass
 class MattingResult:
     alpha: np.ndarray  # H x W float32 in [0, 1]
-    trimap: np.ndarray  # 3 x h x w: trimap probabilities of the content region at semantic resolution
+    trimap: np.ndarray  # 3 x h x w trimap probabilities of the content region at semantic resolution (an alpha network: its 1 x h x w alpha)
     timings: dict[str, float]  # seconds per step
     plan: dict  # the tiling plan (TilePlan.describe) and sizes
     detail: np.ndarray | None = None  # stitched raw alpha at detail resolution (keep_detail=True)

@@ -44,7 +44,10 @@ def calibrated_random_weights(model, seed: int = 0, batches: int = 2):
                 module.momentum = None  # cumulative average over the calibration batches
     stages = model.stages()
     try:
-        with torch.no_grad():
+        # train() mode draws from torch's global generator (dropout): seeded too, and restored
+        # afterwards, so the same seed gives the same weights in every process.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             for name in model.settings.stages:
                 stage = stages[name]
                 stage.module.train()

@@ -1,8 +1,8 @@
 """The Pipeline: one data flow for every model and every backend (README.md, "How it works").
 
-    with Pipeline.from_model("shm_tiny") as pipeline:          # torch engines
-        result = pipeline.run(rgb)                             # H x W x 3 uint8/uint16/float
-    result.alpha                                               # H x W float32 in [0, 1]
+    with Pipeline(spec, engines) as pipeline:       # mattrt.deploy opens one from a model, an export or a card
+        result = pipeline.run(rgb)                  # H x W x 3 uint8/uint16/float
+    result.alpha                                    # H x W float32 in [0, 1]
 
 Steps, for an H x W image:
 1. Semantic pass on the fixed S x S canvas. The image is resized keeping its aspect (by the
@@ -30,6 +30,11 @@ of tiles. Exception: "sim" guidance (click maps are distance transforms over the
 trimap, score maps are stitched over classifier windows of the whole image) is built for the
 whole detail image at once: (3 + 3 + 28) float32 planes at detail resolution.
 
+An imported network whose output is alpha (spec.semantic_output "alpha", e.g. ISNet) runs step 1
+only, on a canvas it is stretched to or letterboxed onto (spec.fit); its alpha is upsampled to
+H x W with the trimap's coordinates and refined at full resolution where it is uncertain
+(runtime/refine.py; `refine="none"` keeps the upsampled alpha).
+
 `run(image, whole=True)` is the reference the tiled result is measured against: the same
 canvas in one detail call with the same guidance (engines that run any size only: torch).
 
@@ -45,6 +50,7 @@ reference mode always runs on the host. The semantic pass (step 1) and the detai
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -62,6 +68,7 @@ from mattrt.runtime import threads as thread_settings
 from mattrt.runtime.artifacts import MattingResult, ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, run_in_chunks
 from mattrt.runtime.pixel_ops import FUSION_ROWS, HostPixelOps, select_pixel_ops
+from mattrt.runtime.refine import RefineOptions, refine_alpha
 from mattrt.runtime.tiling import TilePlan, check_tiling, default_margin
 
 # Semantic Image Matting's guidance (click maps, classifier score maps) lives with its model and
@@ -71,6 +78,7 @@ sim = lazy_import("mattrt.models.sim_guidance")
 # Same limit as the image reader's decompression-bomb guard: 200 megapixels.
 DEFAULT_MAX_PIXELS = 200_000_000
 GUIDANCE_KINDS = ("none", "trimap", "sim")
+FITS = ("letterbox", "stretch")
 # Host memory estimates checked before an image is processed (mattrt.resources.require_memory):
 # the detail image and its guidance planes (float32 RGB + up to 3 planes) plus stitching rows;
 # the fused alpha and the input at full size; per pixel of a tile batch, the inputs and the
@@ -112,18 +120,52 @@ class Pipeline:
         detail_scale: float = 1.0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         pixel_ops: str = "auto",
+        refine: str | None = None,
     ):
         check_engines(spec, engines)
+        self.spec = spec
+        self.engines = dict(engines)
+        semantic = self.engines["semantic"]
+        self.alpha_network = spec.semantic_output == "alpha"
+        if spec.fit not in FITS:
+            raise InputError(f"model {spec.name!r}: fit {spec.fit!r} is not one of {', '.join(FITS)}")
+        self.semantic_size = semantic.spatial_size if semantic.fixed_spatial else int(spec.semantic_size)
+        if semantic_scale is not None and not (isinstance(semantic_scale, (int, float)) and semantic_scale > 0):
+            raise InputError(f"semantic scale must be a positive number (or None to fit the canvas), got {semantic_scale!r}")
+        if semantic_scale is not None and spec.fit == "stretch":
+            raise InputError(f"model {spec.name!r} stretches the whole image to its {self.semantic_size} x "
+                             f"{self.semantic_size} canvas; a semantic scale does not apply")
+        if not (isinstance(detail_scale, (int, float)) and detail_scale > 0 and math.isfinite(detail_scale)):
+            raise InputError(f"detail scale must be a positive number, got {detail_scale!r}")
+        self.semantic_scale = semantic_scale
+        self.detail_scale = float(detail_scale)
+        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+            raise InputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+        self.max_pixels = max_pixels
+        self._mean = np.asarray(spec.mean, dtype=np.float32)
+        self._std = np.asarray(spec.std, dtype=np.float32)
+        if spec.channel_order.upper() not in ("RGB", "BGR"):
+            raise InputError(f"channel order {spec.channel_order!r} is not RGB or BGR")
+        if self.alpha_network:
+            self._init_refinement(refine, overlap=overlap, margin=margin, batch=batch)
+            self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, semantic)
+        else:
+            if refine is not None:
+                raise InputError(f"model {spec.name!r} refines with its detail network; --refine applies to imported "
+                                 "networks whose output is alpha")
+            self._init_tiling(overlap, margin, batch)
+            self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, self.engines["detail"])
+        # How this pipeline came to be (backend choice and why, artifact cache use), for summaries.
+        self.notes: dict = {}
+
+    def _init_tiling(self, overlap: int | None, margin: int | None, batch: int | None) -> None:
+        spec = self.spec
         if spec.guidance not in GUIDANCE_KINDS:
             raise InputError(
                 f"model {spec.name!r} needs guidance {spec.guidance!r}; this runtime builds: {', '.join(GUIDANCE_KINDS)}"
             )
-
         fusion_kind(spec.fusion)
-        self.spec = spec
-        self.engines = dict(engines)
         detail = self.engines["detail"]
-        semantic = self.engines["semantic"]
         # The tile and canvas were decided where the graphs (or eager engines) were made
         # (deploy/sources.py); fixed-shape engines must agree with the spec that says so.
         self.tile_size = int(spec.tile_size)
@@ -133,7 +175,6 @@ class Pipeline:
         self.overlap = int(overlap if overlap is not None else min(spec.tile_overlap, self.tile_size - spec.stride_multiple))
         self.margin = default_margin(self.overlap) if margin is None else int(margin)
         check_tiling(self.tile_size, self.overlap, spec.stride_multiple, self.margin)
-        self.semantic_size = semantic.spatial_size if semantic.fixed_spatial else int(spec.semantic_size)
         if batch is None:
             batch = detail.preferred_batch or DEFAULT_TILE_BATCH
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -146,22 +187,23 @@ class Pipeline:
         self.batch = batch
         require_memory(self._tile_bytes(), f"tile {self.tile_size} x {self.tile_size} in batches of {batch}",
                        "use a smaller --tile or --batch")
-        if semantic_scale is not None and not (isinstance(semantic_scale, (int, float)) and semantic_scale > 0):
-            raise InputError(f"semantic scale must be a positive number (or None to fit the canvas), got {semantic_scale!r}")
-        if not (isinstance(detail_scale, (int, float)) and detail_scale > 0 and math.isfinite(detail_scale)):
-            raise InputError(f"detail scale must be a positive number, got {detail_scale!r}")
-        self.semantic_scale = semantic_scale
-        self.detail_scale = float(detail_scale)
-        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
-            raise InputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
-        self.max_pixels = max_pixels
-        self._mean = np.asarray(spec.mean, dtype=np.float32)
-        self._std = np.asarray(spec.std, dtype=np.float32)
-        if spec.channel_order.upper() not in ("RGB", "BGR"):
-            raise InputError(f"channel order {spec.channel_order!r} is not RGB or BGR")
-        self.pixel_ops, self.pixel_ops_reason = select_pixel_ops(pixel_ops, detail)
-        # How this pipeline came to be (backend choice and why, artifact cache use), for summaries.
-        self.notes: dict = {}
+
+    def _init_refinement(self, refine: str | None, **tiling) -> None:
+        """An alpha network: no detail tiles; the refinement settings from the spec (its card), the
+        method overridable (refine="none" keeps the network's own upsampled alpha)."""
+        given = sorted(k for k, v in tiling.items() if v is not None)
+        if given:
+            raise InputError(f"model {self.spec.name!r} is a single network whose output is alpha: it runs no detail "
+                             f"tiles, so {', '.join('--' + k for k in given)} do not apply")
+        if self.detail_scale != 1.0:
+            raise InputError(f"model {self.spec.name!r} refines at full resolution; --detail-scale does not apply")
+        settings = dict(self.spec.refine)
+        if refine is not None:
+            settings["method"] = refine
+        self.refine_options = RefineOptions().replace(**settings)
+        self.tile_size = self.refine_options.tile or 0
+        self.overlap = self.margin = 0
+        self.batch = 1
 
     def __enter__(self) -> "Pipeline":
         try:
@@ -180,29 +222,33 @@ class Pipeline:
             engine.deactivate()
 
     def describe(self) -> dict:
-        detail = self.engines["detail"]
-        return {
+        engine = self.engines["semantic" if self.alpha_network else "detail"]
+        described = {
             "model": self.spec.name,
             "source": self.spec.source,
-            "backend": detail.backend,
-            "device": detail.device,
-            "precision": detail.precision,
+            "backend": engine.backend,
+            "device": engine.device,
+            "precision": engine.precision,
             "semantic_size": self.semantic_size,
-            "tile_size": self.tile_size,
-            "overlap": self.overlap,
-            "margin": self.margin,
-            "batch": self.batch,
+            "semantic_output": self.spec.semantic_output,
+            "fit": self.spec.fit,
             "semantic_scale": self.semantic_scale,
-            "detail_scale": self.detail_scale,
             "fusion": self.spec.fusion,
             "guidance": self.spec.guidance,
             "trained": self.spec.trained,
-            "kernels": bool(getattr(detail, "kernels", False)),
+            "kernels": bool(getattr(engine, "kernels", False)),
             "pixel_ops": self.pixel_ops.name,
             "pixel_ops_reason": self.pixel_ops_reason,
             "threads": thread_settings.describe(),
-            **({"selection": dict(self.notes)} if self.notes else {}),
         }
+        if self.alpha_network:
+            described["refine"] = dataclasses.asdict(self.refine_options)
+        else:
+            described.update(tile_size=self.tile_size, overlap=self.overlap, margin=self.margin, batch=self.batch,
+                             detail_scale=self.detail_scale)
+        if self.notes:
+            described["selection"] = dict(self.notes)
+        return described
 
     # -- sizes ------------------------------------------------------------------------------------
     def check_size(self, height: int, width: int) -> None:
@@ -253,20 +299,26 @@ class Pipeline:
         return image[..., ::-1] if self.spec.channel_order.upper() == "BGR" else image
 
     def semantic_pass(self, image: np.ndarray) -> np.ndarray:
-        """Trimap probabilities (3 x h x w) of the image's content region on the semantic canvas."""
+        """The semantic stage's output for the image's content region on the canvas: trimap
+        probabilities (3 x h x w), or an alpha network's alpha (1 x h x w). The image is
+        letterboxed onto the canvas (aspect kept), or stretched to it (spec.fit "stretch")."""
         height, width = image.shape[:2]
-        content_h, content_w = self.content_size(height, width)
         canvas_size = self.semantic_size
+        if self.spec.fit == "stretch":
+            content_h = content_w = canvas_size
+        else:
+            content_h, content_w = self.content_size(height, width)
         resized = ops.resize_image(image, content_h, content_w)
         resized -= self._mean
         resized /= self._std
         canvas = np.zeros((1, 3, canvas_size, canvas_size), dtype=np.float32)
         top, left = (canvas_size - content_h) // 2, (canvas_size - content_w) // 2
         canvas[0, :, top : top + content_h, left : left + content_w] = resized.transpose(2, 0, 1)
-        trimap = self.engines["semantic"].run({"image": canvas})["trimap"]
-        if trimap.shape[:2] != (1, 3):
-            raise InputError(f"semantic stage returned a trimap of shape {trimap.shape}; expected 1 x 3 x S x S")
-        return np.ascontiguousarray(trimap[0, :, top : top + content_h, left : left + content_w], dtype=np.float32)
+        name, channels = ("alpha", 1) if self.alpha_network else ("trimap", 3)
+        output = self.engines["semantic"].run({"image": canvas})[name]
+        if output.shape[:2] != (1, channels):
+            raise InputError(f"semantic stage returned {name} of shape {output.shape}; expected 1 x {channels} x S x S")
+        return np.ascontiguousarray(output[0, :, top : top + content_h, left : left + content_w], dtype=np.float32)
 
     def _sim_guidance(self, detail_image: np.ndarray, low: np.ndarray) -> np.ndarray:
         """The full "sim" guidance (G x Hd x Wd) from models/sim.py with the classifier engines."""
@@ -316,6 +368,12 @@ class Pipeline:
         ops.check_rgb(image)
         height, width = image.shape[:2]
         self.check_size(height, width)
+        if self.alpha_network:
+            if whole or keep_detail:
+                raise InputError(f"model {self.spec.name!r} has no detail stage: whole-image mode and keep_detail apply "
+                                 "to tiled detail networks")
+            with self.pixel_ops.scope():
+                return self._run_alpha(image, self.pixel_ops, progress)
         detail_engine = self.engines["detail"]
         if whole and detail_engine.fixed_spatial:
             raise InputError(
@@ -397,6 +455,26 @@ class Pipeline:
             "pixel_ops": pixel.name,
         }
         return MattingResult(alpha=alpha, trimap=low, timings=timer.seconds, plan=info, detail=kept)
+
+    def _run_alpha(self, image: np.ndarray, pixel, progress: ProgressCallback | None) -> MattingResult:
+        """An alpha network: its alpha at the canvas, upsampled to the image (one F.interpolate's
+        bilinear coordinates, as the trimap is), then refined at full resolution (runtime/refine.py)."""
+        height, width = image.shape[:2]
+        timer = _Timer(synchronize=pixel.synchronize)
+        started = time.perf_counter()
+        low = self.semantic_pass(self._model_order(image))
+        started = timer.add("semantic", started)
+        alpha = ops.upsample_region(low, height, width, np.arange(height), np.arange(width))[0]
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        started = timer.add("upsample", started)
+        if self.refine_options.method != "none":
+            alpha = refine_alpha(ops.resize_image(image, height, width), alpha, self.refine_options, pixel=pixel)
+            timer.add("refine", started)
+        if progress is not None:
+            progress(1, 1)
+        info = {"image": [height, width], "semantic_content": list(low.shape[1:]), "fit": self.spec.fit,
+                "refine": self.refine_options.method, "tiles": None, "pixel_ops": pixel.name}
+        return MattingResult(alpha=alpha, trimap=low, timings=timer.seconds, plan=info)
 
 
 class _BandStitcher:

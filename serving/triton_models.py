@@ -16,6 +16,9 @@ Request parameters of the pipeline model (all optional):
   output     "alpha" (H x W x 1, default) or "rgba" (H x W x 4: blur-fusion foreground + alpha)
   overlap    tile overlap in pixels, 0 .. tile_size - stride multiple
   tile_size  must equal the exported tile size (the stage graphs have fixed shapes)
+  refine     an alpha network only (an imported model such as ISNet, which runs no tiles and takes
+             no overlap, tile_size or batch): "none" or a refinement method (runtime/refine.py);
+             default: the model card's
   batch      tiles per detail call, 1 .. the repository's max batch
 The MATTE output is the raw UINT8 matte; requesting MATTE_PNG returns the same matte as a PNG.
 
@@ -52,6 +55,7 @@ from mattrt.runtime.artifacts import ModelSpec, check_engines
 from mattrt.runtime.engine import Engine, EngineError, run_in_chunks
 from mattrt.runtime.foreground import estimate_foreground
 from mattrt.runtime.pipeline import Pipeline
+from mattrt.runtime.refine import REFINE_METHODS
 from mattrt.serving.repository import (
     BUSY_PREFIX,
     ENCODED_INPUT,
@@ -68,7 +72,8 @@ from mattrt.serving.repository import (
 pb_utils = lazy_import("triton_python_backend_utils")
 
 OUTPUT_KINDS = ("alpha", "rgba")
-PARAMETERS = ("output", "overlap", "tile_size", "batch")
+PARAMETERS = ("output", "overlap", "tile_size", "batch", "refine")
+TILING_PARAMETERS = ("overlap", "tile_size", "batch")
 PNG_COMPRESS_LEVEL = 3
 
 
@@ -266,9 +271,11 @@ class PipelineModel:
             engine.activate()
         self.max_pixels = int(params["max_pixels"])
         self.min_side = int(params["min_side"])
-        self.tile_size = self.engines["detail"].spatial_size
-        self.max_overlap = self.tile_size - self.spec.stride_multiple
-        self.default_batch = min(4, self.max_batch)
+        self.alpha_network = self.spec.semantic_output == "alpha"
+        if not self.alpha_network:
+            self.tile_size = self.engines["detail"].spatial_size
+            self.max_overlap = self.tile_size - self.spec.stride_multiple
+            self.default_batch = min(4, self.max_batch)
         self.stop_watch = StopWatch()
 
     def execute(self, requests: list) -> list:
@@ -298,6 +305,17 @@ class PipelineModel:
         output = params.get("output", "alpha")
         if output not in OUTPUT_KINDS:
             raise InputError(f"parameter output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
+        if self.alpha_network:
+            tiling = sorted(k for k in params if k in TILING_PARAMETERS)
+            if tiling:
+                raise InputError(f"model {self.spec.name} runs no tiles (one network whose output is alpha): drop "
+                                 f"{', '.join(tiling)}")
+            refine = params.get("refine")
+            if refine is not None and refine not in REFINE_METHODS:
+                raise InputError(f"parameter refine must be one of {', '.join(REFINE_METHODS)}, got {refine!r}")
+            return {"output": output, "refine": refine}
+        if "refine" in params:
+            raise InputError(f"model {self.spec.name} refines with its detail network: drop refine")
         # Validated only: the stage graphs have fixed shapes, so the exported size is the one valid value.
         _int_parameter(params, "tile_size", self.tile_size, self.tile_size)
         return {
@@ -333,8 +351,8 @@ class PipelineModel:
     def _respond(self, request):
         params = self._parameters(request)
         rgb = self._image(request)
-        pipeline = Pipeline(self.spec, self.engines, overlap=params["overlap"], batch=params["batch"],
-                            max_pixels=self.max_pixels, pixel_ops="host")
+        options = {k: v for k, v in params.items() if k != "output"}
+        pipeline = Pipeline(self.spec, self.engines, max_pixels=self.max_pixels, pixel_ops="host", **options)
         alpha = pipeline.run(rgb).alpha
         matte = quantise(alpha, 8, "alpha")[..., None]
         if params["output"] == "rgba":

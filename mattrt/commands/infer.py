@@ -23,6 +23,7 @@ from mattrt.deploy.plan import open_pipeline
 from mattrt.errors import InputError
 from mattrt.jobs.infer import InferOptions, SummaryNotWritten, run_inference
 from mattrt.runtime.pipeline import DEFAULT_MAX_PIXELS
+from mattrt.runtime.refine import REFINE_METHODS
 
 DESCRIPTION = (
     "Compute alpha mattes with the tiled pipeline: semantic pass on a fixed canvas, detail stage on "
@@ -52,6 +53,10 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
                    help="global factor: image scale on the semantic canvas (default: fit the canvas)")
     p.add_argument("--detail-scale", type=positive_float, default=1.0, metavar="L",
                    help="local factor: image scale of the detail pass, alpha resampled back (default: 1)")
+    p.add_argument("--refine", choices=REFINE_METHODS,
+                   help="imported networks whose output is alpha (e.g. ISNet): the full-resolution refinement of their "
+                        "alpha where it is uncertain (default: the model card's); none keeps the network's own "
+                        "upsampled alpha")
     p.add_argument("--max-pixels", type=positive_int, metavar="N",
                    help="refuse images with more pixels (decompression-bomb guard; default: 200 megapixels)")
     p.add_argument("--output", choices=("alpha", "rgba", "composite"), default="alpha",
@@ -76,6 +81,7 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
 def build_pipeline(args: argparse.Namespace):
     """The Pipeline the arguments describe (errors name what is missing or inconsistent)."""
     pipeline_options = dict(margin=args.margin, semantic_scale=args.semantic_scale, max_pixels=args.max_pixels,
+                            refine=args.refine,
                             detail_scale=None if args.detail_scale == 1.0 else args.detail_scale,
                             pixel_ops=None if args.pixel_ops == "auto" else args.pixel_ops)
     backend_options = dict(threads=args.threads, channels_last=args.channels_last, kernels=args.kernels)
