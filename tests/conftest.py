@@ -71,8 +71,8 @@ def single_thread_default(monkeypatch):
 
 @pytest.fixture(scope="session")
 def serving_export(tmp_path_factory):
-    """shm_tiny with calibrated random weights (seed 2: mattes far from constant; seed 1 gives near-constant ones), exported once per
-    session for the serving tests (max batch 4)."""
+    """shm_tiny with calibrated random weights (seed 2: mattes far from constant; seed 1 gives
+    near-constant ones), exported once per session for the serving tests (max batch 4)."""
     directory = tmp_path_factory.mktemp("serving") / "shm_tiny"
     export_model(calibrated_random_weights(create_model("shm_tiny"), seed=2), directory, max_batch=4,
                  simplify=False, log=None)
