@@ -20,14 +20,14 @@ of it fastest. `refine_alpha(image, alpha)` does, for an H x W image with long s
    full-resolution image, and the result is written into the band, in tiles of `tile` px whose
    halo (2r for the filter, R + 1 for the band) makes each tile's result that of the whole
    image up to float rounding: the box filters' prefix sums start at the tile's edge, so a
-   float32 rounding can differ (`tiled_versus_whole` measures it: at most 2.4e-7 on 1080p
-   scenes; the tests allow 1e-5).
+   float32 rounding can differ (`tiled_versus_whole` measures it: at most 5e-7 on the 16
+   benchmark scenes; the tests allow 1e-5).
 
 Memory: the coarse level is bounded by `coarse_side` (pymatting's Laplacian of a 480 x 270 band
 is about 50 MB) and the full-resolution work by one tile: about 280 bytes per pixel of the tile's
 region, (tile + 4r)^2 (140 MB at 4K, 225 MB at 8K); beyond that only the output alpha is
 image-sized. Measured in fresh processes (benchmarks/refine.py --memory): refine_alpha adds
-182 MiB to the process at 4K and 383 MiB at 8K (133 MiB of it the output), 1.7 GB at 4K in one
+184 MiB to the process at 4K and 386 MiB at 8K (133 MiB of it the output), 1.7 GB at 4K in one
 piece (tile=None).
 
 Where it runs (`pixel`): the band seeds and dilation, the guided filter and the band blend are
