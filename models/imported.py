@@ -152,7 +152,8 @@ def store_imported(model: ImportedModel, cache_dir: str | Path | None = None, *,
                 raise InputError(f"{model.graph} changed while it was being imported (SHA-256 {digest}, was "
                                  f"{model.sha256}); nothing was imported")
             card = replace(model.card, file=graph_name, sha256=digest, path=staging / CARD_FILE)
-            write_card(card, staging / CARD_FILE, header=f"Imported by mattrt {__version__} from {model.card.path}")
+            origin = ("`mattrt fetch`" if model.card.provenance.get("package") else str(model.card.path))
+            write_card(card, staging / CARD_FILE, header=f"Imported by mattrt {__version__} from {origin}")
             record = {
                 "name": name, "graph": graph_name, "sha256": digest, "bytes": model.size,
                 "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
