@@ -50,7 +50,8 @@ def check_percentile(method: str, percentile: float | None) -> float | None:
     if percentile is None:
         return None
     if method != "percentile":
-        raise InputError(f"a calibration percentile ({percentile!r}) applies to method 'percentile' only, not {method!r}")
+        raise InputError(f"a calibration percentile ({percentile!r}) applies to method 'percentile' only, "
+                         f"not {method!r}")
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < float(percentile) <= 100:
         raise InputError(f"the calibration percentile must be a number in (0, 100], got {percentile!r}")
     return float(percentile)
@@ -180,5 +181,6 @@ def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndar
 
 
 __all__ = ["CALIBRATED_OPS", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_BATCH", "DEFAULT_PERCENTILE", "FeedReader",
-           "calibrate_ranges", "calibration_method", "check_percentile", "check_ranges", "quantize_symmetric", "quiet_quantize",
+           "calibrate_ranges", "calibration_method", "check_percentile",
+           "check_ranges", "quantize_symmetric", "quiet_quantize",
            "symmetric_quantize_options"]

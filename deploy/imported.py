@@ -80,7 +80,8 @@ def import_card(card: str | Path | ModelCard, *, cache_dir: str | Path | None = 
     cache = ArtifactCache(cache_dir, log=log)
     cache.check_writable()
     graphs = GraphsFromSource(CardSource(candidate, semantic_size=semantic_size), cache=cache, log=log)()
-    stored = store_imported(candidate, cache_dir, force=force, log=log)
+    stored = store_imported(candidate, cache_dir, force=force, log=log,
+                            semantic_size=semantic_size if card.input.size is None else None)
     return stored, graphs
 
 

@@ -114,8 +114,8 @@ def deployment_chain(request: DeploymentRequest, *, cache: ArtifactCache | None 
     kinds = ("model", "onnx", "plans") if isinstance(source, ModelSource) else ("onnx", "plans")
     if isinstance(source, CardSource) and request.backend != AUTO and get_backend(request.backend).artifacts == "model":
         raise InputError(
-            f"the {request.backend} backend runs a registered model's own modules; {source.describe()} is an ONNX graph: "
-            "run it with " + ", ".join(b.name for b in BACKENDS.values() if b.artifacts in ("onnx", "plans"))
+            f"the {request.backend} backend runs a registered model's own modules; {source.describe()} is an ONNX "
+            "graph: run it with " + ", ".join(b.name for b in BACKENDS.values() if b.artifacts in ("onnx", "plans"))
             + " (or --backend auto)"
         )
     choice = choose_backend(request.backend, device=request.device, precision=request.precision, source_kinds=kinds,

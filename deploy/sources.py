@@ -75,7 +75,7 @@ class ModelSource:
 
     def cache_key(self) -> dict[str, Any]:
         return {"model": self.name, "checkpoint_sha256": _checkpoint_sha256(self.checkpoint),
-                "semantic_size": self.semantic_size, "tile_size": self.tile_size}
+                "semantic_size": self.canvas, "tile_size": self.tile_size}
 
     def describe(self) -> str:
         return f"model {self.name}"
@@ -153,6 +153,12 @@ class CardSource:
         return self.imported.name
 
     @property
+    def canvas(self) -> int | None:
+        """The canvas asked for, else the one a graph of dynamic size was imported at (None: the
+        graph's own size, or export/onnx_import.py's default)."""
+        return self.semantic_size if self.semantic_size is not None else self.imported.record.get("semantic_size")
+
+    @property
     def cacheable(self) -> bool:
         return True
 
@@ -162,7 +168,7 @@ class CardSource:
         with the sizes."""
         card = {k: v for k, v in self.imported.card.to_dict().items() if k not in ("file", "sha256", "provenance")}
         return {"model": self.name, "imported_graph_sha256": self.imported.sha256, "card": card,
-                "semantic_size": self.semantic_size, "tile_size": self.tile_size}
+                "semantic_size": self.canvas, "tile_size": self.tile_size}
 
     def describe(self) -> str:
         return f"imported model {self.name}"

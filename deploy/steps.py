@@ -155,7 +155,7 @@ class GraphsFromSource(Step):
 
     def _imported(self, source: CardSource) -> Graphs:
         """An imported model's graph, normalised (export/onnx_import.py) into `out` or the cache."""
-        options = dict(semantic_size=source.semantic_size, tile_size=source.tile_size,
+        options = dict(semantic_size=source.canvas, tile_size=source.tile_size,
                        max_batch=self.export_options["max_batch"])
         if self.out is not None:
             manifest = write_imported_export(source.imported, self.out, force=self.force, log=self.log, **options)

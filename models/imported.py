@@ -130,8 +130,9 @@ def _check_replaceable(folder: Path) -> None:
 
 
 def store_imported(model: ImportedModel, cache_dir: str | Path | None = None, *, force: bool = False,
-                   log: Log | None = print) -> ImportedModel:
-    """Copy the card and its graph into the registry (module docstring) and return the stored model."""
+                   semantic_size: int | None = None, log: Log | None = print) -> ImportedModel:
+    """Copy the card and its graph into the registry (module docstring) and return the stored model.
+    `semantic_size`: the canvas a graph of dynamic size was imported at (what --model NAME runs)."""
     log = log or (lambda message: None)
     root = imported_root(cache_dir)
     try:
@@ -160,6 +161,8 @@ def store_imported(model: ImportedModel, cache_dir: str | Path | None = None, *,
                 "mattrt": __version__, "card_from": str(model.card.path) if model.card.path else None,
                 "graph_from": str(model.graph),
             }
+            if semantic_size is not None:
+                record["semantic_size"] = int(semantic_size)
             (staging / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")  # last: the folder is complete
             _publish(staging, folder)
         except BaseException:

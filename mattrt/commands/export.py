@@ -9,8 +9,9 @@ from pathlib import Path
 
 from mattrt.commands.arguments import add_precision_arguments, apply_precision_arguments
 from mattrt.commands.command import Command
-from mattrt.deploy.sources import ModelSource
+from mattrt.deploy.sources import CardSource, model_source
 from mattrt.deploy.steps import GraphsFromSource
+from mattrt.errors import InputError
 from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET
 from mattrt.models.checkpoints import parse_checkpoint
 
