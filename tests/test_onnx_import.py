@@ -6,6 +6,7 @@ The networks are tiny synthetic ONNX graphs made here (tests/onnx_nets.py): FP16
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,11 @@ import onnxruntime as ort
 import pytest
 from onnx_nets import SIZE, alpha_net, card_text, flat_input_net, two_input_net, write_model
 
+from mattrt.calibration import variants
 from mattrt.calibration.calibrate import check_percentile, symmetric_quantize_options
-from mattrt.calibration.feeds import iter_images, parse_data_source
+from mattrt.calibration.feeds import StageFeeds, iter_images, parse_data_source
 from mattrt.cli import main
+from mattrt.data.photographs import PHOTOGRAPHS, photographs
 from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.imported import import_card
 from mattrt.deploy.plan import DeploymentRequest, deployment_chain
@@ -24,6 +27,7 @@ from mattrt.deploy.sources import CardSource, model_source
 from mattrt.deploy.steps import GraphsFromSource, calibration_recipe
 from mattrt.engines.onnxruntime.engine import open_artifacts
 from mattrt.errors import InputError, UnknownModelError
+from mattrt.export.onnx_import import fit_to_canvas
 from mattrt.manifest import Manifest
 from mattrt.models.cards import load_card
 from mattrt.models.imported import find_imported, imported_root
@@ -82,6 +86,16 @@ def test_card_errors_name_the_key(tmp_path, edit, fragment):
     with pytest.raises(InputError) as caught:
         load_card(path)
     assert fragment in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_card_without_a_required_key_is_refused_naming_it(tmp_path, capsys):
+    card = write_model(tmp_path, "tiny", alpha_net())
+    card.write_text(card.read_text().replace("mean = [0.5, 0.5, 0.5]\n", "").replace('name = "tiny"', 'name = "tiny"\ncolour = 1'))
+    assert _import(card, tmp_path / "cache") == 1
+    err = capsys.readouterr().err
+    assert "is not a valid model card: " in err and "input.mean: missing (required)" in err
+    assert "colour: unknown key (known here: calibration, description, file, input," in err
+    assert not imported_root(tmp_path / "cache").exists()
 
 
 # -- import, normalisation, parity -----------------------------------------------------------------
@@ -301,3 +315,41 @@ def test_an_imported_model_is_a_deployment_source(tmp_path):
     engines = step.engines()
     assert engines.spec.semantic_output == "alpha" and engines.spec.tile_size == 256
     assert engines.notes["graphs"]["entry"].startswith(str(cache))
+
+
+def test_int8_of_an_imported_model_takes_the_cards_percentile_and_keeps_its_nodes_in_float(tmp_path, monkeypatch):
+    """The card's recipe reaches both INT8 graphs. The calibration inputs are the semantic canvases of
+    the bundled photographs, made here as the pipeline makes them (the Pipeline's run of an alpha
+    network is tested with the Pipeline)."""
+    extra = ('[calibration]\ndata = "photographs"\nmethod = "percentile"\npercentile = 99.99\n'
+             'keep_float = ["/side1/Conv", "/Sigmoid"]\n')
+    card_path = write_model(tmp_path / "src", "tiny", alpha_net(), extra=extra)
+    _, graphs = import_card(card_path, cache_dir=tmp_path / "cache", log=None)
+    export = tmp_path / "export"
+    shutil.copytree(graphs.directory, export)
+    card = load_card(card_path)
+    samples = [{"image": fit_to_canvas(image, card, SIZE)} for _, image in photographs()]
+
+    def recorded(directory, source, max_samples):
+        assert source.kind == "photographs"
+        return {"semantic": StageFeeds("semantic", samples, len(samples), list(PHOTOGRAPHS))}
+
+    monkeypatch.setattr(variants.calibration_feeds, "collect_stage_feeds", recorded)
+    recipe = calibration_recipe(graphs.manifest)
+    with pytest.raises(InputError, match="'/nowhere' are in none of the stage graphs"):
+        variants.add_precisions(export, ["int8"], calibration=recipe["calibration"], method=recipe["method"],
+                                percentile=recipe["percentile"], keep_float=["/nowhere"], log=None)
+    manifest = variants.add_precisions(export, ["int8"], calibration=recipe["calibration"], method=recipe["method"],
+                                       percentile=recipe["percentile"], keep_float=recipe["keep_float"], batch=2,
+                                       log=None)
+    record = manifest.stages[0].parity["int8"]["int8"]
+    assert record["percentile"] == 99.99 and record["kept_float"] == ["/Sigmoid", "/side1/Conv"]
+    for name in (manifest.stages[0].files["int8"], manifest.stages[0].backend_files["onnxruntime"]["int8"]):
+        graph = onnx.load(str(export / name))
+        producers = {out: node for node in graph.graph.node for out in node.output}
+        head = next(node for node in graph.graph.node if node.name == "/side1/Conv")
+        weights = producers.get(head.input[1])
+        assert weights is None or weights.op_type != "DequantizeLinear", name  # float weights
+        readers = [node.op_type for node in graph.graph.node if head.output[0] in node.input]
+        assert "QuantizeLinear" not in readers, name  # the one-channel logits are not quantised
+        assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node), name  # the rest is INT8

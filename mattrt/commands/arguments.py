@@ -68,16 +68,18 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
                    "without TensorRT, onnxruntime on the CPU; it prints which it chose and why",
         "device": "default: what --backend auto chooses, else the backend's first device (cpu for torch and "
                   "onnxruntime)",
-        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated on "
-                     "synthetic samples in the cache)",
+        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated in "
+                     "the cache on synthetic samples, or for an imported model as its card says: photographs by "
+                     "default)",
         "threads": "torch and onnxruntime intra-op threads (default: the cores this process may use)",
         **(help_overrides or {}),
     }
     many = {"nargs": "+", "default": None} if several else {}
     source = p.add_mutually_exclusive_group(required=source_required)
     source.add_argument("--model", metavar="NAME",
-                        help="registered model (see `mattrt models --all`); backends that run ONNX graphs or "
-                             "engines get them from the artifact cache (exported once, then reused)")
+                        help="registered or imported model (see `mattrt models --all`); backends that run ONNX "
+                             "graphs or engines get them from the artifact cache (exported or normalised once, then "
+                             "reused)")
     source.add_argument("--artifacts", type=Path, metavar="DIR", help="export directory written by `mattrt export`")
     p.add_argument(
         "--checkpoint", action="append", metavar="PATH|PART=PATH",
