@@ -75,7 +75,7 @@ class ModelSource:
 
     def cache_key(self) -> dict[str, Any]:
         return {"model": self.name, "checkpoint_sha256": _checkpoint_sha256(self.checkpoint),
-                "semantic_size": self.canvas, "tile_size": self.tile_size}
+                "semantic_size": self.semantic_size, "tile_size": self.tile_size}
 
     def describe(self) -> str:
         return f"model {self.name}"

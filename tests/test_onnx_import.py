@@ -315,6 +315,10 @@ def test_an_imported_model_is_a_deployment_source(tmp_path):
     engines = step.engines()
     assert engines.spec.semantic_output == "alpha" and engines.spec.tile_size == 256
     assert engines.notes["graphs"]["entry"].startswith(str(cache))
+    # triton-repo --model NAME writes the stage model from the same cache entry
+    repo = tmp_path / "repo"
+    assert main(["triton-repo", "--model", "tiny", "--out", str(repo), "--cache-dir", str(cache)]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny", "tiny_semantic"]
 
 
 def test_int8_of_an_imported_model_takes_the_cards_percentile_and_keeps_its_nodes_in_float(tmp_path, monkeypatch):
