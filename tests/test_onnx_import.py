@@ -102,7 +102,7 @@ def test_a_card_without_a_required_key_is_refused_naming_it(tmp_path, capsys):
 VARIANTS = {
     "fp16-nchw-side-outputs": dict(model=dict(), card=dict()),
     "fp16-nhwc": dict(model=dict(layout="NHWC"), card=dict(layout="NHWC")),
-    "logits": dict(model=dict(activation="sigmoid"), card=dict(activation="sigmoid")),
+    "logits-letterbox": dict(model=dict(activation="sigmoid"), card=dict(activation="sigmoid", fit="letterbox")),
     "fp32-dynamic-size": dict(model=dict(fp16=False, unsorted=False, side_outputs=False, dynamic_size=True),
                               card=dict(size=None)),
 }
@@ -124,7 +124,8 @@ def test_import_normalises_the_graph_and_measures_parity(tmp_path, variant, caps
     graphs = GraphsFromSource(model_source("tiny", cache_dir=cache), cache=ArtifactCache(cache, log=None))()
     manifest = graphs.manifest
     size = 48 if extra else SIZE
-    assert manifest.network["output"] == "alpha" and manifest.network["fit"] == "stretch"
+    fit = spec["card"].get("fit", "stretch")
+    assert manifest.network["output"] == "alpha" and manifest.network["fit"] == fit
     assert manifest.network["card"]["name"] == "tiny" and manifest.fusion is None and manifest.fusion_graph is None
     (stage,) = manifest.stages
     assert [t.name for t in stage.inputs] == ["image"] and stage.inputs[0].shape == ["batch", 3, size, size]
@@ -149,7 +150,7 @@ def test_import_normalises_the_graph_and_measures_parity(tmp_path, variant, caps
     if spec["card"].get("activation") == "sigmoid":
         reference = 1 / (1 + np.exp(-reference))
     assert alpha.shape == (2, 1, size, size) and np.abs(alpha - reference).max() <= 1e-2
-    assert spec_.semantic_output == "alpha" and spec_.fit == "stretch"
+    assert spec_.semantic_output == "alpha" and spec_.fit == fit
 
 
 def test_a_second_run_reuses_the_normalised_entry_and_models_lists_it(tmp_path, capsys):
