@@ -45,7 +45,19 @@ def calibration_method(method: str):
     return table[method]
 
 
-def symmetric_quantize_options(method: str) -> dict:
+def check_percentile(method: str, percentile: float | None) -> float | None:
+    """The percentile a recipe asks for (None: DEFAULT_PERCENTILE with method "percentile")."""
+    if percentile is None:
+        return None
+    if method != "percentile":
+        raise InputError(f"a calibration percentile ({percentile!r}) applies to method 'percentile' only, "
+                         f"not {method!r}")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < float(percentile) <= 100:
+        raise InputError(f"the calibration percentile must be a number in (0, 100], got {percentile!r}")
+    return float(percentile)
+
+
+def symmetric_quantize_options(method: str, percentile: float | None = None) -> dict:
     options = {
         "ActivationSymmetric": True,  # zero point 0: TensorRT's explicit quantization is symmetric
         "WeightSymmetric": True,
@@ -53,7 +65,7 @@ def symmetric_quantize_options(method: str) -> dict:
         "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
     }
     if method == "percentile":
-        options["CalibPercentile"] = DEFAULT_PERCENTILE
+        options["CalibPercentile"] = DEFAULT_PERCENTILE if percentile is None else float(percentile)
     return options
 
 
@@ -97,12 +109,12 @@ def quiet_quantize(**kwargs) -> None:
 
 def quantize_symmetric(fp32_path: Path, ranges: Path, method: str, exclude: Sequence[str], out: Path,
                       reader: FeedReader | None = None, batch: int = DEFAULT_CALIBRATION_BATCH,
-                      op_types: Sequence[str] = WEIGHTED_OPS) -> None:
+                      op_types: Sequence[str] = WEIGHTED_OPS, percentile: float | None = None) -> None:
     """The TensorRT-form graph from a ranges file; with a reader, calibrate first and write the
     ranges of every tensor `op_types` read or write (ort_quantization.quantize_static calibrates the op types it
     quantises; the graph written then is scratch)."""
 
-    options = symmetric_quantize_options(method)
+    options = symmetric_quantize_options(method, percentile)
     if reader is not None:
         options["CalibStridedMinMax"] = batch
     quiet_quantize(
@@ -131,11 +143,14 @@ def check_ranges(path: Path, stage: str) -> int:
 
 
 def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], ranges: str | Path, *,
-                     method: str = "entropy", batch: int = DEFAULT_CALIBRATION_BATCH, stage: str = "graph") -> int:
+                     method: str = "entropy", batch: int = DEFAULT_CALIBRATION_BATCH, stage: str = "graph",
+                     percentile: float | None = None) -> int:
     """Calibrate on `feeds` (single samples, collected `batch` at a time) every tensor that
     CALIBRATED_OPS read or write (both INT8 graphs' tensors: the TensorRT form reads those of the
-    weighted layers) and write the ranges file; returns the number of calibrated tensors."""
+    weighted layers) and write the ranges file; returns the number of calibrated tensors.
+    `percentile` (method "percentile" only) replaces DEFAULT_PERCENTILE."""
     feeds = list(feeds)
+    percentile = check_percentile(method, percentile)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"the calibration batch must be a positive integer, got {batch!r}")
     if len(feeds) < batch:
@@ -152,7 +167,7 @@ def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndar
     with tempfile.TemporaryDirectory(prefix="mattrt-calibration-") as scratch:
         try:
             quantize_symmetric(Path(fp32_path), ranges, method, (), Path(scratch) / "int8.onnx", FeedReader(feeds), batch,
-                              op_types=CALIBRATED_OPS)
+                              op_types=CALIBRATED_OPS, percentile=percentile)
         except (ValueError, RuntimeError) as exc:
             ranges.unlink(missing_ok=True)
             raise CalibrationError(f"stage {stage!r}: onnxruntime calibration failed: {exc}") from exc
@@ -166,5 +181,6 @@ def calibrate_ranges(fp32_path: str | Path, feeds: Sequence[Mapping[str, np.ndar
 
 
 __all__ = ["CALIBRATED_OPS", "CALIBRATION_METHODS", "DEFAULT_CALIBRATION_BATCH", "DEFAULT_PERCENTILE", "FeedReader",
-           "calibrate_ranges", "calibration_method", "check_ranges", "quantize_symmetric", "quiet_quantize",
+           "calibrate_ranges", "calibration_method", "check_percentile",
+           "check_ranges", "quantize_symmetric", "quiet_quantize",
            "symmetric_quantize_options"]

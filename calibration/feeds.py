@@ -1,6 +1,6 @@
 """Calibration data: the stage inputs the runtime really produces, recorded from its Pipeline.
 
-    source = parse_calibration("synthetic:32")              # or a folder of images
+    source = parse_calibration("synthetic:32")              # or "photographs", or a folder of images
     feeds = collect_stage_feeds("exports/aim", source)      # {"semantic": StageFeeds, "detail": ...}
 
 The FP32 graphs of an export directory run through `mattrt.runtime.pipeline.Pipeline` (letterboxing,
@@ -24,6 +24,7 @@ from typing import Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
+from mattrt.data.photographs import PHOTOGRAPHS, photographs
 from mattrt.data.synthetic import KINDS, generate_sample, sample_rng
 from mattrt.engines.onnxruntime.engine import open_artifacts
 from mattrt.errors import InputError
@@ -45,9 +46,11 @@ DEFAULT_MAX_SAMPLES = 128
 
 @dataclass(frozen=True)
 class DataSource:
-    """Images for calibration or evaluation: generated ("synthetic") or read from a folder."""
+    """Images for calibration or evaluation: generated ("synthetic"), the photographs scikit-image
+    bundles ("photographs": data/photographs.py; for networks trained on photographs) or read from
+    a folder."""
 
-    kind: str  # "synthetic" or "folder"
+    kind: str  # "synthetic", "photographs" or "folder"
     count: int | None = None  # synthetic: number of images
     folder: Path | None = None
     seed: int = CALIBRATION_SEED
@@ -57,13 +60,17 @@ class DataSource:
         if self.kind == "synthetic":
             width, height = self.size
             return f"synthetic:{self.count} (calibration.synthetic seed {self.seed}, {width}x{height})"
+        if self.kind == "photographs":
+            return f"photographs (scikit-image's bundled {', '.join(PHOTOGRAPHS)})"
         return str(self.folder)
 
 
 def parse_data_source(text: str | Path, *, seed: int = CALIBRATION_SEED,
                       size: tuple[int, int] = DEFAULT_SYNTHETIC_SIZE) -> DataSource:
-    """'synthetic', 'synthetic:N' or a folder of images."""
+    """'synthetic', 'synthetic:N', 'photographs' or a folder of images."""
     value = str(text).strip()
+    if value == "photographs":
+        return DataSource("photographs", len(PHOTOGRAPHS), seed=seed)
     match = re.fullmatch(r"synthetic(?::(.*))?", value)
     if match:
         count_text = match.group(1)
@@ -74,7 +81,8 @@ def parse_data_source(text: str | Path, *, seed: int = CALIBRATION_SEED,
         return DataSource("synthetic", int(count_text), seed=seed, size=tuple(size))
     folder = Path(value)
     if not folder.exists():
-        raise InputError(f"calibration data {value!r} is neither 'synthetic[:N]' nor an existing folder of images")
+        raise InputError(f"calibration data {value!r} is neither 'synthetic[:N]', 'photographs' nor an existing folder "
+                         "of images")
     if not folder.is_dir():
         raise InputError(f"calibration data {folder} is a file; give a folder of images or 'synthetic[:N]'")
     return DataSource("folder", folder=folder, seed=seed)
@@ -89,6 +97,9 @@ def iter_images(source: DataSource) -> Iterator[tuple[str, np.ndarray]]:
             kind = KINDS[index % len(KINDS)]
             sample = generate_sample(kind, source.size, sample_rng(source.seed, index))
             yield f"synthetic-{source.seed}-{index:04d}-{sample.variant}", sample.image
+        return
+    if source.kind == "photographs":
+        yield from photographs()
         return
 
     files = list_images(source.folder)

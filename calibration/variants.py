@@ -81,6 +81,7 @@ from mattrt.calibration.calibrate import (
     DEFAULT_PERCENTILE,
     calibrate_ranges,
     calibration_method,
+    check_percentile,
 )
 from mattrt.calibration.fp16 import convert_fp16, plan_fp16
 from mattrt.calibration.graphs import (
@@ -133,9 +134,13 @@ def _check_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
 def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibration: str | Path = "synthetic",
                    method: str = "entropy", max_samples: int = 128, batch: int = DEFAULT_CALIBRATION_BATCH,
                    saved_samples: int = DEFAULT_SAVED_SAMPLES, force: bool = False,
-                   synthetic_size: tuple[int, int] | None = None, log: Callable[[str], None] | None = print):
+                   synthetic_size: tuple[int, int] | None = None, percentile: float | None = None,
+                   keep_float: Sequence[str] = (), log: Callable[[str], None] | None = print):
     """Add FP16 and/or INT8 graphs of every stage to an export directory (module docstring);
-    returns the updated manifest. Nothing in the directory changes unless every graph is made."""
+    returns the updated manifest. Nothing in the directory changes unless every graph is made.
+    INT8 only: `percentile` replaces DEFAULT_PERCENTILE (method "percentile"); `keep_float` names
+    nodes left unquantised in both INT8 graphs, besides those the measurement leaves (an imported
+    model's card: e.g. the output head, whose one-channel logits quantise badly)."""
 
 
     log = log or (lambda message: None)
@@ -148,6 +153,8 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
         return manifest
     if "int8" in chosen:
         calibration_method(method)
+        percentile = check_percentile(method, percentile)
+    keep_float = [str(name) for name in keep_float]
     for entry in manifest.stages:
         for precision in chosen:
             if precision in entry.files and not force:
@@ -157,9 +164,17 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                 )
         if "fp32" not in entry.files:
             raise InputError(f"{directory}: stage {entry.name!r} has no fp32 graph to convert")
+    node_names: dict[str, set[str]] = {}
     for entry in manifest.graphs():  # every fp32 graph is rewritten at the end: check them before the work
         if "fp32" in entry.files:
             check_graph_file(entry, directory, entry.files["fp32"])
+            if keep_float and entry in manifest.stages:
+                graph = onnx.load(str(directory / entry.files["fp32"]), load_external_data=False)
+                node_names[entry.name] = {node.name for node in graph.graph.node}
+    unknown = [n for n in keep_float if not any(n in names for names in node_names.values())]
+    if "int8" in chosen and unknown:
+        raise InputError(f"{directory}: the nodes to keep in float {', '.join(map(repr, unknown))} are in none of the "
+                         "stage graphs; name nodes of the FP32 graph (the card's calibration.keep_float)")
 
     source = calibration_feeds.parse_data_source(calibration, **({"size": tuple(synthetic_size)} if synthetic_size else {}))
     started = time.perf_counter()
@@ -199,16 +214,21 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                         log(f"    {len(samples)} calibration sample(s), fewer than the calibration batch of {batch}: "
                             f"calibrating in batches of {stage_batch}")
                     tensors = calibrate_ranges(fp32_path, samples, ranges, method=method, batch=stage_batch,
-                                               stage=entry.name)
+                                               stage=entry.name, percentile=percentile)
                     plan = plan_int8(fp32_path, ranges, measured, method=method, log=log)
+                    kept = sorted(set(keep_float) & node_names.get(entry.name, set()))
+                    excluded = sorted(set(plan.excluded) | set(kept))
+                    if kept:
+                        log(f"    kept in float as asked: {', '.join(kept)}")
                     proto = build_int8(fp32_path, ranges, staging / graph_file(entry.name, "int8"), method=method,
-                                       exclude=plan.excluded)
-                    kept = subsample_feeds(samples, saved_samples)
-                    stacked = {n: np.concatenate([s[n] for s in kept]) for n in kept[0]}
+                                       exclude=excluded)
+                    saved = subsample_feeds(samples, saved_samples)
+                    stacked = {n: np.concatenate([s[n] for s in saved]) for n in saved[0]}
                     np.savez_compressed(staging / calib_file(entry.name), **stacked)
                     record["int8"] = {
                         "method": method,
-                        "percentile": DEFAULT_PERCENTILE if method == "percentile" else None,
+                        "percentile": (percentile or DEFAULT_PERCENTILE) if method == "percentile" else None,
+                        "kept_float": kept,
                         "calibration_batch": stage_batch,
                         "calibration_batch_requested": batch,
                         "calibrated_tensors": tensors,
@@ -218,10 +238,10 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                         "placement": f"inputs of {', '.join(WEIGHTED_OPS)} only",
                         "ranges": ranges_file(entry.name),
                         "tensors": calib_file(entry.name),
-                        "tensors_saved": len(kept),
+                        "tensors_saved": len(saved),
                         "unquantised": plan.to_dict(),
                         "rebuild": "calibration.int8_tensorrt.build_int8(fp32 graph, ranges, out, method=method, "
-                                   "exclude=unquantised.excluded_nodes)",
+                                   "exclude=unquantised.excluded_nodes + kept_float)",
                         "qdq": check_qdq(proto),
                     }
                     record["int8"]["unquantised"]["measured_on"] = measured_on
@@ -235,7 +255,7 @@ def add_precisions(directory: str | Path, precisions: Sequence[str], *, calibrat
                 entry.files[precision] = graph_file(entry.name, precision)
                 if precision == "int8":
                     entry.side_files["int8"] = [ranges_file(entry.name), calib_file(entry.name)]
-                    cpu_written.append(add_cpu_int8(entry, fp32_path, ranges, staging, method, plan.excluded,
+                    cpu_written.append(add_cpu_int8(entry, fp32_path, ranges, staging, method, excluded,
                                                      reference, samples, record, log))
                 written.append((entry.name, entry.files[precision], proto))
 

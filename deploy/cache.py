@@ -43,22 +43,14 @@ from filelock import FileLock, Timeout
 from mattrt import __version__
 from mattrt.errors import InputError
 from mattrt.models.checkpoints import file_sha256
+from mattrt.paths import CACHE_ENV, default_cache_dir
 
-CACHE_ENV = "MATTRT_CACHE"
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT = 2
 # Free space below which the cache refuses to start a build (a full-size export is ~0.3-0.5 GB).
 MIN_FREE_BYTES = 1 << 30
 LOCK_TIMEOUT_SECONDS = 3600.0
 Log = Callable[[str], None]
-
-
-def default_cache_dir() -> Path:
-    """$MATTRT_CACHE, else the user's cache directory ($XDG_CACHE_HOME or ~/.cache) / mattrt."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mattrt"
 
 
 def _key_hash(key: Mapping[str, Any]) -> str:

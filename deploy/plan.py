@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.choice import AUTO, choose_backend
-from mattrt.deploy.sources import ExportSource, ModelSource, ServerSource
+from mattrt.deploy.sources import CardSource, ExportSource, ModelSource, ServerSource, model_source
 from mattrt.deploy.steps import (
     ArtifactsFromGraphs,
     EnginesFromArtifacts,
@@ -49,7 +49,7 @@ Log = Callable[[str], None]
 class DeploymentRequest:
     """What a command asks for (module docstring). Options that are None are not given."""
 
-    model: Any = None  # a registered model name (or a MattingModel instance: torch only)
+    model: Any = None  # a registered or imported model name (or a MattingModel instance: torch only)
     artifacts: str | Path | None = None  # an export directory
     url: str | None = None  # a server that runs the pipeline
     checkpoint: Any = None  # weights for `model`: a path or {part: path}
@@ -78,8 +78,8 @@ def _source(request: DeploymentRequest):
         if request.checkpoint is not None:
             raise InputError("--checkpoint applies to --model; an export directory carries its weights")
         return ExportSource(Path(request.artifacts), semantic_size=request.semantic_size, tile_size=request.tile_size)
-    return ModelSource(request.model, checkpoint=request.checkpoint, semantic_size=request.semantic_size,
-                       tile_size=request.tile_size)
+    return model_source(request.model, checkpoint=request.checkpoint, semantic_size=request.semantic_size,
+                        tile_size=request.tile_size, cache_dir=request.cache_dir)
 
 
 def _given(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,6 +112,12 @@ def deployment_chain(request: DeploymentRequest, *, cache: ArtifactCache | None 
         return PipelineFromServer(source, backend, device=device, precision=request.precision, options=backend_options)
 
     kinds = ("model", "onnx", "plans") if isinstance(source, ModelSource) else ("onnx", "plans")
+    if isinstance(source, CardSource) and request.backend != AUTO and get_backend(request.backend).artifacts == "model":
+        raise InputError(
+            f"the {request.backend} backend runs a registered model's own modules; {source.describe()} is an ONNX "
+            "graph: run it with " + ", ".join(b.name for b in BACKENDS.values() if b.artifacts in ("onnx", "plans"))
+            + " (or --backend auto)"
+        )
     choice = choose_backend(request.backend, device=request.device, precision=request.precision, source_kinds=kinds,
                             options=backend_options)
     backend, device, precision = choice.backend, choice.device, request.precision
@@ -128,7 +134,7 @@ def deployment_chain(request: DeploymentRequest, *, cache: ArtifactCache | None 
         engines = EnginesFromModel(source, backend, device=device, precision=precision, options=backend_options)
         return PipelineFromEngines(engines, notes=notes, **request.pipeline_options)
 
-    needs_cache = isinstance(source, ModelSource) or backend.prepare is not None
+    needs_cache = isinstance(source, (ModelSource, CardSource)) or backend.prepare is not None
     if needs_cache:
         cache = cache or ArtifactCache(request.cache_dir, log=log)
         cache.check_writable()

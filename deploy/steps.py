@@ -1,6 +1,6 @@
 """The deployment chain, one step per arrow (Polygraphy's loaders are the model):
 
-    ExportSource | ModelSource --> GraphsFromSource --> PrecisionFromGraphs --> ArtifactsFromGraphs
+    ExportSource | ModelSource | CardSource --> GraphsFromSource --> PrecisionFromGraphs --> ArtifactsFromGraphs
                                                                                       |
     ModelSource (torch) -----------------------------------------> EnginesFromModel   EnginesFromArtifacts
                                                                               \\        /
@@ -28,9 +28,10 @@ from typing import Any, Callable, Mapping
 
 from mattrt.calibration.variants import add_precisions
 from mattrt.deploy.cache import ArtifactCache
-from mattrt.deploy.sources import ExportSource, ModelSource, ServerSource
+from mattrt.deploy.sources import CardSource, ExportSource, ModelSource, ServerSource
 from mattrt.errors import InputError
 from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model, exporter_versions
+from mattrt.export.onnx_import import normaliser_versions, write_imported_export
 from mattrt.manifest import Manifest
 from mattrt.models.checkpoints import file_sha256
 from mattrt.runtime.artifacts import ModelSpec
@@ -41,6 +42,24 @@ Log = Callable[[str], None]
 # INT8 variants made for --model runs calibrate on generated samples (data/synthetic.py, seed 1);
 # to calibrate on your own images: `mattrt export --precision int8 --calibration DIR`.
 CALIBRATION_RECIPE = {"calibration": "synthetic", "method": "entropy"}
+# Imported networks (trained on photographs) calibrate on the bundled photographs unless their
+# card's [calibration] says otherwise: mattrt's synthetic scenes drive a photographic network's
+# activations far beyond their range (data/photographs.py).
+IMPORTED_CALIBRATION_RECIPE = {"calibration": "photographs", "method": "entropy"}
+
+
+def calibration_recipe(manifest: Manifest, default: Mapping[str, Any] = CALIBRATION_RECIPE) -> dict[str, Any]:
+    """The INT8 recipe for an export: `default` for the registered models; for an imported model
+    its card's [calibration] (data, method, percentile, keep_float) over IMPORTED_CALIBRATION_RECIPE."""
+    card = manifest.network.get("card")
+    if not card:
+        return dict(default)
+    section = dict(card.get("calibration", {}))
+    recipe = dict(IMPORTED_CALIBRATION_RECIPE)
+    if "data" in section:
+        recipe["calibration"] = section.pop("data")
+    recipe.update(section)
+    return recipe
 
 
 class Step:
@@ -110,6 +129,8 @@ class GraphsFromSource(Step):
         source = self.source
         if isinstance(source, ExportSource):
             return Graphs(source.directory, source.manifest, cached=False, identity=str(source.directory.resolve()))
+        if isinstance(source, CardSource):
+            return self._imported(source)
         if not isinstance(source, ModelSource):
             raise InputError(f"{source.describe()} runs the whole pipeline; it has no graphs to make")
         if self.out is not None:
@@ -132,6 +153,29 @@ class GraphsFromSource(Step):
         return Graphs(entry.path, Manifest.load(entry.path), cached=True, identity=entry.root.name,
                       notes={"graphs": entry.describe()})
 
+    def _imported(self, source: CardSource) -> Graphs:
+        """An imported model's graph, normalised (export/onnx_import.py) into `out` or the cache."""
+        options = dict(semantic_size=source.canvas, tile_size=source.tile_size,
+                       max_batch=self.export_options["max_batch"])
+        if self.out is not None:
+            manifest = write_imported_export(source.imported, self.out, force=self.force, log=self.log, **options)
+            return Graphs(self.out, manifest, cached=False, identity=str(self.out.resolve()))
+        if self.cache is None:
+            raise InputError(f"normalising {source.describe()} needs an output folder or the artifact cache")
+        key = {"step": "graphs", **source.cache_key(), "max_batch": options["max_batch"],
+               "normaliser": normaliser_versions()}
+        label = f"{source.name}-graphs"
+
+        def build(staging: Path) -> Path:
+            self.cache.log(f"cache: normalising imported model {source.name!r} once into "
+                           f"{self.cache.entry_dir(key, label)} (later runs reuse it)")
+            write_imported_export(source.imported, staging / "export", log=self.cache.indented, **options)
+            return staging / "export"
+
+        entry = self.cache.entry(key, label, build)
+        return Graphs(entry.path, Manifest.load(entry.path), cached=True, identity=entry.root.name,
+                      notes={"graphs": entry.describe()})
+
     def _export(self, out: Path, *, force: bool, log: Log) -> Manifest:
         source = self.source
         return export_model(source.model, out, checkpoint=source.checkpoint, semantic_size=source.semantic_size,
@@ -145,8 +189,9 @@ class PrecisionFromGraphs(Step):
     that says how to add it."""
 
     def __init__(self, graphs: Graphs | Step, precision: str, *, cache: ArtifactCache | None = None,
-                 calibration: Mapping[str, str] = CALIBRATION_RECIPE):
-        self.graphs, self.precision, self.cache, self.calibration = graphs, precision, cache, dict(calibration)
+                 calibration: Mapping[str, Any] | None = None):
+        self.graphs, self.precision, self.cache = graphs, precision, cache
+        self.calibration = None if calibration is None else dict(calibration)  # None: calibration_recipe()
 
     def call_impl(self) -> Graphs:
         graphs = produce(self.graphs)
@@ -158,17 +203,19 @@ class PrecisionFromGraphs(Step):
                 f"export {graphs.directory} has no {precision} graphs; add them with `mattrt precision "
                 f"{graphs.directory} --precision {precision}` or pick another precision"
             )
+        recipe = self.calibration if self.calibration is not None else calibration_recipe(graphs.manifest)
         key = {"step": precision, "model": graphs.manifest.model, "graphs": graphs.identity, "precision": precision,
-               "calibration": self.calibration}
+               "calibration": recipe}
 
         def build(staging: Path) -> Path:
             export = staging / "export"
             shutil.copytree(graphs.directory, export)
             if precision == "int8":
-                self.cache.log("cache: calibrating INT8 on generated synthetic samples; for your own images run "
-                               "`mattrt export --precision int8 --calibration DIR` and pass --artifacts")
-            add_precisions(export, [precision], calibration=self.calibration["calibration"],
-                           method=self.calibration["method"], log=self.cache.indented)
+                self.cache.log(f"cache: calibrating INT8 on {recipe['calibration']} ({recipe['method']}); for your own "
+                               "images run `mattrt export --precision int8 --calibration DIR` and pass --artifacts")
+            add_precisions(export, [precision], calibration=recipe["calibration"], method=recipe["method"],
+                           percentile=recipe.get("percentile"), keep_float=recipe.get("keep_float", ()),
+                           log=self.cache.indented)
             return export
 
         entry = self.cache.entry(key, f"{graphs.manifest.model}-{precision}", build)
@@ -276,6 +323,7 @@ class PipelineFromServer(Step):
                                             **self.options)
 
 
-__all__ = ["Artifacts", "ArtifactsFromGraphs", "CALIBRATION_RECIPE", "Engines", "EnginesFromArtifacts",
+__all__ = ["Artifacts", "ArtifactsFromGraphs", "CALIBRATION_RECIPE", "Engines", "IMPORTED_CALIBRATION_RECIPE",
+           "calibration_recipe", "EnginesFromArtifacts",
            "EnginesFromModel", "Graphs", "GraphsFromSource", "PipelineFromEngines", "PipelineFromServer",
            "PrecisionFromGraphs", "Step", "produce"]

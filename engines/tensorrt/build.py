@@ -236,6 +236,20 @@ def check_request(manifest: Manifest, options: BuildOptions, gpu: GpuIdentity) -
     return profile
 
 
+def check_lint(manifest: Manifest, precision: str) -> None:
+    """InputError naming the nodes and operators when the TensorRT lint recorded in the manifest
+    (at export or import) found problems in a graph this build would parse."""
+    files = {entry.file_for(precision, "tensorrt") for entry in manifest.stages}
+    problems = [p for p in manifest.lint.get("problems", []) if isinstance(p, dict) and p.get("graph") in files]
+    if problems:
+        lines = [f"  {p['graph']}: node {p.get('node', '')!r} ({p.get('op_type', '')}): {p.get('reason', '')}"
+                 for p in problems[:20]]
+        more = [f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        raise InputError(f"TensorRT's ONNX parser cannot take the graph(s) of {manifest.model!r}: the TensorRT lint "
+                         f"recorded {len(problems)} problem(s):\n" + "\n".join(lines + more)
+                         + "\nnothing was built; run it on onnxruntime (--backend onnxruntime)")
+
+
 def optimum_batch(entry: GraphEntry, manifest: Manifest, profile: TrtProfile) -> int:
     """The batch TensorRT tunes for: 1 for the semantic stage (one canvas per image), the
     profile's tile batch for the batched stages; never above the export's max_batch."""
@@ -401,6 +415,7 @@ def build_plans(
     manifest = Manifest.load(export_dir)
     if export_dir.is_file():
         export_dir = export_dir.parent
+    check_lint(manifest, precision)
     require_all(BUILD_PROBES, "building TensorRT plans")
     out_dir = Path(out_dir) if out_dir is not None else export_dir / "tensorrt"
     gpu = gpu_identity()

@@ -18,7 +18,12 @@ from mattrt.commands.command import Command
 
 # name -> (module, one-line help), in the order `mattrt --help` lists them.
 INDEX: dict[str, tuple[str, str]] = {
-    "models": ("mattrt.commands.info", "list registered models, their stages and parameter counts"),
+    "models": ("mattrt.commands.info",
+               "list registered models (stages, parameter counts) and imported models (source, licence)"),
+    "import": ("mattrt.commands.imports",
+               "register an ONNX matting network described by a model card (TOML), normalised and checked"),
+    "fetch": ("mattrt.commands.imports",
+              "download a network mattrt knows (isnet), verify it against pinned SHA-256s and import it"),
     "doctor": ("mattrt.commands.info",
                "report what this machine has (Python, torch, onnxruntime, CUDA, TensorRT, CuPy, Triton)"),
     "demo": ("mattrt.commands.demo",

@@ -15,8 +15,9 @@ from mattrt.calibration.calibrate import CALIBRATION_METHODS, DEFAULT_CALIBRATIO
 from mattrt.calibration.variants import add_precisions
 from mattrt.deploy.choice import AUTO
 from mattrt.deploy.plan import DeploymentRequest
+from mattrt.deploy.steps import CALIBRATION_RECIPE, calibration_recipe
 from mattrt.engines.backends import backend_names
-from mattrt.manifest import PRECISIONS
+from mattrt.manifest import MANIFEST_FILE, PRECISIONS, Manifest
 from mattrt.models.checkpoints import parse_checkpoint
 
 
@@ -68,16 +69,18 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
                    "without TensorRT, onnxruntime on the CPU; it prints which it chose and why",
         "device": "default: what --backend auto chooses, else the backend's first device (cpu for torch and "
                   "onnxruntime)",
-        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated on "
-                     "synthetic samples in the cache)",
+        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated in "
+                     "the cache on synthetic samples, or for an imported model as its card says: photographs by "
+                     "default)",
         "threads": "torch and onnxruntime intra-op threads (default: the cores this process may use)",
         **(help_overrides or {}),
     }
     many = {"nargs": "+", "default": None} if several else {}
     source = p.add_mutually_exclusive_group(required=source_required)
     source.add_argument("--model", metavar="NAME",
-                        help="registered model (see `mattrt models --all`); backends that run ONNX graphs or "
-                             "engines get them from the artifact cache (exported once, then reused)")
+                        help="registered or imported model (see `mattrt models --all`); backends that run ONNX "
+                             "graphs or engines get them from the artifact cache (exported or normalised once, then "
+                             "reused)")
     source.add_argument("--artifacts", type=Path, metavar="DIR", help="export directory written by `mattrt export`")
     p.add_argument(
         "--checkpoint", action="append", metavar="PATH|PART=PATH",
@@ -135,11 +138,14 @@ def add_precision_arguments(parser: argparse.ArgumentParser, *, required: bool =
     group = parser.add_argument_group("precision variants (FP16 / INT8 Q/DQ graphs)")
     group.add_argument("--precision", action="append", default=None, required=required, metavar="fp16|int8",
                        help="also write this precision's graphs (repeat or comma-separate: --precision fp16,int8)")
-    group.add_argument("--calibration", default="synthetic", metavar="DIR|synthetic[:N]",
-                       help="INT8 calibration / FP16 measurement images: a folder, or N generated samples "
-                            "(default: synthetic = 16 samples of data.synthetic seed 1)")
-    group.add_argument("--calibration-method", default="entropy", choices=CALIBRATION_METHODS,
-                       help="INT8 activation ranges: entropy (KL divergence), percentile (99.999) or max")
+    group.add_argument("--calibration", default=None, metavar="DIR|synthetic[:N]|photographs",
+                       help="INT8 calibration / FP16 measurement images: a folder, N generated samples, or the "
+                            "photographs scikit-image bundles (default: the model's recipe: synthetic = 16 samples of "
+                            "data.synthetic seed 1 for registered models, an imported model's card [calibration], "
+                            "photographs when it has none)")
+    group.add_argument("--calibration-method", default=None, choices=CALIBRATION_METHODS,
+                       help="INT8 activation ranges: entropy (KL divergence), percentile (99.999, or the card's) or "
+                            "max (default: the model's recipe: entropy unless an imported model's card says otherwise)")
     group.add_argument("--calibration-samples", type=int, default=128,
                        help="most samples (tiles / canvases) per stage used for calibration (default 128)")
     group.add_argument("--calibration-batch", type=int, default=DEFAULT_CALIBRATION_BATCH,
@@ -152,9 +158,15 @@ def apply_precision_arguments(args: argparse.Namespace, directory: str | Path) -
     (nothing without --precision)."""
     if not getattr(args, "precision", None):
         return
-    add_precisions(directory, args.precision, calibration=args.calibration, method=args.calibration_method,
+    has_manifest = (Path(directory) / MANIFEST_FILE).is_file()  # else add_precisions says what is wrong
+    # the model's recipe: registered models synthetic/entropy, an imported model its card's
+    recipe = calibration_recipe(Manifest.load(directory)) if has_manifest else dict(CALIBRATION_RECIPE)
+    method = args.calibration_method or recipe["method"]
+    add_precisions(directory, args.precision, calibration=args.calibration or recipe["calibration"], method=method,
                    max_samples=args.calibration_samples, batch=args.calibration_batch,
-                   force=getattr(args, "force", False))
+                   force=getattr(args, "force", False),
+                   percentile=recipe.get("percentile") if method == recipe["method"] else None,
+                   keep_float=recipe.get("keep_float", ()))
 
 
 __all__ = ["add_deployment_arguments", "add_precision_arguments", "add_server_arguments", "apply_precision_arguments",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from mattrt import availability
 from mattrt.commands.command import Command
@@ -10,11 +11,14 @@ from mattrt.deploy.choice import choose_auto
 from mattrt.engines.backends import describe_backends
 from mattrt.errors import MattrtError
 from mattrt.models import create_model, get_settings, list_models
+from mattrt.models.imported import imported_root, list_imported
 
 
 def add_models_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", action="store_true", help="build each model and count its parameters per stage")
     p.add_argument("--all", action="store_true", help="include reduced test/synthetic variants")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="where imported models live (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -30,7 +34,25 @@ def run_models(args: argparse.Namespace) -> int:
         rows.append(row)
     header = ["model", "stages", "fusion"] + (["params", "per stage"] if args.params else [])
     print_table(header, rows)
+    print_imported(args.cache_dir)
     return 0
+
+
+def print_imported(cache_dir: Path | None) -> None:
+    """The imported models (`mattrt import`, `mattrt fetch`): name, input, source and licence."""
+    models, damaged = list_imported(cache_dir)
+    print(f"\nimported models ({imported_root(cache_dir)}): {len(models) or 'none'}"
+          + ("" if models or damaged else "; add one with `mattrt import CARD` or `mattrt fetch isnet`"))
+    if models:
+        rows = []
+        for model in models:
+            card = model.card
+            size = f"{card.input.size[0]}x{card.input.size[1]}" if card.input.size else "dynamic"
+            rows.append([model.name, f"{size} {card.input.fit}", f"{model.size / 1e6:.1f} MB",
+                         model.sha256[:12], card.source, card.license])
+        print_table(["model", "input", "graph", "sha256", "source", "licence"], rows)
+    for name, reason in damaged:
+        print(f"  {name}: DAMAGED: {reason}")
 
 
 def run_doctor(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from mattrt.commands.arguments import command_log, non_negative_int, positive_float, positive_int
 from mattrt.commands.command import Command
 from mattrt.deploy.cache import ArtifactCache
-from mattrt.deploy.sources import ModelSource
+from mattrt.deploy.sources import model_source
 from mattrt.deploy.steps import GraphsFromSource, PrecisionFromGraphs
 from mattrt.errors import InputError
 from mattrt.manifest import PRECISIONS
@@ -24,8 +24,8 @@ from mattrt.serving.supervisor import Supervisor, SupervisorOptions
 
 def add_triton_repo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export", type=Path, nargs="?", metavar="DIR", help="export directory written by `mattrt export`")
-    p.add_argument("--model", metavar="NAME", help="a registered model instead of DIR: exported (and made --precision) "
-                                                   "once through the artifact cache")
+    p.add_argument("--model", metavar="NAME", help="a registered or imported model instead of DIR: exported or "
+                                                   "normalised (and made --precision) once through the artifact cache")
     p.add_argument("--checkpoint", action="append", metavar="PATH|PART=PATH", help="weights for --model")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="artifact cache for --model (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
@@ -51,8 +51,8 @@ def run_triton_repo(args: argparse.Namespace) -> int:
     if args.model is not None:
         log = command_log(args)
         cache = ArtifactCache(args.cache_dir, log=log)
-        graphs = GraphsFromSource(ModelSource(args.model, checkpoint=parse_checkpoint(args.checkpoint)), cache=cache,
-                                  log=log)
+        source = model_source(args.model, checkpoint=parse_checkpoint(args.checkpoint), cache_dir=args.cache_dir)
+        graphs = GraphsFromSource(source, cache=cache, log=log)
         export = PrecisionFromGraphs(graphs, args.precision, cache=cache)().directory
     options = RepositoryOptions(
         target=args.target, name=args.name, instances=args.instances, max_batch=args.max_batch,
