@@ -225,19 +225,23 @@ class PrecisionPlan:
         what = "kept in FP32" if self.precision == "fp16" else "left unquantised"
         return {"excluded_groups": self.groups, "excluded_nodes": sorted(self.excluded),
                 "selection": self.steps, "errors_vs_fp32": self.errors,
-                "rule": f"greedy: the candidate group whose exclusion removes the most error is {what}, "
+                "rule": f"greedy, from the always-excluded groups of selection[0]: the candidate group whose "
+                        f"exclusion removes the most error is {what}, "
                         f"until the worst output rel L2 <= {self.target:g} or no group removes >= "
                         f"{self.min_gain:.0%} of the remaining error"}
 
 
 def greedy_exclusion(precision: str, groups: Sequence[NodeGroup], measure: Callable[[set[str]], dict], *,
-                     target: float, min_gain: float, log: Callable[[str], None] = lambda m: None) -> PrecisionPlan:
-    """Grow the excluded set group by group while it pays (see PrecisionPlan.to_dict's rule)."""
-    excluded: set[str] = set()
-    chosen: list[str] = []
+                     target: float, min_gain: float, fixed: Sequence[NodeGroup] = (),
+                     log: Callable[[str], None] = lambda m: None) -> PrecisionPlan:
+    """Grow the excluded set group by group while it pays (see PrecisionPlan.to_dict's rule),
+    starting from the `fixed` groups, which are always excluded."""
+    excluded: set[str] = set().union(*(g.nodes for g in fixed))
+    chosen: list[str] = [g.name for g in fixed if g.nodes]
     errors = measure(excluded)
-    steps: list[dict] = [{"excluded": [], "worst_rel_l2": worst_rel_l2(errors)}]
-    log(f"    {precision} without exclusions: worst rel L2 {worst_rel_l2(errors):.2e}")
+    steps: list[dict] = [{"excluded": list(chosen), "worst_rel_l2": worst_rel_l2(errors)}]
+    start = f"with {', '.join(chosen)} excluded" if chosen else "without exclusions"
+    log(f"    {precision} {start}: worst rel L2 {worst_rel_l2(errors):.2e}")
     remaining = [g for g in groups if g.nodes]
     while remaining and worst_rel_l2(errors) > target:
         trials = []

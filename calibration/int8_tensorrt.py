@@ -114,14 +114,26 @@ rebuild_int8 = build_int8
 
 
 def int8_candidate_groups(model) -> list[NodeGroup]:
-    """The weighted layers of each FP16 candidate group (those are what INT8 quantises)."""
+    """The weighted layers of each FP16 candidate group (those are what INT8 quantises), less
+    the input layers (always unquantised)."""
     weighted = {n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS}
+    fixed = int8_input_layers(model).nodes
     groups = []
     for group in fp16_candidate_groups(model):
-        members = group.nodes & weighted
+        members = (group.nodes & weighted) - fixed
         if members:
             groups.append(NodeGroup(group.name, frozenset(members), group.reason))
     return groups
+
+
+def int8_input_layers(model) -> NodeGroup:
+    """The weighted layers reading the graph's inputs, which every INT8 plan leaves unquantised:
+    the first convolution of an image network reads every pixel, and its quantisation alone
+    moved ISNet's thresholded mask on thin structures (rocket photograph: IoU against FP32 0.977
+    quantised, 0.981 not, CPU graph); it holds a small share of the compute (3 input channels)."""
+    inputs = {i.name for i in model.graph.input}
+    readers = {n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and inputs & set(n.input)}
+    return NodeGroup("input layers", frozenset(readers), "the weighted layers reading the graph inputs")
 
 
 def plan_int8(fp32_path: str | Path, ranges: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], *,
@@ -140,7 +152,8 @@ def plan_int8(fp32_path: str | Path, ranges: str | Path, feeds: Sequence[Mapping
             model = build_int8(fp32_path, ranges, Path(scratch) / "trial.onnx", method=method, exclude=sorted(excluded))
             return output_errors(reference, run_feeds(cpu_session(model), feeds), names)
 
-        return greedy_exclusion("int8", int8_candidate_groups(fp32), measure, target=target, min_gain=min_gain, log=log)
+        return greedy_exclusion("int8", int8_candidate_groups(fp32), measure, target=target, min_gain=min_gain,
+                                fixed=[int8_input_layers(fp32)], log=log)
 
 
 def finish_int8(path: Path):
@@ -154,4 +167,4 @@ def finish_int8(path: Path):
 
 
 __all__ = ["INT8_MIN_GAIN", "INT8_TARGET_REL_L2", "build_int8", "check_qdq", "finish_int8", "int8_candidate_groups",
-           "plan_int8", "rebuild_int8", "restrict_qdq_to_weighted_inputs"]
+           "int8_input_layers", "plan_int8", "rebuild_int8", "restrict_qdq_to_weighted_inputs"]

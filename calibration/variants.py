@@ -115,6 +115,11 @@ MEASURE_SAMPLES = 32
 DEFAULT_SAVED_SAMPLES = 32
 
 
+# The rules that decide what a variant graph holds, numbered so that cached variants made under
+# older rules are not reused (2: the INT8 plans leave the input layers unquantised).
+VARIANT_RULES = 2
+
+
 def _check_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
     chosen = []
     for value in precisions:
@@ -285,4 +290,4 @@ def subsample_feeds(samples: Sequence, limit: int) -> list:
     return calibration_feeds.subsample(list(samples), max(1, limit))
 
 
-__all__ = ["DEFAULT_SAVED_SAMPLES", "MEASURE_SAMPLES", "add_precisions", "subsample_feeds"]
+__all__ = ["DEFAULT_SAVED_SAMPLES", "MEASURE_SAMPLES", "VARIANT_RULES", "add_precisions", "subsample_feeds"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mattrt.calibration.variants import add_precisions
+from mattrt.calibration.variants import VARIANT_RULES, add_precisions
 from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.sources import CardSource, ExportSource, ModelSource, ServerSource
 from mattrt.errors import InputError
@@ -205,7 +205,7 @@ class PrecisionFromGraphs(Step):
             )
         recipe = self.calibration if self.calibration is not None else calibration_recipe(graphs.manifest)
         key = {"step": precision, "model": graphs.manifest.model, "graphs": graphs.identity, "precision": precision,
-               "calibration": recipe}
+               "calibration": recipe, "rules": VARIANT_RULES}
 
         def build(staging: Path) -> Path:
             export = staging / "export"

@@ -68,8 +68,8 @@ def value_chart(series: Series, *, title: str, x_label: str, y_label: str, value
     _check(series)
     xs = {x for points, _ in series.values() for x in points}
     if all(len(points) == 1 for points, _ in series.values()) and len(xs) == 1:
-        return _bars(series, title=f"{title} ({x_label} {_format(next(iter(xs)))})", value_label=y_label,
-                     value_unit=value_unit)
+        suffix = f" ({x_label} {_format(next(iter(xs)))})" if x_label else ""
+        return _bars(series, title=title + suffix, value_label=y_label, value_unit=value_unit)
     figure, axes = _figure()
     for label, (points, values) in series.items():
         order = sorted(range(len(points)), key=lambda i: points[i])
