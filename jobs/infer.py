@@ -478,7 +478,7 @@ def _finished_outputs(summary_file: Path, settings: dict, options: InferOptions)
 def setting_differences(earlier: dict, now: dict) -> str:
     """The settings that changed, "name old -> new", comma-separated (run_settings' layout)."""
     changes = []
-    for group in ("pipeline", "options"):
+    for group in ("pipeline", "options", *sorted((set(earlier) | set(now)) - {"pipeline", "options"})):
         old, new = earlier.get(group) or {}, now.get(group) or {}
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
@@ -514,6 +514,7 @@ def failure_message(exc: BaseException) -> str:
 __all__ = [
     "IMAGE_ERRORS",
     "INPUT_ALPHA_MODES",
+    "Failure",
     "InferOptions",
     "MattedImage",
     "OUTPUT_KINDS",

@@ -119,22 +119,25 @@ def write_rgba(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *, b
     return write_bytes(path, rgba_file_bytes(path, rgb, alpha, bit_depth=bit_depth), overwrite=overwrite)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write bytes (a manifest, a report) with the same no-clobber, all-or-nothing rule as the image writers."""
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False, tag: str = "") -> Path:
+    """Write bytes (a manifest, a report) with the same no-clobber, all-or-nothing rule as the
+    image writers (`tag`: as for write_bytes_once)."""
     path = Path(path)
-    _atomic_write(path, overwrite, lambda stream: stream.write(data))
+    _atomic_write(path, overwrite, lambda stream: stream.write(data), tag=tag)
     return path
 
 
-def write_bytes_once(path: str | os.PathLike, data: bytes) -> bool:
+def write_bytes_once(path: str | os.PathLike, data: bytes, *, tag: str = "") -> bool:
     """Write `data` under a name that does not exist yet, all or nothing (as write_bytes). A file
     that already holds exactly `data` counts as written: True when this call wrote the file,
-    False when it found it there. A file with other content is never replaced (InputError)."""
+    False when it found it there. A file with other content is never replaced (InputError).
+    `tag` goes into the temporary file's name (`.<name>.<tag>.<random>.part`), so that a writer
+    killed before the rename leaves a file its job can find and remove."""
     path = Path(path)
     if path.is_file() and _holds(path, data):
         return False
     try:
-        _atomic_write(path, False, lambda stream: stream.write(data))
+        _atomic_write(path, False, lambda stream: stream.write(data), tag=tag)
     except _AlreadyExists:
         if _holds(path, data):  # written meanwhile by another attempt at the same image
             return False
@@ -225,7 +228,7 @@ def _file_mode() -> int:
     return 0o644
 
 
-def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWriter], object]) -> None:
+def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWriter], object], tag: str = "") -> None:
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name to write")
     folder = path.parent
@@ -234,7 +237,8 @@ def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWrite
     if not overwrite and (path.exists() or path.is_symlink()):
         raise _AlreadyExists(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)")
     try:
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{tag + '.' if tag else ''}",
+                                             suffix=".part")
     except OSError as exc:
         raise InputError(f"{path}: cannot write into {folder} ({exc.strerror or exc})") from exc
     try:
