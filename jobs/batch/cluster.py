@@ -24,6 +24,8 @@ import logging
 import os
 import secrets
 import socket
+import time
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from mattrt.errors import InputError, MattrtError
@@ -38,6 +40,7 @@ scheduling = lazy_import("ray.util.scheduling_strategies", probe="ray")
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 CONNECT_TIMEOUT_S = 5.0
 GCS_WAIT_S = "10"
+WORKER_EXIT_S = 15.0
 DEFAULT_GCS_PORT = 6379
 ADDRESS_HELP = "HOST:PORT (the head node's port, 6379 unless `ray start --head --port` chose another), auto, or ray://HOST:PORT"
 
@@ -91,8 +94,11 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def connected(address: str | None, *, num_cpus: int, log) -> Iterator[None]:
-    """Ray started (no address) or reached (module docstring) for the block."""
+def connected(address: str | None, *, num_cpus: int, log) -> Iterator[set[int]]:
+    """Ray started (no address) or reached (module docstring) for the block. The block adds the
+    worker processes it learns of to the set it gets: an embedded Ray's are waited for at the end
+    (they end on their own a few seconds after Ray stops), so the job leaves no process behind."""
+    workers: set[int] = set()
     if address is None:
         settings = {"RAY_USAGE_STATS_ENABLED": "0"}
         if "RAY_AUTH_MODE" not in os.environ:
@@ -101,9 +107,10 @@ def connected(address: str | None, *, num_cpus: int, log) -> Iterator[None]:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
             try:
-                yield
+                yield workers
             finally:
                 ray.shutdown()
+                _wait_until_gone(workers, WORKER_EXIT_S)
         return
     with _environment({"RAY_gcs_server_port_wait_time_s": GCS_WAIT_S}):
         try:
@@ -114,9 +121,22 @@ def connected(address: str | None, *, num_cpus: int, log) -> Iterator[None]:
                              "processed") from None
     log(f"connected to the Ray cluster at {address}")
     try:
-        yield
+        yield workers
     finally:
         ray.shutdown()
+
+
+def _wait_until_gone(pids: set[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while pids and time.monotonic() < deadline:
+        for pid in list(pids):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = "gone"  # no /proc (not Linux) ends the wait too
+            if state in ("gone", "Z"):
+                pids.discard(pid)
+        time.sleep(0.1)
 
 
 def actor_nodes(cpus: float, gpus: float) -> list[dict]:

@@ -180,12 +180,13 @@ def _run(request, sources, failures, targets, manifest: Manifest, previous, opti
     interrupted = False
     planned = False
     try:
-        with connected(batch.address, num_cpus=available_cores(), log=log):
+        with connected(batch.address, num_cpus=available_cores(), log=log) as worker_pids:
             try:
                 nodes = actor_nodes(batch.cpus_per_worker, batch.gpus_per_worker)
                 workers = _workers(nodes, batch)
                 probes = probe_nodes(nodes, request, options, marker, cpus=batch.cpus_per_worker,
                                      gpus=batch.gpus_per_worker)
+                worker_pids.update(probe["pid"] for probe in probes)
                 settings = _agreed_settings(probes, log)
                 plan = plan_resume(targets, previous, settings, options.overwrite)
                 if plan.conflicts:
@@ -200,26 +201,27 @@ def _run(request, sources, failures, targets, manifest: Manifest, previous, opti
             job_started = time.perf_counter()
             try:
                 if plan.todo:
-                    parts = _stream(plan.todo, request, options, batch, workers, probes[0]["settings_id"], job_id,
-                                    manifest, records, log)
+                    _stream(plan.todo, request, options, batch, workers, probes[0]["settings_id"], job_id,
+                            manifest, records, parts, log)
             except KeyboardInterrupt:
                 interrupted = True
+            finally:
+                worker_pids.update(r["pid"] for r in records.values() if r.get("pid"))
             summary["job_seconds"] = round(time.perf_counter() - job_started, 3)
     except InputError as exc:
         if not planned:  # Ray could not be started or reached
             raise _NothingRun(exc) from None
         raise
     finally:
-        if planned:
-            _finish(manifest, previous, records, parts, job_id, log)
-        else:
-            manifest.sweep(job_id)
-            with contextlib.suppress(OSError):
-                manifest.parts_dir.rmdir()
+        problem = _finish(manifest, previous, records, parts, job_id) if planned else _forget(manifest, job_id)
+        if problem is not None and sys.exc_info()[0] is not None:
+            log(problem)  # the job already fails for another reason, which is the one reported
     if interrupted:
         done = sum(r["status"] == DONE for r in records.values())
-        log(f"interrupted: {done} image(s) finished, recorded in {manifest.path}")
+        log(problem or f"interrupted: {done} image(s) finished, recorded in {manifest.path}")
         raise KeyboardInterrupt
+    if problem is not None:
+        raise InputError(problem)
     submitted = {str(source) for source, _ in plan.todo}
     missing = sorted(submitted - {r["input"] for r in records.values()})
     if missing:
@@ -260,9 +262,9 @@ def _agreed_settings(probes: list[dict], log: Log) -> dict:
 
 
 def _stream(todo, request, options, batch: BatchOptions, workers: int, settings_id: str, job_id: str,
-            manifest: Manifest, records: dict, log) -> list[Path]:
-    """Run the images through Ray Data; records go into `records` (first per input) and manifest
-    parts as they arrive. Returns the part files written."""
+            manifest: Manifest, records: dict, parts: list[Path], log) -> None:
+    """Run the images through Ray Data; records go into `records` (the first per input) and into
+    manifest parts (appended to `parts`) as they arrive."""
     progress = sys.stderr.isatty() if batch.progress is None else batch.progress
     configure_data(progress)
     rows = [{"input": source, "output": str(target)} for source, target in todo]
@@ -279,7 +281,6 @@ def _stream(todo, request, options, batch: BatchOptions, workers: int, settings_
         num_gpus=batch.gpus_per_worker or None,
         runtime_env=runtime_env(),
     )
-    parts: list[Path] = []
     pending: list[dict] = []
     last_flush = time.monotonic()
     duplicates = 0
@@ -306,24 +307,28 @@ def _stream(todo, request, options, batch: BatchOptions, workers: int, settings_
                 raise DiskFull(f"{record['error']}; the job stopped (the disk is full): free space and run it again "
                                "to do the rest")
             if time.monotonic() - last_flush > batch.flush_seconds:
-                flush()
+                flush()  # a part that cannot be written stops the job
+        flush()
     except ray_exceptions.RayError as exc:
         raise task_error(exc, "the Ray job failed") from None
-    finally:
-        flush()
     if duplicates:
         log(f"note: {duplicates} duplicate record(s) from retried tasks were dropped")
-    return parts
 
 
-def _finish(manifest: Manifest, previous, records: dict, parts: list[Path], job_id: str, log: Log) -> None:
-    """Compact the manifest and remove this job's temporary files (also after a failure)."""
+def _finish(manifest: Manifest, previous, records: dict, parts: list[Path], job_id: str) -> str | None:
+    """Compact the manifest, remove this job's temporary files and marker (also after a failure);
+    returns what went wrong, if anything. Records that reach no file are redone by the next run,
+    which finds their outputs (if any) identical."""
     try:
         manifest.compact(previous, records.values(), parts)
     except (InputError, OSError) as exc:
-        log(f"the manifest was not written: {exc}; this job's records stay in {manifest.parts_dir} and are read "
-            "by the next run")
-        return
+        _forget(manifest, job_id)
+        return (f"the manifest was not written: {exc}; outputs that were written stay, and the next run finds "
+                "them (it recomputes them and keeps them when identical)")
+    return _forget(manifest, job_id)
+
+
+def _forget(manifest: Manifest, job_id: str) -> None:
     manifest.sweep(job_id)
     with contextlib.suppress(OSError):
         manifest.parts_dir.rmdir()
