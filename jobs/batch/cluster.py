@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -101,7 +102,8 @@ def connected(address: str | None, *, num_cpus: int, log) -> Iterator[set[int]]:
     workers: set[int] = set()
     if address is None:
         settings = {"RAY_USAGE_STATS_ENABLED": "0"}
-        if "RAY_AUTH_MODE" not in os.environ:
+        if "RAY_AUTH_MODE" not in os.environ and "ray._raylet" not in sys.modules:
+            # Ray reads its authentication mode when it loads: once loaded, its own default stays.
             settings.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         with _environment(settings):
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
