@@ -40,6 +40,8 @@ from mattrt.imagewrite import write_bytes_once
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL: list[str] = []
+# Ray Data warns about its own deprecated settings when it copies its context; nothing of mattrt's.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 needs_ray = pytest.mark.skipif(not availability.available("ray"), reason=availability.skip_reason("ray"))
 DEADLINE_S = 240
 
@@ -297,6 +299,53 @@ def test_bad_inputs_are_recorded_with_infers_messages_and_the_job_goes_on(cluste
         assert (out / f"{name}_alpha.png").read_bytes() == (expected / f"{name}_alpha.png").read_bytes(), name
 
 
+@needs_ray
+def test_an_interrupted_job_keeps_what_finished_and_the_rerun_does_the_rest(cluster, tmp_path):
+    """SIGTERM to the driver while a worker waits on a FIFO input: exit 130, the manifest lists
+    what finished, the job's actors end with the driver, and the rerun skips what finished."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    held = folder / "held.png"
+    os.mkfifo(held)
+    for index in range(4):
+        (folder / f"img{index}.png").write_bytes(_png(index))
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("\n".join(map(str, [*sorted(folder.glob("img*.png")), held])))
+    out, log = tmp_path / "out", tmp_path / "batch.log"
+    process = _run_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 1], log)
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        writer = _open_writer(held, process, deadline)
+        reader = _reader_of(held, deadline)
+        while len(list(out.glob("img*_alpha.png"))) < 4:  # the images before the FIFO are written
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        os.close(writer)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, log.read_text()
+    assert "interrupted: " in log.read_text()
+    while reader in process_table():  # the job's actor ends with its driver
+        assert time.monotonic() < deadline, "the interrupted job's actor is still running"
+        time.sleep(0.05)
+    rows = _manifest(out)
+    finished = {r["input"] for r in rows if r["status"] == "done"}
+    assert finished and str(held) not in finished
+    for record in rows:
+        assert os.stat(record["output"]).st_size == record["output_bytes"]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part") or p.name == ".mattrt-manifest"]
+    held.unlink()
+    held.write_bytes(_png(9))
+    assert _batch(listing, "--out", out, "--address", cluster.address, "--workers", 1) == 0
+    assert {r["input"] for r in _manifest(out) if r["status"] == "done"} == {str(held), *map(str, folder.glob("img*"))}
+    kept = {r["input"] for r in _manifest(out) if r["input"] in finished and r["job_id"] == rows[0]["job_id"]}
+    assert kept == finished  # what the interrupted job finished was skipped, not redone
+
+
 # -- a full disk mid-job --------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
@@ -359,6 +408,28 @@ def test_a_full_disk_stops_the_job_and_the_manifest_matches_the_files(cluster, t
     assert _batch(listing, "--out", out, "--address", cluster.address, "--workers", 1) == 0
     assert sorted(p.name for p in out.glob("*.png")) == sorted([f"img{i}_alpha.png" for i in range(6)] +
                                                                ["last_alpha.png"])
+
+
+@needs_ray
+def test_a_worker_that_opens_another_pipeline_than_planned_fails_the_job_cleanly(cluster, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """As a node that joined after the probe with other libraries would: the actors refuse to
+    start, Ray Data gives up after three replacements, and the error is mattrt's one line."""
+    from mattrt.jobs.batch import job
+
+    real = job.probe_nodes
+
+    def planned_elsewhere(*args, **kwargs):
+        return [{**probe, "settings_id": "0" * 16} for probe in real(*args, **kwargs)]
+
+    monkeypatch.setattr(job, "probe_nodes", planned_elsewhere)
+    (tmp_path / "a.png").write_bytes(_png(0))
+    out = tmp_path / "out"
+    assert _batch(tmp_path / "a.png", "--out", out, "--address", cluster.address, "--workers", 1) == 1
+    err = capsys.readouterr().err
+    last = [line for line in err.splitlines() if line.startswith("mattrt batch: error: ")][-1]
+    assert "differs from the one the job was planned with" in last and "Traceback" not in last
+    assert not list(out.glob("*.png")) and not (out / ".mattrt-manifest").exists()
 
 
 # -- refused before any work (no cluster needed) ----------------------------------------------------------

@@ -23,8 +23,10 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -106,8 +108,13 @@ def connected(address: str | None, *, num_cpus: int, log) -> Iterator[set[int]]:
             # Ray reads its authentication mode when it loads: once loaded, its own default stays.
             settings.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
         with _environment(settings):
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            try:
+                with _python_sigterm():
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            except Exception as exc:  # Ray's start-up failures are of many kinds: name the first line
+                raise MattrtError(f"Ray could not start on this machine: {_first_line(exc)}; nothing was "
+                                  "processed") from None
             try:
                 yield workers
             finally:
@@ -116,11 +123,12 @@ def connected(address: str | None, *, num_cpus: int, log) -> Iterator[set[int]]:
         return
     with _environment({"RAY_gcs_server_port_wait_time_s": GCS_WAIT_S}):
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            raise InputError(f"--address {address}: could not connect to a Ray cluster there ({exc}); check the "
-                             "address, and for a cluster with token authentication set RAY_AUTH_TOKEN; nothing was "
-                             "processed") from None
+            with _python_sigterm():
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except Exception as exc:  # ConnectionError mostly; Ray raises others for a wrong token or client
+            raise InputError(f"--address {address}: could not connect to a Ray cluster there ({_first_line(exc)}); "
+                             "check the address, and for a cluster with token authentication set RAY_AUTH_TOKEN; "
+                             "nothing was processed") from None
     log(f"connected to the Ray cluster at {address}")
     try:
         yield workers
@@ -139,6 +147,26 @@ def _wait_until_gone(pids: set[int], seconds: float) -> None:
             if state in ("gone", "Z"):
                 pids.discard(pid)
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _python_sigterm() -> Iterator[None]:
+    """Keep Python's SIGTERM handler (the CLI's: SIGTERM takes the Ctrl-C path, so the manifest is
+    written) over the one Ray's core worker installs in `ray.init`, which ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def actor_nodes(cpus: float, gpus: float) -> list[dict]:

@@ -71,7 +71,6 @@ from mattrt.lazy import lazy_import
 from mattrt.runtime.threads import available_cores
 
 ray_data = lazy_import("ray.data", probe="ray")
-ray_exceptions = lazy_import("ray.exceptions", probe="ray")
 
 LOCK_NAME = ".mattrt-batch.lock"
 MIN_FREE_BYTES = 1 << 20
@@ -113,9 +112,9 @@ def run_batch(request: DeploymentRequest, specs: Sequence[str], out_dir: str | P
     if batch.address is not None:
         check_reachable(batch.address)
     created: list[Path] = []
-    check_writable(out_dir, "--out", created)
     lock = FileLock(str(out_dir / LOCK_NAME))
     try:
+        check_writable(out_dir, "--out", created)
         free = shutil.disk_usage(out_dir).free
         if free < MIN_FREE_BYTES:
             raise InputError(f"--out {out_dir} has {free} bytes free; free some space or choose another --out; "
@@ -125,18 +124,22 @@ def run_batch(request: DeploymentRequest, specs: Sequence[str], out_dir: str | P
         except Timeout:
             raise InputError(f"another mattrt batch job is writing into {out_dir} (it holds {out_dir / LOCK_NAME}); "
                              "wait for it to finish or choose another --out") from None
-        try:
-            for dead in manifest.dead_jobs():
-                swept = manifest.sweep(dead)
-                if swept:
-                    log(f"removed {swept} temporary file(s) left by an earlier job that stopped ({dead})")
-            previous = manifest.load()
-            return _run(request, sources, failures, targets, manifest, previous, options, batch, log, started)
-        finally:
-            lock.release()
+    except InputError:
+        _remove_created(created, out_dir / LOCK_NAME)
+        raise
+    try:
+        for dead in manifest.dead_jobs():
+            swept = manifest.sweep(dead)
+            if swept:
+                log(f"removed {swept} temporary file(s) left by an earlier job that stopped ({dead})")
+        previous = manifest.load()
+        return _run(request, sources, failures, targets, manifest, previous, options, batch, log, started)
     except _NothingRun as stopped:
+        lock.release()
         _remove_created(created, out_dir / LOCK_NAME)
         raise stopped.error from None
+    finally:
+        lock.release()
 
 
 class _NothingRun(Exception):
@@ -208,7 +211,7 @@ def _run(request, sources, failures, targets, manifest: Manifest, previous, opti
             finally:
                 worker_pids.update(r["pid"] for r in records.values() if r.get("pid"))
             summary["job_seconds"] = round(time.perf_counter() - job_started, 3)
-    except InputError as exc:
+    except MattrtError as exc:
         if not planned:  # Ray could not be started or reached
             raise _NothingRun(exc) from None
         raise
@@ -309,7 +312,9 @@ def _stream(todo, request, options, batch: BatchOptions, workers: int, settings_
             if time.monotonic() - last_flush > batch.flush_seconds:
                 flush()  # a part that cannot be written stops the job
         flush()
-    except ray_exceptions.RayError as exc:
+    except (MattrtError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # Ray's and Ray Data's failures (an actor that cannot start, a lost driver connection)
         raise task_error(exc, "the Ray job failed") from None
     if duplicates:
         log(f"note: {duplicates} duplicate record(s) from retried tasks were dropped")
