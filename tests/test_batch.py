@@ -346,6 +346,31 @@ def test_an_interrupted_job_keeps_what_finished_and_the_rerun_does_the_rest(clus
     assert kept == finished  # what the interrupted job finished was skipped, not redone
 
 
+@needs_ray
+@pytest.mark.skipif(not availability.available("tritonserver"), reason=availability.skip_reason("tritonserver"))
+def test_workers_can_send_the_matting_to_a_triton_server(cluster, serving_export, tmp_path):
+    """--backend triton --url: the actors read, send and write; the server tiles and runs the
+    engines. The outputs equal `mattrt infer --backend triton`'s."""
+    from mattrt.serving.repository import RepositoryOptions, build_repository
+    from mattrt.serving.server import ServerOptions, TritonServer
+
+    repository = build_repository(serving_export, tmp_path / "repo", RepositoryOptions(), log=None)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(4):
+        (folder / f"t{index}.png").write_bytes(_png(index))
+    with TritonServer(repository, ServerOptions(key="k" * 32, ready_timeout=240, drain_seconds=3)) as triton:
+        server = ["--backend", "triton", "--url", triton.endpoints["grpc"], "--protocol", "grpc", "--no-progress"]
+        assert main(["batch", str(folder), "--out", str(tmp_path / "batch"), "--address", cluster.address,
+                     "--workers", "1", *server]) == 0
+        assert main(["infer", str(folder), "--out", str(tmp_path / "infer"), *server]) == 0
+    rows = _manifest(tmp_path / "batch")
+    assert {r["status"] for r in rows} == {"done"} and "remote" in dict(rows[0]["timings"])
+    for index in range(4):
+        name = f"t{index}_alpha.png"
+        assert (tmp_path / "batch" / name).read_bytes() == (tmp_path / "infer" / name).read_bytes(), name
+
+
 # -- a full disk mid-job --------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):

@@ -75,7 +75,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
         background = str(_absolute(background))
     cpus = args.cpus_per_worker
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.device == "cuda" else 0.0)
-    request = pipeline_request(args, threads=args.threads or max(1, int(cpus)), checkpoint=checkpoint)
+    # An actor runs as many threads as it reserves CPUs; with a server (--url) the server does the work.
+    threads = args.threads if args.url is not None else args.threads or max(1, int(cpus))
+    request = pipeline_request(args, threads=threads, checkpoint=checkpoint)
     options = InferOptions(output=args.output, background=background, overwrite=args.overwrite,
                            bit_depth=args.bit_depth, input_alpha=args.input_alpha, max_pixels=args.max_pixels)
     batch = BatchOptions(address=args.address, workers=args.workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
