@@ -52,7 +52,8 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
                         "as done with the same settings; never replace other files)")
     progress = p.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_const", const=True,
-                          help="always show Ray Data's progress")
+                          help="always show Ray Data's progress (default: when stderr is a terminal; where stdout "
+                               "is not one, Ray Data logs it every 10 s)")
     progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                           help="never show Ray Data's progress")
     p.set_defaults(progress=None)
