@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -90,8 +91,6 @@ def _image(index: int, size=(96, 128)) -> np.ndarray:
 
 
 def _png(index: int) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     Image.fromarray(_image(index)).save(buffer, format="PNG")
     return buffer.getvalue()
