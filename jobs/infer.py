@@ -32,8 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mattrt.errors import InputError, MattrtError
-from mattrt.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, read_image
-from mattrt.imagewrite import write_alpha, write_bytes, write_rgb, write_rgba
+from mattrt.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, LoadedImage, list_images, read_image
+from mattrt.imagewrite import alpha_file_bytes, rgb_file_bytes, rgba_file_bytes, write_bytes
 from mattrt.runtime.foreground import composite, estimate_foreground
 from mattrt.runtime.ops import resize_image
 
@@ -49,6 +49,8 @@ NAMED_COLOURS = {
     "grey": (128, 128, 128),
 }
 _GLOB_CHARACTERS = set("*?[")
+# What one image's failure may raise: recorded for that image, and the run goes on.
+IMAGE_ERRORS = (MattrtError, OSError, ValueError, MemoryError)
 
 
 @dataclass
@@ -191,15 +193,25 @@ def _flatten_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.rint(mixed).astype(rgb.dtype)
 
 
-def process_image(pipeline, source: Path, target: Path, options: InferOptions, background, tile_progress=None) -> dict:
-    """Matte one file and write its output; returns the summary record (raises on failure)."""
+@dataclass
+class MattedImage:
+    """One image matted and encoded, not yet written: what `mattrt infer` and `mattrt batch` share
+    (they differ only in how the bytes reach the file)."""
+
+    record: dict  # the summary record, without the write's time and the total
+    data: bytes  # the output file's bytes
+    started: float  # perf_counter() when the image was started
+
+
+def compute_image(pipeline, source, target: Path, options: InferOptions, background, tile_progress=None, *,
+                  read: Callable[..., LoadedImage] = read_image, started: float | None = None) -> MattedImage:
+    """Read `source` (with `read`: a path by default), matte it and encode the output for
+    `target`; raises on failure. The "write" timing holds the encoding so far."""
 
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    if not options.overwrite and (target.exists() or target.is_symlink()):
-        raise InputError(f"{target} already exists; pass --overwrite to replace it")
+    started = time.perf_counter() if started is None else started
     max_pixels = options.max_pixels if options.max_pixels is not None else DEFAULT_MAX_PIXELS
-    loaded = read_image(source, max_pixels=max_pixels)
+    loaded = read(source, max_pixels=max_pixels)
     rgb = loaded.rgb
     existing_alpha = loaded.alpha
     if existing_alpha is not None:
@@ -237,14 +249,13 @@ def process_image(pipeline, source: Path, target: Path, options: InferOptions, b
 
     step = time.perf_counter()
     if options.output == "alpha":
-        write_alpha(target, pixels, bit_depth=bit_depth, overwrite=options.overwrite)
+        data = alpha_file_bytes(target, pixels, bit_depth=bit_depth)
     elif options.output == "rgba":
-        write_rgba(target, pixels, alpha, bit_depth=bit_depth, overwrite=options.overwrite)
+        data = rgba_file_bytes(target, pixels, alpha, bit_depth=bit_depth)
     else:
-        write_rgb(target, pixels, bit_depth=bit_depth, overwrite=options.overwrite)
+        data = rgb_file_bytes(target, pixels, bit_depth=bit_depth)
     timings["write"] = time.perf_counter() - step
-    timings["total"] = time.perf_counter() - started
-    return {
+    record = {
         "input": str(source),
         "output": str(target),
         "width": loaded.width,
@@ -255,8 +266,44 @@ def process_image(pipeline, source: Path, target: Path, options: InferOptions, b
         "orientation": loaded.orientation,
         "input_alpha": None if existing_alpha is None else options.input_alpha,
         "tiles": result.plan["tiles"],
-        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "timings": timings,
     }
+    return MattedImage(record, data, started)
+
+
+def finish_record(matted: MattedImage, write_seconds: float) -> dict:
+    """The summary record of a written image: the write's time added, the total, rounded timings."""
+    timings = dict(matted.record["timings"])
+    timings["write"] = timings.get("write", 0.0) + write_seconds
+    timings["total"] = time.perf_counter() - matted.started
+    return {**matted.record, "timings": {k: round(v, 4) for k, v in timings.items()}}
+
+
+def process_image(pipeline, source: Path, target: Path, options: InferOptions, background, tile_progress=None) -> dict:
+    """Matte one file and write its output; returns the summary record (raises on failure)."""
+
+    started = time.perf_counter()
+    if not options.overwrite and (target.exists() or target.is_symlink()):
+        raise InputError(f"{target} already exists; pass --overwrite to replace it")
+    matted = compute_image(pipeline, source, target, options, background, tile_progress, started=started)
+    step = time.perf_counter()
+    write_bytes(target, matted.data, overwrite=options.overwrite)
+    return finish_record(matted, time.perf_counter() - step)
+
+
+def check_options(options: InferOptions):
+    """Refuse inconsistent options; returns the composite background (None for other outputs)."""
+    if options.output not in OUTPUT_KINDS:
+        raise InputError(f"unknown output {options.output!r}; choose one of {', '.join(OUTPUT_KINDS)}")
+    if options.input_alpha not in INPUT_ALPHA_MODES:
+        raise InputError(f"unknown --input-alpha {options.input_alpha!r}; choose one of {', '.join(INPUT_ALPHA_MODES)}")
+    if options.bit_depth not in (None, 8, 16):
+        raise InputError(f"bit depth must be 8 or 16, got {options.bit_depth!r}")
+    if options.background is not None and options.output != "composite":
+        raise InputError("--background applies to --output composite only")
+    if options.overwrite and options.skip_existing:
+        raise InputError("--overwrite redoes every image and --skip-existing keeps finished ones; choose one")
+    return parse_background(options.background) if options.output == "composite" else None
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -279,17 +326,7 @@ def run_inference(
     """
 
     log = log or (lambda message: print(message, file=sys.stderr))
-    if options.output not in OUTPUT_KINDS:
-        raise InputError(f"unknown output {options.output!r}; choose one of {', '.join(OUTPUT_KINDS)}")
-    if options.input_alpha not in INPUT_ALPHA_MODES:
-        raise InputError(f"unknown --input-alpha {options.input_alpha!r}; choose one of {', '.join(INPUT_ALPHA_MODES)}")
-    if options.bit_depth not in (None, 8, 16):
-        raise InputError(f"bit depth must be 8 or 16, got {options.bit_depth!r}")
-    if options.background is not None and options.output != "composite":
-        raise InputError("--background applies to --output composite only")
-    if options.overwrite and options.skip_existing:
-        raise InputError("--overwrite redoes every image and --skip-existing keeps finished ones; choose one")
-    background = parse_background(options.background) if options.output == "composite" else None
+    background = check_options(options)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -305,8 +342,8 @@ def run_inference(
     done = _finished_outputs(summary_file, settings, options)
     created: list[Path] = []
     try:
-        _check_writable(out_dir, "--out", created)
-        _check_writable(summary_file.parent, "--summary", created)
+        check_writable(out_dir, "--out", created)
+        check_writable(summary_file.parent, "--summary", created)
     except InputError:
         for folder in reversed(created):
             with contextlib.suppress(OSError):
@@ -345,8 +382,8 @@ def run_inference(
 
                 try:
                     records.append(process_image(pipeline, source, target, options, background, on_tiles))
-                except (MattrtError, OSError, ValueError, MemoryError) as exc:
-                    failures.append(Failure(str(source), _message(exc)))
+                except IMAGE_ERRORS as exc:
+                    failures.append(Failure(str(source), failure_message(exc)))
                 finally:
                     tiles_bar.close()
                 bar.update(1)
@@ -432,15 +469,16 @@ def _finished_outputs(summary_file: Path, settings: dict, options: InferOptions)
                          "(same settings), --overwrite to redo everything, or choose another --summary")
     earlier = previous.get("settings")
     if earlier != settings:
-        changed = _differences(earlier if isinstance(earlier, dict) else {}, settings)
+        changed = setting_differences(earlier if isinstance(earlier, dict) else {}, settings)
         raise InputError(f"--skip-existing: {summary_file} was written with other settings ({changed}); "
                          "pass --overwrite to redo everything, or choose another --out")
     return {str(r["output"]): r for r in kept}
 
 
-def _differences(earlier: dict, now: dict) -> str:
+def setting_differences(earlier: dict, now: dict) -> str:
+    """The settings that changed, "name old -> new", comma-separated (run_settings' layout)."""
     changes = []
-    for group in ("pipeline", "options"):
+    for group in ("pipeline", "options", *sorted((set(earlier) | set(now)) - {"pipeline", "options"})):
         old, new = earlier.get(group) or {}, now.get(group) or {}
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
@@ -448,7 +486,7 @@ def _differences(earlier: dict, now: dict) -> str:
     return ", ".join(changes) or "unrecorded settings"
 
 
-def _check_writable(folder: Path, flag: str, created: list[Path]) -> None:
+def check_writable(folder: Path, flag: str, created: list[Path]) -> None:
     """Create `folder` if needed (listing what was created) and prove a file can be made in it."""
     missing = [f for f in [folder, *folder.parents] if not f.exists()]
     try:
@@ -464,7 +502,8 @@ def _check_writable(folder: Path, flag: str, created: list[Path]) -> None:
     os.unlink(probe)
 
 
-def _message(exc: BaseException) -> str:
+def failure_message(exc: BaseException) -> str:
+    """What a failed image's record says (the message of one of IMAGE_ERRORS)."""
     if isinstance(exc, MattrtError):
         return str(exc)
     if isinstance(exc, MemoryError):
@@ -473,16 +512,26 @@ def _message(exc: BaseException) -> str:
 
 
 __all__ = [
+    "IMAGE_ERRORS",
     "INPUT_ALPHA_MODES",
+    "Failure",
     "InferOptions",
+    "MattedImage",
     "OUTPUT_KINDS",
     "SummaryNotWritten",
+    "check_options",
+    "check_writable",
     "collect_inputs",
+    "compute_image",
+    "failure_message",
+    "finish_record",
     "fit_background",
+    "output_path",
     "parse_background",
     "plan_outputs",
     "process_image",
     "real_path",
     "run_inference",
     "run_settings",
+    "setting_differences",
 ]

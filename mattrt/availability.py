@@ -215,6 +215,22 @@ def _tritonclient() -> Probe:
     return Probe("tritonclient", True, version, "")
 
 
+# `mattrt batch` runs on Ray Data, an optional extra (about 0.5 GB with pyarrow and pandas).
+RAY_ADVICE = "`pip install 'mattrt[batch]'` (Ray Data, for `mattrt batch`)"
+
+
+def _ray() -> Probe:
+    """Ray with what Ray Data needs (pyarrow, pandas), found without importing them (importing
+    ray.data takes seconds: the batch job does that itself)."""
+    version = _dist_version("ray")
+    if version is None or importlib.util.find_spec("ray") is None:
+        return Probe("ray", False, None, f"not installed; {RAY_ADVICE}")
+    lacking = [name for name in ("pyarrow", "pandas") if importlib.util.find_spec(name) is None]
+    if lacking:
+        return Probe("ray", False, version, f"Ray Data needs {', '.join(lacking)}, which is missing; {RAY_ADVICE}")
+    return Probe("ray", True, version, "Ray Data (mattrt batch)")
+
+
 _PROBES: dict[str, Callable[[], Probe]] = {
     "python": _python,
     "torch": _torch,
@@ -228,6 +244,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "tensorrt_runtime": _tensorrt_runtime,
     "tritonserver": _tritonserver,
     "tritonclient": _tritonclient,
+    "ray": _ray,
 }
 
 

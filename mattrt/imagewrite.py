@@ -6,6 +6,11 @@ into place once complete, so a crash never leaves half a file under the final na
 file gets the mode the user's umask gives. Floats become 8- or 16-bit levels by
 mattrt.imageio.quantise (round half to even). `encode_png16` makes 16-bit RGB PNGs, which Pillow
 cannot write.
+
+`alpha_file_bytes`, `rgb_file_bytes` and `rgba_file_bytes` give the bytes those writers put in
+the file (so two writers of one output, `mattrt infer` and `mattrt batch`, write the same bytes);
+`write_bytes_once` writes bytes under a name that must not exist yet, and accepts a file that
+already holds exactly those bytes (what a retried task of a batch job finds).
 """
 
 from __future__ import annotations
@@ -31,13 +36,8 @@ _RGBA_WRITE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": 
 
 
 
-def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *, bit_depth: int | None = None,
-                overwrite: bool = False) -> Path:
-    """Write a matte as a greyscale PNG or TIFF (lossless formats only).
-
-    alpha: H x W float in [0, 1], uint8 or uint16. bit_depth: 8 or 16; None takes 16 for uint16
-    input and 8 otherwise. Returns the path written.
-    """
+def alpha_file_bytes(path: str | os.PathLike, alpha: np.ndarray, *, bit_depth: int | None = None) -> bytes:
+    """The bytes `write_alpha` writes to `path` (its suffix picks the format)."""
     path = Path(path)
     fmt = _format_for(path, _ALPHA_WRITE_FORMATS, "a matte", "lossless formats keep the matte exact")
     array = np.asarray(alpha)
@@ -46,16 +46,12 @@ def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *, bit_depth: int | 
     _check_shape(array, 2, "alpha")
     pixels = quantise(array, _default_depth(array, bit_depth), "alpha")
     image = Image.fromarray(pixels)  # uint8 -> "L", uint16 -> "I;16"
-    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt))
-    return path
+    return _pillow_bytes(image, fmt, path)
 
 
-def write_rgb(path: str | os.PathLike, rgb: np.ndarray, *, bit_depth: int | None = None,
-              overwrite: bool = False, quality: int = 95) -> Path:
-    """Write H x W x 3 colour (float in [0, 1], uint8 or uint16) as PNG, JPEG, WebP or TIFF.
-
-    16-bit colour is written as PNG only. quality applies to JPEG and WebP.
-    """
+def rgb_file_bytes(path: str | os.PathLike, rgb: np.ndarray, *, bit_depth: int | None = None,
+                   quality: int = 95) -> bytes:
+    """The bytes `write_rgb` writes to `path`."""
     path = Path(path)
     fmt = _format_for(path, _RGB_WRITE_FORMATS, "an RGB image", "")
     array = np.asarray(rgb)
@@ -64,20 +60,14 @@ def write_rgb(path: str | os.PathLike, rgb: np.ndarray, *, bit_depth: int | None
     if pixels.dtype == np.uint16:
         if fmt != "PNG":
             raise InputError(f"{path}: 16-bit colour is written as PNG only; use a .png name or bit_depth=8")
-        _atomic_write(path, overwrite, lambda f: f.write(encode_png16(pixels)))
-        return path
-    image = Image.fromarray(pixels)
+        return encode_png16(pixels)
     options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
-    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt, **options))
-    return path
+    return _pillow_bytes(Image.fromarray(pixels), fmt, path, **options)
 
 
-def write_rgba(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *, bit_depth: int | None = None,
-               overwrite: bool = False) -> Path:
-    """Write colour plus a separate alpha (straight, not premultiplied) as PNG, WebP or TIFF.
-
-    WebP is written lossless so the alpha channel stays exact; 16 bit is written as PNG only.
-    """
+def rgba_file_bytes(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *,
+                    bit_depth: int | None = None) -> bytes:
+    """The bytes `write_rgba` writes to `path`."""
     path = Path(path)
     fmt = _format_for(path, _RGBA_WRITE_FORMATS, "an RGBA image", "JPEG has no alpha channel")
     rgb_array, alpha_array = np.asarray(rgb), np.asarray(alpha)
@@ -93,19 +83,66 @@ def write_rgba(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *, b
     if pixels.dtype == np.uint16:
         if fmt != "PNG":
             raise InputError(f"{path}: 16-bit RGBA is written as PNG only; use a .png name or bit_depth=8")
-        _atomic_write(path, overwrite, lambda f: f.write(encode_png16(pixels)))
-        return path
-    image = Image.fromarray(pixels)
+        return encode_png16(pixels)
     options = {"lossless": True} if fmt == "WEBP" else {}
-    _atomic_write(path, overwrite, lambda f: image.save(f, format=fmt, **options))
-    return path
+    return _pillow_bytes(Image.fromarray(pixels), fmt, path, **options)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write bytes (a manifest, a report) with the same no-clobber, all-or-nothing rule as the image writers."""
+def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *, bit_depth: int | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a matte as a greyscale PNG or TIFF (lossless formats only).
+
+    alpha: H x W float in [0, 1], uint8 or uint16. bit_depth: 8 or 16; None takes 16 for uint16
+    input and 8 otherwise. Returns the path written.
+    """
     path = Path(path)
-    _atomic_write(path, overwrite, lambda stream: stream.write(data))
+    return write_bytes(path, alpha_file_bytes(path, alpha, bit_depth=bit_depth), overwrite=overwrite)
+
+
+def write_rgb(path: str | os.PathLike, rgb: np.ndarray, *, bit_depth: int | None = None,
+              overwrite: bool = False, quality: int = 95) -> Path:
+    """Write H x W x 3 colour (float in [0, 1], uint8 or uint16) as PNG, JPEG, WebP or TIFF.
+
+    16-bit colour is written as PNG only. quality applies to JPEG and WebP.
+    """
+    path = Path(path)
+    return write_bytes(path, rgb_file_bytes(path, rgb, bit_depth=bit_depth, quality=quality), overwrite=overwrite)
+
+
+def write_rgba(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray, *, bit_depth: int | None = None,
+               overwrite: bool = False) -> Path:
+    """Write colour plus a separate alpha (straight, not premultiplied) as PNG, WebP or TIFF.
+
+    WebP is written lossless so the alpha channel stays exact; 16 bit is written as PNG only.
+    """
+    path = Path(path)
+    return write_bytes(path, rgba_file_bytes(path, rgb, alpha, bit_depth=bit_depth), overwrite=overwrite)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False, tag: str = "") -> Path:
+    """Write bytes (a manifest, a report) with the same no-clobber, all-or-nothing rule as the
+    image writers (`tag`: as for write_bytes_once)."""
+    path = Path(path)
+    _atomic_write(path, overwrite, lambda stream: stream.write(data), tag=tag)
     return path
+
+
+def write_bytes_once(path: str | os.PathLike, data: bytes, *, tag: str = "") -> bool:
+    """Write `data` under a name that does not exist yet, all or nothing (as write_bytes). A file
+    that already holds exactly `data` counts as written: True when this call wrote the file,
+    False when it found it there. A file with other content is never replaced (InputError).
+    `tag` goes into the temporary file's name (`.<name>.<tag>.<random>.part`), so that a writer
+    killed before the rename leaves a file its job can find and remove."""
+    path = Path(path)
+    if path.is_file() and _holds(path, data):
+        return False
+    try:
+        _atomic_write(path, False, lambda stream: stream.write(data), tag=tag)
+    except _AlreadyExists:
+        if _holds(path, data):  # written meanwhile by another attempt at the same image
+            return False
+        raise InputError(f"{path}: already exists with other content; pass --overwrite to replace it") from None
+    return True
 
 
 def encode_png16(pixels: np.ndarray) -> bytes:
@@ -160,6 +197,26 @@ def _format_for(path: Path, formats: dict[str, str], what: str, why: str) -> str
     return fmt
 
 
+def _pillow_bytes(image: Image.Image, fmt: str, path: Path, **options) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=fmt, **options)
+    except OSError as exc:  # an encoder failure: named as a write failure, as when Pillow wrote the file
+        raise InputError(f"{path}: could not be written ({exc.strerror or exc}); it was left as it was") from exc
+    return buffer.getvalue()
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+class _AlreadyExists(InputError):
+    """The no-clobber rule refused a name that exists (the message is the writers' usual one)."""
+
+
 def _file_mode() -> int:
     # Temporary files are created 0600; the final file gets the usual mode (0666 minus umask).
     try:
@@ -171,16 +228,17 @@ def _file_mode() -> int:
     return 0o644
 
 
-def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWriter], object]) -> None:
+def _atomic_write(path: Path, overwrite: bool, write: Callable[[io.BufferedWriter], object], tag: str = "") -> None:
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name to write")
     folder = path.parent
     if not folder.is_dir():
         raise InputError(f"{path}: the folder {folder} does not exist")
     if not overwrite and (path.exists() or path.is_symlink()):
-        raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)")
+        raise _AlreadyExists(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)")
     try:
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{tag + '.' if tag else ''}",
+                                             suffix=".part")
     except OSError as exc:
         raise InputError(f"{path}: cannot write into {folder} ({exc.strerror or exc})") from exc
     try:
@@ -207,13 +265,14 @@ def _rename_no_clobber(temporary: str, path: Path) -> None:
     try:
         os.link(temporary, path)
     except FileExistsError:
-        raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
+        raise _AlreadyExists(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
     except OSError:
         if path.exists():
-            raise InputError(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
+            raise _AlreadyExists(f"{path}: already exists; allow replacing it (--overwrite; overwrite=True in Python)") from None
         os.replace(temporary, path)  # a filesystem without hard links
         return
     os.unlink(temporary)
 
 
-__all__ = ["encode_png16", "write_alpha", "write_bytes", "write_rgb", "write_rgba"]
+__all__ = ["alpha_file_bytes", "encode_png16", "rgb_file_bytes", "rgba_file_bytes", "write_alpha", "write_bytes",
+           "write_bytes_once", "write_rgb", "write_rgba"]

@@ -320,6 +320,37 @@ BAD_INPUTS = [
     ("SIGTERM or Ctrl-C during `infer`", "mattrt infer: interrupted", "130",
      "finished outputs and a summary of them (`\"interrupted\": true`); no hidden partial files",
      "test_infer_cli.py::test_sigterm_cleans_up_and_records_what_finished", "interrupted"),
+    ("`batch` without Ray installed",
+     "… needs …, which is missing here: …; `pip install 'mattrt[batch]'` (Ray Data, for `mattrt batch`)", "1",
+     "nothing created", "test_batch.py::test_without_ray_the_error_names_the_extra", "pip install 'mattrt[batch]'"),
+    ("`batch --address` where no Ray cluster answers (closed port, unknown host)",
+     "--address …: no Ray cluster answers there (…); start one (`ray start --head`) or check the address (`ray status` "
+     "on the head node prints it); nothing was processed", "1", "nothing processed; `--out` not created (refused in "
+     "seconds, not after Ray's 14 minutes of retries)",
+     "test_batch.py::test_an_unreachable_address_is_refused_at_once", "no Ray cluster answers there (connection refused)"),
+    ("A `batch --out` with no free space", "--out … has … bytes free; free some space or choose another --out; nothing "
+     "was processed", "1", "nothing processed (before Ray starts)",
+     "test_batch.py::test_an_unwritable_or_full_out_and_a_busy_out_are_refused_before_ray_starts", "has 0 bytes free"),
+    ("A `batch --out` another batch job is writing into",
+     "another mattrt batch job is writing into … (it holds …); wait for it to finish or choose another --out", "1",
+     "the other job and its files untouched",
+     "test_batch.py::test_an_unwritable_or_full_out_and_a_busy_out_are_refused_before_ray_starts",
+     "another mattrt batch job is writing into"),
+    ("A full disk during a `batch` job",
+     "…: could not be written (…); it was left as it was; the job stopped (the disk is full): free space and run it "
+     "again to do the rest", "1", "outputs written so far; the manifest (or its part files) records only files that "
+     "are on disk; the rerun does the rest",
+     "test_batch.py::test_a_full_disk_stops_the_job_and_the_manifest_matches_the_files",
+     "the job stopped (the disk is full)"),
+    ("A `batch` output that exists with other content (no manifest record of it)",
+     "…: already exists with other content; pass --overwrite to replace it", "1 (the other images go on)",
+     "the file untouched; an identical file counts as done",
+     "test_batch.py::test_bad_inputs_are_recorded_with_infers_messages_and_the_job_goes_on",
+     "already exists with other content"),
+    ("A `batch` rerun with other settings into an OUT whose manifest records outputs as done",
+     "… records … as done with other settings (…); pass --overwrite to redo them, or choose another --out", "1",
+     "everything", "test_batch.py::test_resume_redoes_nothing_and_other_settings_are_refused",
+     "as done with other settings (detail_scale 1.0 -> 0.5)"),
     ("`export --force` into a folder that is not an earlier export (no manifest, or another tool's manifest.json)",
      "… holds a … that is not a mattrt export manifest, so --force does not replace it and nothing was deleted",
      "1", "the folder untouched",
@@ -416,9 +447,14 @@ SOURCE_FOLDERS = ("mattrt", "models", "data", "training", "kernels", "runtime", 
                   "deploy", "serving", "jobs")
 
 
+def _code(text: str) -> str:
+    """A Markdown code span (a message holding backticks is fenced with two)."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def render_bad_input_table() -> str:
     lines = ["| Bad input | Message | Exit status | What is kept |", "|---|---|---|---|"]
-    lines += [f"| {what} | `{message}` | {status} | {kept} |" for what, message, status, kept, _, _ in BAD_INPUTS]
+    lines += [f"| {what} | {_code(message)} | {status} | {kept} |" for what, message, status, kept, _, _ in BAD_INPUTS]
     return "\n".join(lines) + "\n"
 
 

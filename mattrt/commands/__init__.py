@@ -37,6 +37,8 @@ INDEX: dict[str, tuple[str, str]] = {
              "check exported ONNX graphs against what TensorRT 10.x/11.x's ONNX parser accepts"),
     "build": ("mattrt.commands.tensorrt", "build TensorRT plans (one per stage) from an export directory"),
     "infer": ("mattrt.commands.infer", "matte images (files, folders, globs) with a model or an export directory"),
+    "batch": ("mattrt.commands.batch",
+              "matte many images as one job on Ray Data (this machine or a Ray cluster), with a manifest and resume"),
     "cache": ("mattrt.commands.cache", "list or clear the artifact cache (exports and engines made for --model runs)"),
     "triton-repo": ("mattrt.commands.serving",
                     "write a Triton model repository (stage models + a BLS pipeline model) from an export directory "

@@ -19,7 +19,7 @@ from mattrt.commands.arguments import (
     server_options,
 )
 from mattrt.commands.command import Command
-from mattrt.deploy.plan import open_pipeline
+from mattrt.deploy.plan import DeploymentRequest, open_pipeline
 from mattrt.errors import InputError
 from mattrt.jobs.infer import InferOptions, SummaryNotWritten, run_inference
 from mattrt.runtime.pipeline import DEFAULT_MAX_PIXELS
@@ -36,6 +36,21 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
     add_deployment_arguments(p, source_required=False)
     add_server_arguments(p)
+    add_pipeline_arguments(p)
+    add_image_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs and summary")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume: keep outputs that the earlier summary records from the same settings (listed as "
+                        "skipped) and process the rest")
+    p.add_argument("--summary", type=Path, metavar="FILE", help="JSON summary path (default: OUT/summary.json)")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="always show progress bars")
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="never show progress bars")
+    p.set_defaults(progress=None)
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """How the pipeline runs: tiling, scales, pixel work, the image size limit (infer, batch)."""
     p.add_argument("--channels-last", action="store_true", help="torch: channels_last memory format")
     p.add_argument("--kernels", action="store_true",
                    help="torch: run max-unpooling and attention pooling with mattrt's custom ops (CuPy kernels on cuda)")
@@ -59,6 +74,10 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
                         "upsampled alpha")
     p.add_argument("--max-pixels", type=positive_int, metavar="N",
                    help="refuse images with more pixels (decompression-bomb guard; default: 200 megapixels)")
+
+
+def add_image_arguments(p: argparse.ArgumentParser) -> None:
+    """What is written per image: alpha, cutout or composite, bit depth, an input's own alpha (infer, batch)."""
     p.add_argument("--output", choices=("alpha", "rgba", "composite"), default="alpha",
                    help="alpha matte (default), RGBA cutout with estimated foreground colours, or composite")
     p.add_argument("--background", metavar="COLOR|IMAGE",
@@ -67,24 +86,16 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-alpha", choices=("ignore", "flatten", "multiply", "error"), default="ignore",
                    help="an input's own alpha channel: ignore it (default), flatten the image over white before "
                         "matting, multiply it into the predicted alpha, or treat such inputs as errors")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs and summary")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="resume: keep outputs that the earlier summary records from the same settings (listed as "
-                        "skipped) and process the rest")
-    p.add_argument("--summary", type=Path, metavar="FILE", help="JSON summary path (default: OUT/summary.json)")
-    progress = p.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_const", const=True, help="always show progress bars")
-    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="never show progress bars")
-    p.set_defaults(progress=None)
 
 
-def build_pipeline(args: argparse.Namespace):
-    """The Pipeline the arguments describe (errors name what is missing or inconsistent)."""
+def pipeline_request(args: argparse.Namespace, *, threads: int | None, **fields) -> DeploymentRequest:
+    """The DeploymentRequest of add_deployment_arguments', add_server_arguments' and
+    add_pipeline_arguments' options (infer, batch); `fields` override request fields."""
     pipeline_options = dict(margin=args.margin, semantic_scale=args.semantic_scale, max_pixels=args.max_pixels,
                             refine=args.refine,
                             detail_scale=None if args.detail_scale == 1.0 else args.detail_scale,
                             pixel_ops=None if args.pixel_ops == "auto" else args.pixel_ops)
-    backend_options = dict(threads=args.threads, channels_last=args.channels_last, kernels=args.kernels)
+    backend_options = dict(threads=threads, channels_last=args.channels_last, kernels=args.kernels)
     tiling = dict(overlap=args.overlap, batch=args.batch)
     if args.url is not None:
         # The server tiles: overlap and batch travel as request parameters; what its repository
@@ -96,9 +107,13 @@ def build_pipeline(args: argparse.Namespace):
                              "server (--backend triton --url HOST:PORT)")
         pipeline_options.update(tiling, detail_scale=args.detail_scale, pixel_ops=args.pixel_ops,
                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
-    request = deployment_request(args, tile_size=args.tile, backend_options=backend_options,
-                                 pipeline_options=pipeline_options)
-    return open_pipeline(request, log=command_log(args))
+    return deployment_request(args, tile_size=args.tile, backend_options=backend_options,
+                              pipeline_options=pipeline_options, **fields)
+
+
+def build_pipeline(args: argparse.Namespace):
+    """The Pipeline the arguments describe (errors name what is missing or inconsistent)."""
+    return open_pipeline(pipeline_request(args, threads=args.threads), log=command_log(args))
 
 
 def run_infer(args: argparse.Namespace) -> int:
