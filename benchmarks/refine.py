@@ -46,6 +46,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from mattrt.lazy import lazy_import
+
+# rembg's upsampling and alpha matting, shared with `mattrt bench` (loaded after set_threads)
+rembg = lazy_import("mattrt.jobs.bench.rembg")
+
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("bilinear", "rembg_am", "refine")
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -142,45 +147,13 @@ def isnet_alpha(session, image):
     return session.run([CARD["output"]], feed)[0][0, 0]
 
 
-def bilinear(prediction, height: int, width: int):
-    """rembg's way in float: the network's output resized bilinearly (Pillow 'F'), clipped."""
-    import numpy as np
-    from PIL import Image
-
-    resized = Image.fromarray(prediction.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized), 0.0, 1.0).astype(np.float32)
-
-
-def rembg_trimap(alpha):
-    """rembg's trimap (bg.py alpha_matting_cutout) from the alpha as its uint8 mask."""
-    import numpy as np
-    from scipy.ndimage import binary_erosion
-
-    mask = (alpha * 255).astype(np.uint8)  # rembg: (pred * 255).astype("uint8")
-    structure = np.ones((10, 10), np.uint8)
-    foreground = binary_erosion(mask > 240, structure=structure)
-    background = binary_erosion(mask < 10, structure=structure, border_value=1)
-    trimap = np.full(mask.shape, 128, np.uint8)
-    trimap[foreground] = 255
-    trimap[background] = 0
-    return trimap
-
-
-def rembg_am(image, alpha):
-    import numpy as np
-    from pymatting import estimate_alpha_cf
-
-    trimap = rembg_trimap(alpha)
-    return estimate_alpha_cf(image / 255.0, trimap / 255.0).astype(np.float32)
-
-
 def run_method(name: str, image, alpha, prediction=None, stats=None):
     from mattrt.runtime.refine import refine_alpha
 
     if name == "bilinear":
-        return bilinear(prediction, *image.shape[:2])
+        return rembg.bilinear(prediction, *image.shape[:2])
     if name == "rembg_am":
-        return rembg_am(image, alpha)
+        return rembg.rembg_alpha_matting(image, alpha)
     if name == "refine":
         return refine_alpha(image, alpha, stats=stats)
     raise ValueError(name)
@@ -202,7 +175,7 @@ def warm_up() -> dict:
     alpha = np.zeros((64, 96), np.float32)
     alpha[16:48, 24:72] = 1.0
     alpha[30:34] = 0.5
-    rembg_am(image, alpha)
+    rembg.rembg_alpha_matting(image, alpha)
     return {"import_pymatting_s": imported, "warm_up_s": time.perf_counter() - started}
 
 
@@ -227,7 +200,7 @@ def measure_scenes(args, log) -> list[dict]:
         started = time.perf_counter()
         prediction = isnet_alpha(session, image)
         network_s = time.perf_counter() - started
-        alpha = bilinear(prediction, *gt.shape)
+        alpha = rembg.bilinear(prediction, *gt.shape)
         row = {"scene": f"{size_name} seed {seed} i {index}", "size": size_name, "variant": sample.variant,
                "network_s": network_s, "load_before": before, "methods": {}}
         order = list(METHODS) if n % 2 == 0 else list(METHODS)[::-1]
@@ -310,7 +283,7 @@ def rss_child(method: str, path: str) -> int:
     elif method == "refine":
         refine_alpha(image, alpha)
     else:
-        rembg_am(image, alpha)
+        rembg.rembg_alpha_matting(image, alpha)
     elapsed = time.perf_counter() - started
     print(json.dumps({"rss_before_MiB": current, "peak_before_MiB": peak_before, "peak_MiB": _peak_rss(),
                       "peak_reset_before_the_call": reset,
@@ -354,7 +327,7 @@ def measure_memory(args, log) -> list[dict]:
         inputs = {}
         for size_name, size in SIZES.items():
             sample = generate_sample("salient_opaque", size, sample_rng(0, 0))
-            alpha = bilinear(isnet_alpha(session, sample.image), size[1], size[0])
+            alpha = rembg.bilinear(isnet_alpha(session, sample.image), size[1], size[0])
             inputs[size_name] = Path(work) / f"{size_name}.npz"
             np.savez(inputs[size_name], image=sample.image, alpha=alpha)
         del sample

@@ -217,3 +217,43 @@ def test_a_variant_that_fails_is_recorded_and_the_others_still_run(tmp_path, cap
     assert [f["reason"] for f in report["failed"]] == ["RuntimeError: session could not be created"]
     assert {r["kind"] for r in report["cases"] if r["status"] == "ok"} == {"tiled", "authors"}
     assert "failed" in capsys.readouterr().out
+
+
+def test_an_imported_alpha_network_is_benched_against_rembgs_two_ways(tmp_path, capsys):
+    """`bench --model NAME` of an imported network: mattrt's pipeline (refined, and FP32 without
+    refinement) beside rembg's way and rembg's alpha-matting way on the original graph, time and
+    SAD in the same run; options an alpha network has no use for are refused."""
+    from onnx_nets import alpha_net, write_model
+
+    from mattrt.deploy.imported import import_card
+
+    cache = tmp_path / "cache"
+    imported, _ = import_card(write_model(tmp_path / "src", "tinyalpha", alpha_net()), cache_dir=cache, log=None)
+    out = tmp_path / "results"
+    argv = ["bench", "--model", "tinyalpha", "--cache-dir", str(cache), "--backend", "onnxruntime", "--precision",
+            "fp32", "--device", "cpu", "--resolutions", "96x64", "--repeats", "1", "--warmup", "1", "--threads", "1",
+            "--out", str(out), "--name", "alpha", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "alpha.json").read_text())
+    ok = {r["label"]: r for r in report["cases"] if r["status"] == "ok"}
+    assert sorted(ok) == ["onnxruntime cpu fp32 (no refinement, 1 thr)", "onnxruntime cpu fp32 (refined, 1 thr)",
+                          "rembg alpha matting (1 thr)", "rembg's way (1 thr)"]
+    for row in ok.values():
+        assert row["p50_s"] > 0 and 0 <= row["sad"] < 96 * 64
+    assert ok["onnxruntime cpu fp32 (refined, 1 thr)"]["refine_p50_s"] > 0
+    assert ok["rembg alpha matting (1 thr)"]["refine_p50_s"] > 0 and ok["rembg's way (1 thr)"]["network_p50_s"] > 0
+    opened = report["opened"]["rembg's way (1 thr)"]
+    assert opened["graph"] == str(imported.graph) and "bilinear" in opened["way"]
+    # The untrained tiny network leaves no background in rembg's trimap: pymatting refuses it and
+    # rembg keeps the plain alpha, so its baseline does and says so.
+    matting = report["opened"]["rembg alpha matting (1 thr)"]
+    assert "pymatting" in matting["way"] and "background" in " ".join(matting.get("fell_back_to_the_plain_alpha", []))
+    assert {(b["tiled"], b["baseline"]) for b in report["baselines"]} == {
+        ("onnxruntime cpu fp32 (refined, 1 thr)", "rembg's way (1 thr)"),
+        ("onnxruntime cpu fp32 (refined, 1 thr)", "rembg alpha matting (1 thr)")}
+    assert "the speed" in capsys.readouterr().out
+
+    for extra, option in ((["--tiles", "64"], "--tiles"), (["--batches", "2"], "--batches")):
+        assert main([*argv, "--name", "refused", *extra]) == 1
+        assert f"{option}: tinyalpha is a network whose output is alpha" in capsys.readouterr().err
+    assert not (out / "refused.json").exists()

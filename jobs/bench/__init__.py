@@ -7,7 +7,8 @@ take) depend on the machine, so they must be reproducible with one command on th
 What one run measures (results in --out, default benchmarks/results/):
 Modules: plan.py (what is asked, the cases, the checks before any work), runners.py (how each
 kind of variant runs), measure.py (the interleaved runs and their statistics), report.py (rows,
-plots, files; `run_bench`), whole_image.py (the rembg-style baseline's graph).
+plots, files; `run_bench`), whole_image.py (the rembg-style baseline's graph of a registered
+model), rembg.py (the baselines of an imported model).
 
 - cases: a variant (how the model is run) at a resolution. Variant kinds:
   - "tiled": mattrt's Pipeline through a registered backend (torch, onnxruntime, tensorrt) at a
@@ -19,6 +20,15 @@ plots, files; `run_bench`), whole_image.py (the rembg-style baseline's graph).
   - "whole_onnx": what rembg does: one onnxruntime session over the whole network at a fixed
     S x S canvas, the image resized to it ignoring aspect, one call, the alpha resized back (the
     graph is exported once into the artifact cache folder, bench-whole-*);
+  - "alpha": mattrt's Pipeline for a network whose output is alpha (an imported model such as
+    ISNet, or an export of one): the network at its canvas, the alpha upsampled and refined at
+    full resolution (the card's refinement; onnxruntime FP32 also without it), per backend and
+    precision; its baselines (`--model` of an imported model, rembg.py):
+  - "rembg": rembg's way: a plain onnxruntime session on the original graph file, the image
+    stretched to the card's size, the alpha upsampled bilinearly;
+  - "rembg_am": rembg's alpha-matting way: that alpha, then pymatting's closed-form matting over
+    the whole image in rembg's eroded trimap (skipped where its measured memory per megapixel
+    would exceed half the available memory);
   - "triton": whole images to a Triton server (the registry's backend whose `pipeline_opener`
     runs the pipeline remotely; needs --triton-url).
   A backend, device or server that is absent is recorded as skipped with the reason the

@@ -29,7 +29,7 @@ torch = lazy_import("torch", probe="torch")
 cupy = lazy_import("cupy", probe="cupy")
 
 
-STAGES = ("io_read", "semantic", "detail", "network", "pixel", "io_write")
+STAGES = ("io_read", "semantic", "detail", "network", "refine", "pixel", "io_write")
 
 
 MIB = 2**20
@@ -242,6 +242,8 @@ def run_cases(plan: BenchPlan, log) -> dict:
                 if case.status == "pending" and isinstance(runners.get(case.variant), TiledRunner) and memory.available:
                     decoded = decode_image(images[case.size].png).rgb
                     case.extra["stage_memory_mib"] = runners[case.variant].stage_memory(decoded, memory)
+        for variant, runner in runners.items():  # what the runs found out (e.g. a baseline's fallbacks)
+            opened[variant].update(runner.describe())
     finally:
         bar.close()
         for runner in runners.values():

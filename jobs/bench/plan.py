@@ -12,11 +12,13 @@ from typing import Any
 
 from mattrt.availability import available
 from mattrt.deploy.choice import AUTO, choose_auto
-from mattrt.deploy.sources import ExportSource, ModelSource
+from mattrt.deploy.sources import CardSource, ExportSource, ModelSource, model_source
 from mattrt.engines.backends import BACKENDS, backend_names
 from mattrt.errors import InputError
+from mattrt.jobs.bench.rembg import REMBG_AM_MIB_PER_MEGAPIXEL, rembg_am_mib
 from mattrt.manifest import Manifest
-from mattrt.models import get_settings, list_models
+from mattrt.models import get_settings
+from mattrt.resources import available_memory, format_bytes
 from mattrt.runtime import threads as thread_settings
 from mattrt.runtime.tiling import check_tiling
 
@@ -55,6 +57,15 @@ DEFAULT_PRECISIONS = {("torch", "cpu"): ("fp32",)}
 
 
 TRITON = "triton"
+
+
+# Baselines of an imported alpha network (jobs/bench/rembg.py).
+BASELINE_LABELS = {"rembg": "rembg's way", "rembg_am": "rembg alpha matting"}
+
+
+# The kinds a case of mattrt's own pipeline has: tiled (a trimap network and its detail stage)
+# and alpha (an imported network whose output is alpha, refined at full resolution).
+PIPELINE_KINDS = ("tiled", "alpha")
 
 
 SAMPLE_KIND = "salient_opaque"  # hair: sub-pixel strands, where tiling and resizing differ most
@@ -127,6 +138,7 @@ class Variant:
     batch: int | None = None
     threads: int | None = None
     sweep: bool = False  # part of the tile/batch/thread sweep (run at one resolution)
+    refine: str | None = None  # kind "alpha": the refinement (None: the model card's)
 
     @property
     def label(self) -> str:
@@ -134,11 +146,15 @@ class Variant:
             name = "authors (torch eager, resized)"
         elif self.kind == "whole_onnx":
             name = "whole-image onnxruntime (rembg-style)"
+        elif self.kind in BASELINE_LABELS:
+            name = BASELINE_LABELS[self.kind]
         else:
             name = f"{self.backend} {self.device} {self.precision}"
         details = []
         if self.kind == "tiled":
             details += [f"tile {self.tile}", f"batch {self.batch or 'auto'}"]
+        if self.kind == "alpha":
+            details.append({None: "refined", "none": "no refinement"}.get(self.refine, f"refined {self.refine}"))
         if self.threads is not None:
             details.append(f"{self.threads} thr")
         return name + (" (" + ", ".join(details) + ")" if details else "")
@@ -174,19 +190,25 @@ class BenchPlan:
     options: "BenchOptions"
 
 
-def _model_settings(model: str | None, artifacts: Path | None) -> dict:
-    """Sizes that decide whether a tile fits, from the registry or an export's manifest."""
+def _model_settings(source, artifacts: Path | None) -> dict:
+    """Sizes that decide whether a tile fits, from the registry, an imported model's card or an
+    export's manifest; "alpha" for a network whose output is alpha (no detail tiles)."""
     if artifacts is not None:
-        source = Manifest.load(artifacts)
-        fixed = True
+        manifest = Manifest.load(artifacts)
+        if manifest.network.get("output") == "alpha":
+            return {"alpha": True, "semantic_size": int(manifest.semantic_size), "fixed_tile": True}
+        settings, fixed = manifest, True
+    elif isinstance(source, CardSource):
+        size = source.imported.card.input.size
+        return {"alpha": True, "semantic_size": int(size[0]) if size else None, "fixed_tile": True}
     else:
-        source = get_settings(model)
-        fixed = False
+        settings, fixed = get_settings(source.model), False
     return {
-        "stride_multiple": int(source.stride_multiple),
-        "semantic_size": int(source.semantic_size),
-        "tile_size": int(source.tile_size),
-        "tile_overlap": int(source.tile_overlap),
+        "alpha": False,
+        "stride_multiple": int(settings.stride_multiple),
+        "semantic_size": int(settings.semantic_size),
+        "tile_size": int(settings.tile_size),
+        "tile_overlap": int(settings.tile_overlap),
         "fixed_tile": fixed,
     }
 
@@ -235,9 +257,11 @@ def build_plan(options: BenchOptions) -> BenchPlan:
         raise InputError("--resolutions lists the same size twice")
     if options.artifacts is not None and not Path(options.artifacts).is_dir():
         raise InputError(f"--artifacts {options.artifacts} is not a folder")
-    if model is not None and model not in list_models():
-        raise InputError(f"unknown model {model!r}; see `mattrt models --all`")
-    settings = _model_settings(model, options.artifacts)
+    source = None if model is None else model_source(model, checkpoint=options.checkpoint,
+                                                     cache_dir=options.cache_dir)  # unknown names: an error
+    settings = _model_settings(source, options.artifacts)
+    if settings["alpha"]:
+        return _alpha_network_plan(options, model, source, settings, names, sizes)
     tiles = list(options.tiles or [settings["tile_size"]])
     if options.quick and not options.tiles and not settings["fixed_tile"]:
         # A two-point tile sweep: the model's tile and about two thirds of it.
@@ -251,22 +275,8 @@ def build_plan(options: BenchOptions) -> BenchPlan:
             ModelSource(model, tile_size=tile)
     batches = list(options.batches or [None])
     check_sizes(sizes, tiles, [b for b in batches if b is not None], settings)
-    thread_counts = list(options.threads or [thread_settings.available_cores()])
-    for count in thread_counts:
-        thread_settings.resolve_threads(count)
-    repeats = options.repeats or (QUICK_REPEATS if options.quick else FULL_REPEATS)
-    warmup = options.warmup if options.warmup is not None else (QUICK_WARMUP if options.quick else FULL_WARMUP)
-
-    out = Path(options.out) if options.out is not None else RESULTS_DIR
+    thread_counts, repeats, warmup, out, stem = _run_settings(options)
     devices_asked = list(options.device or [])
-    date = datetime.date.today().isoformat()
-    device_part = "-".join(devices_asked) if devices_asked else ("cuda" if _has_cuda() else "cpu")
-    stem = options.name or f"bench-{'quick' if options.quick else 'full'}-{device_part}-{date}"
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", stem):
-        raise InputError(f"--name {stem!r}: use letters, digits, '.', '_' and '-' only")
-    existing = [p for p in result_paths(out, stem).values() if p.exists()]
-    if existing and not options.overwrite:
-        raise InputError(f"{existing[0]} exists; choose another --out or --name, or pass --overwrite to replace it")
 
     cases: list[Case] = []
     largest = max(sizes, key=lambda s: s[0] * s[1])
@@ -331,6 +341,96 @@ def build_plan(options: BenchOptions) -> BenchPlan:
                      options.quick, out, stem, options)
 
 
+def _run_settings(options: BenchOptions) -> tuple[list[int], int, int, Path, str]:
+    """Thread counts, repeats, warm-up rounds, the results folder and the file stem (checked)."""
+    thread_counts = list(options.threads or [thread_settings.available_cores()])
+    for count in thread_counts:
+        thread_settings.resolve_threads(count)
+    repeats = options.repeats or (QUICK_REPEATS if options.quick else FULL_REPEATS)
+    warmup = options.warmup if options.warmup is not None else (QUICK_WARMUP if options.quick else FULL_WARMUP)
+    out = Path(options.out) if options.out is not None else RESULTS_DIR
+    devices_asked = list(options.device or [])
+    date = datetime.date.today().isoformat()
+    device_part = "-".join(devices_asked) if devices_asked else ("cuda" if _has_cuda() else "cpu")
+    stem = options.name or f"bench-{'quick' if options.quick else 'full'}-{device_part}-{date}"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", stem):
+        raise InputError(f"--name {stem!r}: use letters, digits, '.', '_' and '-' only")
+    existing = [p for p in result_paths(out, stem).values() if p.exists()]
+    if existing and not options.overwrite:
+        raise InputError(f"{existing[0]} exists; choose another --out or --name, or pass --overwrite to replace it")
+    return thread_counts, repeats, warmup, out, stem
+
+
+def _alpha_network_plan(options: BenchOptions, model: str | None, source, settings: dict, names: list[str],
+                        sizes: list[tuple[int, int]]) -> BenchPlan:
+    """The cases of a network whose output is alpha (an imported model, or an export of one): each
+    backend and precision with the model card's refinement, onnxruntime FP32 without it, and the
+    baselines a user would otherwise run: rembg's way and rembg's alpha-matting way."""
+    for given, option in ((options.tiles, "--tiles"), (options.batches, "--batches"),
+                          (options.sweep_backends, "--sweep-backends")):
+        if given:
+            raise InputError(f"{option}: {model or options.artifacts} is a network whose output is alpha; it has no "
+                             "detail tiles to sweep (its refinement's tile: `mattrt infer --tile`)")
+    thread_counts, repeats, warmup, out, stem = _run_settings(options)
+    threads = thread_counts[0]
+    cases: list[Case] = []
+
+    def add(variant: Variant, status: str = "pending", reason: str = "", only=None):
+        for size in ([only] if only else sizes):
+            cases.append(Case(variant, size, status, reason))
+
+    for name in names:
+        backend = BACKENDS.get(name)
+        if backend is None:  # only triton can be absent from the registry
+            add(Variant(TRITON, TRITON, "-", "-"), "skipped", "triton: no triton backend registered")
+            continue
+        for device in list(options.device or backend.devices):
+            if backend.artifacts == "url":
+                missing = "; ".join(f"needs {p.name}: {p.detail}" for p in backend.missing(device))
+                reason = missing or ("" if options.triton_url else
+                                     "no server given (--triton-url HOST:PORT; start one with `mattrt serve`)")
+                add(Variant(TRITON, name, device, "server"), "skipped" if reason else "pending", reason)
+                continue
+            if device not in backend.devices:
+                add(Variant("alpha", name, device, "-"), "skipped", f"{name} runs on {', '.join(backend.devices)} only")
+                continue
+            missing = "; ".join(f"needs {p.name}: {p.detail}" for p in backend.missing(device))
+            if backend.artifacts == "model" and not missing:
+                missing = f"{name} runs a registered model's own network; an imported ONNX graph has none"
+            for precision in list(options.precision or _default_precisions(backend, device, options.quick)):
+                variant = Variant("alpha", name, device, precision, threads=threads)
+                if precision not in backend.precisions:
+                    add(variant, "skipped", f"{name} has no {precision}")
+                    continue
+                refused = missing  # MERGE: or backend.refusal(device, precision)
+                add(variant, "skipped" if refused else "pending", refused or "")
+                if not refused and (name, device, precision) == ("onnxruntime", "cpu", "fp32"):
+                    add(Variant("alpha", name, device, precision, threads=threads, refine="none"))
+    if not options.no_baselines:
+        for kind in ("rembg", "rembg_am"):
+            variant = Variant(kind, "onnxruntime", "cpu", "fp32", threads=threads)
+            if not isinstance(source, CardSource):
+                add(variant, "skipped", "needs the original graph: --model NAME of an imported model")
+                continue
+            missing = BACKENDS["onnxruntime"].missing("cpu")
+            if missing:
+                add(variant, "skipped", "; ".join(f"needs {p.name}: {p.detail}" for p in missing))
+                continue
+            for size in sizes:
+                needed, free = rembg_am_mib(*size) * (1 << 20), available_memory()
+                if kind == "rembg_am" and free is not None and needed > free / 2:
+                    add(variant, "skipped", "pymatting's whole-image closed form would add about "
+                        f"{format_bytes(needed)} ({REMBG_AM_MIB_PER_MEGAPIXEL} MiB per megapixel, measured at 4K), over half the "
+                        f"{format_bytes(free)} available", only=size)
+                else:
+                    add(variant, only=size)
+    if not any(c.status == "pending" for c in cases):
+        raise InputError("nothing to run: every variant is skipped here (" +
+                         "; ".join(sorted({f"{c.variant.label}: {c.reason}" for c in cases})) + ")")
+    return BenchPlan(model, options.artifacts, options.checkpoint, settings, sizes, cases, repeats, warmup,
+                     options.quick, out, stem, options)
+
+
 def result_paths(out: Path, stem: str) -> dict[str, Path]:
     return {
         "json": out / f"{stem}.json",
@@ -345,6 +445,6 @@ def _has_cuda() -> bool:
     return available("torch_cuda")
 
 
-__all__ = ["BenchOptions", "BenchPlan", "Case", "FULL_RESOLUTIONS", "NAMED_RESOLUTIONS", "QUICK_MODEL", "RESULTS_DIR",
-           "SAMPLE_KIND", "SAMPLE_SEED", "TRITON", "Variant", "build_plan", "check_sizes", "parse_resolution",
-           "resolution_label", "result_paths"]
+__all__ = ["BASELINE_LABELS", "BenchOptions", "BenchPlan", "Case", "FULL_RESOLUTIONS", "NAMED_RESOLUTIONS",
+           "PIPELINE_KINDS", "QUICK_MODEL", "RESULTS_DIR", "SAMPLE_KIND", "SAMPLE_SEED", "TRITON", "Variant", "build_plan",
+           "check_sizes", "parse_resolution", "resolution_label", "result_paths"]

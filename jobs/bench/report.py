@@ -25,6 +25,7 @@ from mattrt.charts import labelled_points, save_png, value_chart
 from mattrt.errors import InputError
 from mattrt.jobs.bench.measure import STAGES, run_cases, summarize
 from mattrt.jobs.bench.plan import (
+    PIPELINE_KINDS,
     SAMPLE_KIND,
     SAMPLE_SEED,
     BenchOptions,
@@ -47,7 +48,7 @@ def case_row(case: Case) -> dict[str, Any]:
     row: dict[str, Any] = {
         "kind": v.kind, "label": v.label, "backend": v.backend, "device": v.device, "precision": v.precision,
         "resolution": case.resolution, "width": width, "height": height, "tile": v.tile, "batch": v.batch,
-        "threads": v.threads, "sweep": v.sweep, "status": case.status, "reason": case.reason,
+        "threads": v.threads, "sweep": v.sweep, "refine": v.refine, "status": case.status, "reason": case.reason,
     }
     measured = [r for r in case.runs if r["measured"]]
     if case.status != "ok" or not measured:
@@ -75,15 +76,19 @@ def case_row(case: Case) -> dict[str, Any]:
     return row
 
 
+BASELINE_KINDS = ("authors", "whole_onnx", "rembg", "rembg_am")
+
+
 def compare_baselines(rows: list[dict]) -> list[dict]:
-    """Per resolution: the first tiled main variant against each baseline (time ratio, SAD)."""
+    """Per resolution: the first main variant of mattrt's pipeline (tiled, or alpha with its
+    refinement) against each baseline (time ratio, SAD)."""
     out = []
     for resolution in dict.fromkeys(r["resolution"] for r in rows):
         here = [r for r in rows if r["resolution"] == resolution and r["status"] == "ok" and not r["sweep"]]
-        tiled = next((r for r in here if r["kind"] == "tiled"), None)
+        tiled = next((r for r in here if r["kind"] in PIPELINE_KINDS and r.get("refine") != "none"), None)
         if tiled is None:
             continue
-        for baseline in (r for r in here if r["kind"] in ("authors", "whole_onnx")):
+        for baseline in (r for r in here if r["kind"] in BASELINE_KINDS):
             out.append({
                 "resolution": resolution, "tiled": tiled["label"], "baseline": baseline["label"],
                 "tiled_p50_s": tiled["p50_s"], "baseline_p50_s": baseline["p50_s"],
@@ -190,8 +195,12 @@ def _short_label(row: dict) -> str:
         return "authors (resize)"
     if row["kind"] == "whole_onnx":
         return "whole-image ort"
+    if row["kind"] in ("rembg", "rembg_am"):
+        return {"rembg": "rembg's way", "rembg_am": "rembg alpha matting"}[row["kind"]]
     backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(row["backend"], row["backend"])
     device = "" if row["device"] == "cpu" else f" {row['device']}"
+    if row["kind"] == "alpha":
+        return f"{backend}{device} {row['precision']}" + (" no refine" if row.get("refine") == "none" else "")
     return f"{backend}{device} {row['precision']} tiled"
 
 
@@ -229,12 +238,12 @@ def _place(staging: Path, target: Path, overwrite: bool) -> None:
 
 def print_table(rows: list[dict], stream=None) -> None:
     stream = stream or sys.stdout
-    header = ["variant", "res", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "pixel", "I/O",
+    header = ["variant", "res", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "refine", "pixel", "I/O",
               "+RSS MiB", "SAD", "status"]
     lines = [header]
     for row in rows:
         if row["status"] != "ok":
-            lines.append([row["label"], row["resolution"]] + [""] * 10 + [f"{row['status']}: {row['reason']}"])
+            lines.append([row["label"], row["resolution"]] + [""] * 11 + [f"{row['status']}: {row['reason']}"])
             continue
 
         def seconds(key, row=row):
@@ -244,7 +253,7 @@ def print_table(rows: list[dict], stream=None) -> None:
         io = (row.get("io_read_p50_s") or 0) + (row.get("io_write_p50_s") or 0)
         lines.append([row["label"], row["resolution"], f"{row['p50_s']:.3f}", f"{row['p90_s']:.3f}",
                       f"{row['megapixels_per_s']:.3f}", seconds("semantic_p50_s"), seconds("detail_p50_s"),
-                      seconds("network_p50_s"), seconds("pixel_p50_s"), f"{io:.3f}",
+                      seconds("network_p50_s"), seconds("refine_p50_s"), seconds("pixel_p50_s"), f"{io:.3f}",
                       "" if row.get("memory_matting_mib") is None else f"{row['memory_matting_mib']:.0f}",
                       "" if row.get("sad") is None else f"{row['sad']:.2f}", "ok"])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)] + [0]
@@ -300,8 +309,11 @@ def run_bench(options: BenchOptions) -> int:
     paths = write_results(plan, rows, report, options.overwrite)
     print_table(rows)
     for item in report["baselines"]:
-        print(f"{item['resolution']}: tiled {item['tiled_p50_s']:.3f} s, SAD {item['tiled_sad']:.2f}  vs  "
-              f"{item['baseline']} {item['baseline_p50_s']:.3f} s, SAD {item['baseline_sad']:.2f}")
+        sad_ratio = item["sad_ratio_tiled_over_baseline"]
+        print(f"{item['resolution']}: {item['tiled']} {item['tiled_p50_s']:.3f} s, SAD {item['tiled_sad']:.2f}  vs  "
+              f"{item['baseline']} {item['baseline_p50_s']:.3f} s, SAD {item['baseline_sad']:.2f}: "
+              f"{1 / item['time_ratio_tiled_over_baseline']:.2f}x the speed"
+              + ("" if sad_ratio is None else f", {sad_ratio:.3f}x the SAD"))
     log(f"wrote {paths['json']}, {paths['csv']} and {len(report['files']['plots'])} plots in "
         f"{report['wall_seconds']:.0f} s")
     return 1 if report["failed"] else 0

@@ -12,8 +12,10 @@ import numpy as np
 
 from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.plan import DeploymentRequest, open_pipeline
+from mattrt.deploy.sources import model_source
 from mattrt.engines.backends import BACKENDS
 from mattrt.jobs.bench.plan import TRITON, BenchPlan, Variant
+from mattrt.jobs.bench.rembg import RembgWay
 from mattrt.jobs.bench.whole_image import whole_image_graph
 from mattrt.lazy import lazy_import
 from mattrt.models import create_model
@@ -103,6 +105,58 @@ class TiledRunner(Runner):
         before = memory.start()
         pipeline.engines["detail"].run(feeds)
         return {"semantic": semantic, "detail_batch": memory.added_mib(before)}
+
+
+class AlphaRunner(TiledRunner):
+    """mattrt's Pipeline for a network whose output is alpha: the network at its canvas, the alpha
+    upsampled and refined at full resolution (the model card's refinement, or the variant's)."""
+
+    def open(self) -> None:
+        v, plan = self.variant, self.plan
+        backend_options = {"threads": v.threads} if "threads" in BACKENDS[v.backend].options else {}
+        request = DeploymentRequest(model=plan.model, artifacts=plan.artifacts, checkpoint=plan.checkpoint,
+                                    backend=v.backend, device=v.device, precision=v.precision,
+                                    backend_options=backend_options,
+                                    pipeline_options={} if v.refine is None else {"refine": v.refine},
+                                    cache_dir=plan.options.cache_dir)
+        self.pipeline = open_pipeline(request, log=self.log).__enter__()
+
+    def run(self, image):
+        result = self.pipeline.run(image)
+        timings = dict(result.timings)
+        return result.alpha, {"semantic": timings.pop("semantic", 0.0), "refine": timings.pop("refine", 0.0),
+                              "pixel": sum(timings.values())}
+
+    def describe(self) -> dict:
+        described = self.pipeline.describe()
+        return {k: described.get(k) for k in ("semantic_size", "fit", "refine", "pixel_ops", "selection")}
+
+    def stage_memory(self, image, memory):
+        """Peak RSS added by the network's pass alone."""
+        before = memory.start()
+        self.pipeline.semantic_pass(image)  # channel order does not change the memory
+        return {"semantic": memory.added_mib(before)}
+
+
+class RembgRunner(Runner):
+    """rembg's way, or its alpha-matting way, on an imported model's original graph (jobs/bench/rembg.py)."""
+
+    def __init__(self, variant: Variant, plan: BenchPlan):
+        imported = model_source(plan.model, cache_dir=plan.options.cache_dir).imported
+        self.variant = variant
+        self.way = RembgWay(imported.graph, imported.card, variant.threads, alpha_matting=variant.kind == "rembg_am")
+
+    def open(self) -> None:
+        self.way.open()
+
+    def close(self) -> None:
+        self.way.close()
+
+    def run(self, image):
+        return self.way.run(image)
+
+    def describe(self) -> dict:
+        return self.way.describe()
 
 
 def authors_size(height: int, width: int, canvas: int, stride: int) -> tuple[int, int]:
@@ -230,6 +284,10 @@ class RemoteRunner(Runner):
 def make_runner(variant: Variant, plan: BenchPlan, log) -> Runner:
     if variant.kind == "tiled":
         return TiledRunner(variant, plan, log)
+    if variant.kind == "alpha":
+        return AlphaRunner(variant, plan, log)
+    if variant.kind in ("rembg", "rembg_am"):
+        return RembgRunner(variant, plan)
     if variant.kind == "authors":
         return AuthorsRunner(variant, plan)
     if variant.kind == "whole_onnx":
@@ -239,4 +297,4 @@ def make_runner(variant: Variant, plan: BenchPlan, log) -> Runner:
     raise AssertionError(variant.kind)
 
 
-__all__ = ["AuthorsRunner", "RemoteRunner", "Runner", "TiledRunner", "WholeOnnxRunner", "authors_size", "make_runner"]
+__all__ = ["AlphaRunner", "AuthorsRunner", "RembgRunner", "RemoteRunner", "Runner", "TiledRunner", "WholeOnnxRunner", "authors_size", "make_runner"]
