@@ -31,7 +31,7 @@ from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.sources import ExportSource, ModelSource, ServerSource
 from mattrt.errors import InputError
 from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model, exporter_versions
-from mattrt.manifest import Manifest
+from mattrt.manifest import Manifest, graph_precision
 from mattrt.models.checkpoints import file_sha256
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.engine import Backend, Engine
@@ -139,8 +139,8 @@ class GraphsFromSource(Step):
 
 
 class PrecisionFromGraphs(Step):
-    """Graphs -> graphs that hold the `precision` variant. FP32, or an export that already holds
-    the variant, passes through; graphs this chain made in the cache get the variant in an entry
+    """Graphs -> graphs that hold the graphs `precision` runs (mattrt.manifest.graph_precision:
+    bf16 runs the fp32 graphs). FP32, or an export that already holds the variant, passes through; graphs this chain made in the cache get the variant in an entry
     of their own (calibrated per CALIBRATION_RECIPE); a user's export without it is an error
     that says how to add it."""
 
@@ -150,7 +150,7 @@ class PrecisionFromGraphs(Step):
 
     def call_impl(self) -> Graphs:
         graphs = produce(self.graphs)
-        precision = self.precision
+        precision = graph_precision(self.precision)
         if precision == "fp32" or all(precision in entry.files for entry in graphs.manifest.stages):
             return graphs
         if not graphs.cached or self.cache is None:

@@ -15,8 +15,7 @@ from mattrt.calibration.calibrate import CALIBRATION_METHODS, DEFAULT_CALIBRATIO
 from mattrt.calibration.variants import add_precisions
 from mattrt.deploy.choice import AUTO
 from mattrt.deploy.plan import DeploymentRequest
-from mattrt.engines.backends import backend_names
-from mattrt.manifest import PRECISIONS
+from mattrt.engines.backends import backend_names, run_precisions
 from mattrt.models.checkpoints import parse_checkpoint
 
 
@@ -68,8 +67,9 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
                    "without TensorRT, onnxruntime on the CPU; it prints which it chose and why",
         "device": "default: what --backend auto chooses, else the backend's first device (cpu for torch and "
                   "onnxruntime)",
-        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated on "
-                     "synthetic samples in the cache)",
+        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); bf16 (openvino: the fp32 graphs in bfloat16, "
+                     "CPUs with native bf16); int8 (INT8 graphs: for --model, calibrated on synthetic samples in "
+                     "the cache)",
         "threads": "torch and onnxruntime intra-op threads (default: the cores this process may use)",
         **(help_overrides or {}),
     }
@@ -86,7 +86,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
     p.add_argument("--backend", choices=(AUTO, *backend_names()), help=helps["backend"],
                    **({"default": AUTO} | many))
     p.add_argument("--device", choices=("cpu", "cuda"), help=helps["device"], **many)
-    p.add_argument("--precision", choices=PRECISIONS, help=helps["precision"], **({"default": "fp32"} | many))
+    p.add_argument("--precision", choices=run_precisions(), help=helps["precision"], **({"default": "fp32"} | many))
     p.add_argument("--threads", type=positive_int, help=helps["threads"], **many)
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
