@@ -90,6 +90,7 @@ class Engines:
     spec: ModelSpec
     engines: dict[str, Engine]
     notes: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)  # a choice made while the chain ran (--backend auto's measurement)
 
 
 # -- graphs -----------------------------------------------------------------------------------------
@@ -256,6 +257,7 @@ class PipelineFromEngines(Step):
         made = produce(self.engines)
         pipeline = Pipeline(made.spec, made.engines, **self.options)
         pipeline.notes.update(self.notes)
+        pipeline.notes.update(made.selection)
         if made.notes:
             pipeline.notes["cache"] = list(made.notes.values())[-1]  # the entry the engines read
             pipeline.notes["cache_steps"] = dict(made.notes)

@@ -64,10 +64,13 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
     be given; help_overrides: option dest -> help text."""
     helps = {
         "backend": "auto (default): tensorrt where a GPU and TensorRT exist, torch on CUDA where a GPU exists "
-                   "without TensorRT, onnxruntime on the CPU; it prints which it chose and why",
+                   "without TensorRT; on the CPU onnxruntime or openvino, and without --precision also the precision "
+                   "(fp32, bf16, or int8 where the graphs have it), measured on first use within fidelity bounds "
+                   "and kept in the artifact cache; it prints which it chose and why",
         "device": "default: what --backend auto chooses, else the backend's first device (cpu for torch and "
                   "onnxruntime)",
-        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); bf16 (openvino: the fp32 graphs in bfloat16, "
+        "precision": "fp32 (the default of an explicit --backend; --backend auto on the CPU may pick another "
+                     "when none is given); fp16 (torch, or FP16 graphs); bf16 (openvino: the fp32 graphs in bfloat16, "
                      "CPUs with native bf16); int8 (INT8 graphs: for --model, calibrated on synthetic samples in "
                      "the cache)",
         "threads": "torch and onnxruntime intra-op threads (default: the cores this process may use)",
@@ -86,7 +89,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
     p.add_argument("--backend", choices=(AUTO, *backend_names()), help=helps["backend"],
                    **({"default": AUTO} | many))
     p.add_argument("--device", choices=("cpu", "cuda"), help=helps["device"], **many)
-    p.add_argument("--precision", choices=run_precisions(), help=helps["precision"], **({"default": "fp32"} | many))
+    p.add_argument("--precision", choices=run_precisions(), help=helps["precision"], **({"default": None} | many))
     p.add_argument("--threads", type=positive_int, help=helps["threads"], **many)
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")
