@@ -188,6 +188,9 @@ class CompiledModelLoader:
         self.threads = resolve_threads(threads)
         if not self.path.is_file():
             raise InputError(f"ONNX graph {self.path} does not exist")
+        refused = refusal("cpu", self.precision)  # also where no Backend.check ran first (Triton stage models)
+        if refused:
+            raise InputError(refused)
         self._model = None
 
     @property
@@ -224,13 +227,16 @@ class OpenVinoEngine(Engine):
     backend = NAME
 
     def __init__(self, loader: CompiledModelLoader, name: str | None = None, max_batch: int | None = None,
-                 inputs: tuple[TensorMeta, ...] | None = None, outputs: tuple[TensorMeta, ...] | None = None):
+                 inputs: tuple[TensorMeta, ...] | None = None, outputs: tuple[TensorMeta, ...] | None = None,
+                 max_compiled: int | None = None):
         super().__init__(name or loader.path.stem, "cpu", loader.precision)
         self.loader = loader
         if inputs is None or outputs is None:
             inputs, outputs = graph_interface(loader.path)
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
         self.max_batch = max_batch
+        # How many batch sizes stay compiled (a server's dynamic batcher sends every size: keep them all)
+        self.max_compiled = max_compiled
         self._requests: dict[int, Any] = {}  # batch -> InferRequest, least recently used first
 
     def _activate(self) -> None:
@@ -252,7 +258,7 @@ class OpenVinoEngine(Engine):
         request = self._requests.pop(batch, None)
         if request is None:
             request = self.loader(batch).create_infer_request()
-            while len(self._requests) >= MAX_COMPILED:
+            while len(self._requests) >= (self.max_compiled or MAX_COMPILED):
                 self._requests.pop(next(iter(self._requests)))
         self._requests[batch] = request
         return request
