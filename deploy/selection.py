@@ -112,13 +112,17 @@ def measurement_size(tile: int, overlap: int, batch: int) -> tuple[int, int]:
     return tile + (cols - 1) * step, tile + (rows - 1) * step
 
 
+def alpha_deltas(alpha: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """The tail (TAIL_QUANTILE) and the maximum of |alpha - reference|."""
+    delta = np.abs(alpha.astype(np.float32) - reference.astype(np.float32))
+    return {"tail_abs_delta": float(np.quantile(delta, TAIL_QUANTILE)), "max_abs_delta": float(delta.max())}
+
+
 def fidelity(alpha: np.ndarray, reference: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """ΔSAD (relative, against the reference's SAD to the truth), the tail and the maximum of |Δalpha|."""
-    delta = np.abs(alpha - reference)
     ours, theirs = sad(alpha, truth), sad(reference, truth)
     relative = abs(ours - theirs) / theirs if theirs > 0 else (0.0 if ours == theirs else float("inf"))
-    return {"sad": ours, "delta_sad": relative, "tail_abs_delta": float(np.quantile(delta, TAIL_QUANTILE)),
-            "max_abs_delta": float(delta.max())}
+    return {"sad": ours, "delta_sad": relative, **alpha_deltas(alpha, reference)}
 
 
 def keeps_bounds(figure: dict) -> str | None:
@@ -327,6 +331,6 @@ class MeasuredChoice(Step):
         return Selection(graphs, chosen, reason, {**record, "entry": entry.describe()})
 
 
-__all__ = ["CHOICE_FILE", "Candidate", "EnginesFromSelection", "MAX_DELTA_SAD", "MAX_TAIL_DELTA", "MeasuredChoice", "PREFERENCE_MARGIN",
+__all__ = ["CHOICE_FILE", "Candidate", "alpha_deltas", "EnginesFromSelection", "MAX_DELTA_SAD", "MAX_TAIL_DELTA", "MeasuredChoice", "PREFERENCE_MARGIN",
            "Selection", "TAIL_QUANTILE", "decide", "fidelity", "graph_digests", "keeps_bounds", "measure",
            "measurement_size"]
