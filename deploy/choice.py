@@ -113,7 +113,10 @@ def choose_auto(
         return BackendChoice(backend, "cpu", f"auto chose {backend.name} on cpu{over}", run, tuple(candidates))
     if candidates:
         labels = ", ".join(f"{b.name} {p}" for b, p in candidates)
-        why = f"auto measures {labels} on cpu on first use and keeps the fastest within the fidelity bounds{over}"
+        held = "" if precision is not None else (" (int8 where the graphs hold INT8 variants)"
+                                                  if any(p == "int8" for _, p in candidates) else "")
+        why = (f"auto measures {labels} on cpu{held} on first use and keeps the fastest within the fidelity "
+               f"bounds{over}")
         return BackendChoice(candidates[0][0], "cpu", why, candidates[0][1], tuple(candidates))
     raise MissingDependencyError(
         "--backend auto found no usable backend here"
