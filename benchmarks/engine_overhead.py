@@ -3,7 +3,7 @@ against a bare call on the same session (or compiled model), the same feeds and 
 
 Issue 19 reported onnxruntime at ~100 ms per 4-tile batch inside the pipeline against ~70 ms for a
 bare session (a 4K profile: 8.46 s of 9.34 s in session.run, 85 calls): "the pipeline loses ~30 %
-around the engine". The research for the openvino backend (REPORT.md section 7) could not reproduce
+around the engine". The research for the openvino backend (benchmarks/results/openvino-research-2026-12-07.md, section 7) could not reproduce
 it: interleaved on a quiet machine both were ~61 ms. This script measures it for any backend:
 
 - opens `Pipeline`s through the deployment chain (model aim_synthetic from the artifact cache by

@@ -55,7 +55,8 @@ class BackendChoice:
         return len(self.candidates) > 1
 
 
-def _cpu_candidates(backends: list[Backend], precision: str | None, passed_over: list[str]) -> list[tuple[Backend, str]]:
+def _cpu_candidates(backends: list[Backend], precision: str | None,
+                    passed_over: list[str]) -> list[tuple[Backend, str]]:
     """(backend, precision) pairs auto may run on the CPU (module docstring), in preference order:
     by precision first, then by AUTO_ORDER."""
     wanted = (precision,) if precision is not None else AUTO_PRECISIONS
@@ -144,4 +145,5 @@ def choose_backend(name: str, *, device: str | None, precision: str | None, sour
     return choice
 
 
-__all__ = ["AUTO", "AUTO_ORDER", "AUTO_PRECISIONS", "BackendChoice", "DEFAULT_PRECISION", "choose_auto", "choose_backend"]
+__all__ = ["AUTO", "AUTO_ORDER", "AUTO_PRECISIONS", "BackendChoice", "DEFAULT_PRECISION", "choose_auto",
+           "choose_backend"]

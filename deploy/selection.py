@@ -218,10 +218,15 @@ def measure(graphs: Graphs, candidates: Sequence[Candidate], *, held_to_bounds: 
                 figures[index]["error"] = f"{type(exc).__name__}: {exc}"
                 log(f"auto: {candidate.label} failed: {figures[index]['error']}")
         warmup_seconds = time.perf_counter() - started
+        if held_to_bounds and reference not in alphas:  # the reference failed: the next fp32 one that ran
+            reference = next((i for i, c in enumerate(candidates) if c.precision == "fp32" and i in alphas), None)
+            for index, figure in enumerate(figures):
+                figure.update(reference=index == reference, held_to_bounds=index != reference)
         if held_to_bounds and reference in alphas:  # fidelity first: only candidates within the bounds are timed
             for index in alphas:
                 figures[index].update(fidelity(alphas[index], alphas[reference], sample.alpha))
-        live = [i for i in sorted(pipelines) if "error" not in figures[i] and (i == reference or not keeps_bounds(figures[i]))]
+        live = [i for i in sorted(pipelines)
+                if "error" not in figures[i] and (i == reference or not keeps_bounds(figures[i]))]
         for round_index in range(ROUNDS):
             round_started = time.perf_counter()
             for offset in range(len(live)):
@@ -305,7 +310,8 @@ class MeasuredChoice(Step):
         if len(candidates) == 1:
             return Selection(graphs, candidates[0], f"auto chose {candidates[0].label} on cpu (the only candidate "
                                                      "these graphs and this machine allow)")
-        key = {"step": "backend-choice", "model": graphs.manifest.model, "graphs_sha256": graph_digests(graphs, candidates),
+        key = {"step": "backend-choice", "model": graphs.manifest.model,
+               "graphs_sha256": graph_digests(graphs, candidates),
                "candidates": [[c.backend.name, c.precision, c.backend.identity("cpu")] for c in candidates],
                "machine": {**cpu_identity(), "cores": available_cores()}, "threads": threads,
                "batch": self.batch or DEFAULT_TILE_BATCH, "held_to_bounds": not self.precision_given,
@@ -336,6 +342,7 @@ class MeasuredChoice(Step):
         return Selection(graphs, chosen, reason, {**record, "entry": entry.describe()})
 
 
-__all__ = ["CHOICE_FILE", "Candidate", "alpha_deltas", "EnginesFromSelection", "MAX_DELTA_SAD", "MAX_TAIL_DELTA", "MeasuredChoice", "PREFERENCE_MARGIN",
+__all__ = ["CHOICE_FILE", "Candidate", "EnginesFromSelection", "MAX_DELTA_SAD", "MAX_TAIL_DELTA", "MeasuredChoice",
+           "PREFERENCE_MARGIN", "alpha_deltas",
            "Selection", "TAIL_QUANTILE", "decide", "fidelity", "graph_digests", "keeps_bounds", "measure",
            "measurement_size"]

@@ -71,7 +71,8 @@ def test_int8_runs_the_cpu_graph_never_the_tensorrt_form(export_dir):
 
 def test_int8_agrees_with_onnxruntime_within_a_tolerance(export_dir):
     """OpenVINO's int8 results differ slightly from one compile to the next (two variants up to
-    ~0.016 apart, REPORT.md): compared to onnxruntime on the same U8S8 graph with a tolerance."""
+    ~0.016 apart, benchmarks/results/openvino-research-2026-12-07.md): compared to onnxruntime on
+    the same U8S8 graph with a tolerance."""
     _, ours = backends.get_backend("openvino").open(export_dir, device="cpu", precision="int8")
     _, theirs = backends.get_backend("onnxruntime").open(export_dir, device="cpu", precision="int8")
     feeds = _feeds(ours["detail"], 2, seed=4)

@@ -14,7 +14,8 @@ numbers from one machine to the next.
           U8S8 Q/DQ graph the calibration writes for CPUs (`<stage>.int8_cpu.onnx`, which the
           manifest names in backend_files["onnxruntime"]["int8"]) and never the TensorRT-form
           S8S8 graph (files["int8"]): OpenVINO 2026.4 computes that one wrongly (relative L2 0.63
-          against FP32 where onnxruntime on the same file gives 0.085, /work/scratch/openvino/REPORT.md).
+          against FP32 where onnxruntime on the same file gives 0.085:
+          benchmarks/results/openvino-research-2026-12-07.md).
           Both run as u8 convolutions. An export without the CPU graph is refused with the command
           that adds it. OpenVINO's int8 results differ by up to ~0.016 between compiles of the same
           graph (two result variants, same error against FP32), so compare them with a tolerance.
@@ -29,7 +30,7 @@ at activation, so a graph OpenVINO cannot compile fails when the engines open.
 
 No compiled-model cache: a cached import saves at most ~1 s per stage there, the static blobs
 grow to 2.6-6.8x the graph, and OpenVINO's own cache loads a corrupted blob without an error and
-with wrong outputs (REPORT.md section 4).
+with wrong outputs (benchmarks/results/openvino-research-2026-12-07.md, section 4).
 
 Threads: INFERENCE_NUM_THREADS = `--threads` (runtime/threads.py: the cores this process may use),
 one stream, the LATENCY hint, CPU pinning off (a pinned worker cannot leave a core another process
@@ -301,7 +302,8 @@ def open_artifacts(directory: str | Path, device: str = "cpu", precision: str = 
 
 BACKEND = Backend(
     name=NAME,
-    summary="OpenVINO on the CPU over the ONNX graphs of an export (FP32; BF16 where the CPU has it; the CPU INT8 graph)",
+    summary="OpenVINO on the CPU over the ONNX graphs of an export (FP32; BF16 where the CPU has it; the CPU INT8 "
+            "graph)",
     probes=("openvino",),
     devices=("cpu",),
     precisions=PRECISIONS,
