@@ -10,11 +10,15 @@ of graphs and machine, and reuses the result:
 1. Image: one fixed synthetic image with exact alpha (data/synthetic.py: kind salient_opaque,
    seed 7, sample 0) sized to one detail batch of tiles (2 x 2 tiles at the default batch 4), so a
    run is one semantic call and one detail call at the pipeline's batch.
-2. Runs: every candidate opens its pipeline and runs the image once (the warm-up: OpenVINO
-   compiles its batch sizes there; its alpha is the one scored in 3). Then the candidates within
-   the bounds (and the reference) run up to ROUNDS measured rounds, interleaved (each round runs
-   every one once, the first one rotating), fewer when a round takes longer than
-   BUDGET_SECONDS / ROUNDS. The figure is the median of a candidate's measured runs. Measured
+2. Runs: one candidate at a time opens its pipeline and runs the image once (the warm-up: OpenVINO
+   compiles its batch sizes there; its alpha is the one scored in 3); one outside the bounds is
+   closed at once. The candidates within the bounds (and the reference) then run up to ROUNDS
+   measured rounds, interleaved (each round runs every one once, the first one rotating), fewer
+   when a round takes longer than BUDGET_SECONDS / ROUNDS. They stay open for that only while what
+   they hold, and the next candidate, fit in half the memory available at the start (full-size aim
+   holds 2-3.7 GB per candidate at a 4-tile batch: the measurement peaked at 10.7 GB there, 17.9 GB
+   before candidates were opened one at a time); the rest are timed alone afterwards, one at a
+   time, and their figure says so. The figure is the median of a candidate's measured runs. Measured
    on a loaded 2-core EPYC: 1-6 s for aim_synthetic (3-5 candidates), 35 s for full-size aim
    with 5 candidates (one onnxruntime fp32 run of one tile batch takes 5-12 s there, and every
    candidate must run once for its fidelity).
@@ -73,6 +77,7 @@ from mattrt.errors import InputError
 from mattrt.machine import cpu_identity
 from mattrt.manifest import graph_precision
 from mattrt.models.checkpoints import file_sha256
+from mattrt.resources import available_memory
 from mattrt.metrics import sad
 from mattrt.runtime.engine import Backend
 from mattrt.runtime.pipeline import DEFAULT_TILE_BATCH
@@ -192,55 +197,115 @@ def _open(graphs: Graphs, candidate: Candidate, cache: ArtifactCache | None, thr
     return PipelineFromEngines(engines, batch=batch)().__enter__()
 
 
+def _rss() -> int:
+    """This process's resident memory in bytes (0 where /proc is not there)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _timed_runs(pipeline, image, figure: dict, rounds: int) -> None:
+    for _ in range(rounds):
+        started = time.perf_counter()
+        pipeline.run(image)
+        figure["runs"].append(round(time.perf_counter() - started, 5))
+        if time.perf_counter() - started > BUDGET_SECONDS / ROUNDS:
+            break
+
+
 def measure(graphs: Graphs, candidates: Sequence[Candidate], *, held_to_bounds: bool, threads: int,
             batch: int | None, cache: ArtifactCache | None, log: Log) -> dict:
-    """Run the candidates interleaved on the measurement image (module docstring, 1-3); the record."""
+    """Run the candidates on the measurement image (module docstring, 1-3); the record.
+
+    One candidate at a time opens and runs once (scored against the reference, which runs first);
+    one outside the bounds is closed at once. Those within stay open for the interleaved rounds
+    while what they hold, plus one more candidate as large as the largest so far, fits in half the
+    memory available at the start (full-size aim: 2-3.7 GB per candidate at a 4-tile batch); the
+    others are timed alone afterwards, one at a time, and their figure says so."""
     manifest = graphs.manifest
     tile_batch = batch or DEFAULT_TILE_BATCH
     overlap = min(int(manifest.tile_overlap), int(manifest.tile_size) - int(manifest.stride_multiple))
     size = measurement_size(int(manifest.tile_size), overlap, tile_batch)
     sample = generate_sample(IMAGE["kind"], size, sample_rng(IMAGE["seed"], IMAGE["index"]))
-    # The reference: the first fp32 candidate (fidelity and speed ratios), or the first one (ratios only).
-    reference = next((i for i, c in enumerate(candidates) if c.precision == "fp32"), None) if held_to_bounds else 0
     figures = [{"label": c.label, "backend": c.backend.name, "precision": c.precision, "runs": [],
-                "held_to_bounds": held_to_bounds and i != reference, "reference": i == reference}
-               for i, c in enumerate(candidates)]
+                "held_to_bounds": False, "reference": False} for c in candidates]
+    # The reference: the first fp32 candidate that runs (fidelity and speed ratios); for an asked-for
+    # precision, the first candidate that runs (ratios only).
+    reference: int | None = None
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    pipelines: dict[int, Any] = {}
-    alphas: dict[int, np.ndarray] = {}
+    available = available_memory()
+    memory_budget = available // 2 if available else None
+    held_memory = largest = 0
+    pipelines: dict[int, Any] = {}  # kept open for the interleaved rounds
+    alone: list[int] = []  # within the bounds, timed alone (memory)
+    reference_alpha = None
     started = time.perf_counter()
     try:
         for index, candidate in enumerate(candidates):
+            figure = figures[index]
+            before = _rss()
+            pipeline = None
             try:
-                pipelines[index] = _open(graphs, candidate, cache, threads, batch)
-                alphas[index] = pipelines[index].run(sample.image).alpha  # warm-up; its alpha is scored
+                pipeline = _open(graphs, candidate, cache, threads, batch)
+                alpha = pipeline.run(sample.image).alpha  # warm-up (OpenVINO compiles here); its alpha is scored
             except Exception as exc:  # noqa: BLE001 - recorded, shown, and never chosen
-                figures[index]["error"] = f"{type(exc).__name__}: {exc}"
-                log(f"auto: {candidate.label} failed: {figures[index]['error']}")
+                figure["error"] = f"{type(exc).__name__}: {exc}"
+                log(f"auto: {candidate.label} failed: {figure['error']}")
+                if pipeline is not None:
+                    pipeline.close()
+                continue
+            footprint = max(_rss() - before, 0)
+            largest = max(largest, footprint)
+            figure["memory_mib"] = round(footprint / 2**20)
+            if reference is None and (candidate.precision == "fp32" or not held_to_bounds):
+                reference, reference_alpha = index, alpha
+                figure["reference"] = True
+            elif held_to_bounds:
+                figure["held_to_bounds"] = True
+                figure.update(fidelity(alpha, reference_alpha, sample.alpha) if reference is not None else {})
+                if keeps_bounds(figure):  # fidelity first: only candidates within the bounds are timed
+                    pipeline.close()
+                    continue
+            if reference == index:
+                figure.update(fidelity(alpha, alpha, sample.alpha) if held_to_bounds else {})
+            # kept open while it and the next candidate (as large as the largest so far) fit the budget
+            if memory_budget is None or held_memory + footprint + largest <= memory_budget or not pipelines:
+                pipelines[index] = pipeline
+                held_memory += footprint
+            else:
+                pipeline.close()
+                alone.append(index)
         warmup_seconds = time.perf_counter() - started
-        if held_to_bounds and reference not in alphas:  # the reference failed: the next fp32 one that ran
-            reference = next((i for i, c in enumerate(candidates) if c.precision == "fp32" and i in alphas), None)
-            for index, figure in enumerate(figures):
-                figure.update(reference=index == reference, held_to_bounds=index != reference)
-        if held_to_bounds and reference in alphas:  # fidelity first: only candidates within the bounds are timed
-            for index in alphas:
-                figures[index].update(fidelity(alphas[index], alphas[reference], sample.alpha))
-        live = [i for i in sorted(pipelines)
-                if "error" not in figures[i] and (i == reference or not keeps_bounds(figures[i]))]
+        live = sorted(pipelines)
         for round_index in range(ROUNDS):
             round_started = time.perf_counter()
             for offset in range(len(live)):
                 index = live[(round_index + offset) % len(live)]
-                if "error" in figures[index]:
-                    continue
                 try:
-                    run_started = time.perf_counter()
-                    pipelines[index].run(sample.image)
-                    figures[index]["runs"].append(round(time.perf_counter() - run_started, 5))
+                    _timed_runs(pipelines[index], sample.image, figures[index], 1)
                 except Exception as exc:  # noqa: BLE001
                     figures[index]["error"] = f"{type(exc).__name__}: {exc}"
             if time.perf_counter() - round_started > BUDGET_SECONDS / ROUNDS:
                 break
+        for index in live:
+            figures[index]["timing"] = "interleaved"
+        while pipelines:  # their memory goes before the others are timed
+            pipelines.popitem()[1].close()
+        for index in alone:
+            figure = figures[index]
+            figure["timing"] = "alone: it did not fit in memory beside the others"
+            pipeline = _open(graphs, candidates[index], cache, threads, batch)
+            try:
+                pipeline.run(sample.image)  # warm-up again (compiles)
+                _timed_runs(pipeline, sample.image, figure, ROUNDS)
+            except Exception as exc:  # noqa: BLE001
+                figure["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                pipeline.close()
     finally:
         for pipeline in pipelines.values():
             pipeline.close()
@@ -253,6 +318,8 @@ def measure(graphs: Graphs, candidates: Sequence[Candidate], *, held_to_bounds: 
         "warmup_seconds": round(warmup_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "load_average": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+        "memory": {"available_mib_at_start": available // 2**20 if available else None,
+                   "budget_mib": memory_budget // 2**20 if memory_budget else None},
         "bounds": {"delta_sad": MAX_DELTA_SAD, "tail_quantile": TAIL_QUANTILE, "tail_abs_delta": MAX_TAIL_DELTA,
                    "held": held_to_bounds},
         "figures": figures,

@@ -19,7 +19,8 @@ from mattrt.deploy import cache as cache_module
 from mattrt.deploy.cache import ENTRY_FILE, ArtifactCache
 from mattrt.deploy.choice import choose_auto
 from mattrt.deploy.plan import DeploymentRequest, deployment_chain
-from mattrt.deploy.selection import MAX_DELTA_SAD, decide, fidelity, measurement_size
+from mattrt.deploy import selection
+from mattrt.deploy.selection import MAX_DELTA_SAD, Candidate, decide, fidelity, measurement_size
 from mattrt.deploy.sources import ModelSource
 from mattrt.deploy.steps import GraphsFromSource
 from mattrt.engines import backends
@@ -269,3 +270,20 @@ def test_onnxruntime_sessions_get_the_same_thread_settings():
     assert threads.configure_onnxruntime(options, 2) == 2
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.skipif(not available("openvino"), reason="needs openvino: a second CPU candidate")
+def test_candidates_that_do_not_fit_in_memory_are_timed_alone(tmp_path, monkeypatch):
+    """The measurement keeps candidates open for the interleaved rounds only while they fit in half
+    the memory available; the others run alone afterwards and say so."""
+    cache = ArtifactCache(tmp_path, log=None)
+    graphs = GraphsFromSource(ModelSource("shm_tiny"), cache=cache, log=None)()
+    monkeypatch.setattr(selection, "available_memory", lambda: 2)  # a budget of one byte
+    candidates = [Candidate(backends.get_backend("onnxruntime"), "fp32"),
+                  Candidate(backends.get_backend("openvino"), "fp32")]
+    record = selection.measure(graphs, candidates, held_to_bounds=True, threads=1, batch=None, cache=cache,
+                               log=lambda m: None)
+    first, second = record["figures"]
+    assert first["timing"] == "interleaved" and first["reference"]  # the first is always kept
+    assert second["timing"].startswith("alone") and second["seconds"] > 0 and second["delta_sad"] < 0.01
+    assert record["memory"]["budget_mib"] == 0

@@ -25,8 +25,10 @@ Compiling: `Core.read_model` reads the ONNX graph (no conversion step) once per 
 size the engine is called with gets its own static-shape compile (a reshaped clone), made on first
 use and kept (up to MAX_COMPILED sizes, least recently used dropped), with its own reused
 InferRequest. Static shapes ran up to 2x faster than the dynamic batch (aim detail 512 x 512:
-886 vs 1885 ms); a compile costs 0.3-1.8 s per stage and size on a 2-core EPYC. Batch 1 is compiled
-at activation, so a graph OpenVINO cannot compile fails when the engines open.
+886 vs 1885 ms); a compile costs 0.3-1.8 s per stage and size on a 2-core EPYC, and each compiled
+size holds its own memory (full-size aim detail at batch 4: ~0.6 GB), so nothing is compiled before
+it is used. Activation reads the graph (OpenVINO's ONNX frontend converts it there), so a graph
+with operators OpenVINO cannot convert fails when the engines open.
 
 No compiled-model cache: a cached import saves at most ~1 s per stage there, the static blobs
 grow to 2.6-6.8x the graph, and OpenVINO's own cache loads a corrupted blob without an error and
@@ -249,7 +251,6 @@ class OpenVinoEngine(Engine):
                 f"{self.loader.path.name}: the graph's inputs {names_in} / outputs {names_out} differ from the "
                 f"declared {self.input_names} / {self.output_names}; the manifest does not describe this file"
             )
-        self._request(1)
 
     def _deactivate(self) -> None:
         self._requests.clear()
