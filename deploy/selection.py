@@ -35,8 +35,9 @@ of graphs and machine, and reuses the result:
    measured on aim_synthetic (1080p and 384 px synthetic images), bf16 moved the maximum by
    0.13-0.81 with 0.15-3 % of pixels off by more than 1/255, int8 by 0.21-0.97; no bound on
    the maximum tells those apart. 0.1 (25 grey levels) on all but one pixel in a thousand is a
-   change nobody sees as structure: measured bf16 tails 0.006-0.087 pass, int8 tails 0.02-0.42
-   often do not (and int8 usually fails ΔSAD first). The plain maximum is recorded as well.
+   change nobody sees as structure: measured bf16 tails 0.006-0.087 pass (one 4K image: 0.14),
+   int8 tails 0.02-0.42 often do not (and int8 usually fails ΔSAD first). The plain maximum is
+   recorded as well. The bounds screen candidates on this one image; they do not bound every image.
    A candidate whose precision the user asked for is not held to the bounds (an explicit
    precision is always honoured); then no reference runs.
 4. Choice (`decide`): among candidates that ran and kept the bounds, the fastest; a candidate
