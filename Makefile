@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch first: an unpinned torch would pull the CUDA build (GBs).
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,serving,batch]'
+	$(PY) -m pip install --quiet -e '.[dev,serving,batch,openvino]'
 	# Triton Inference Server 2.51 (binary + Python backend) for `mattrt serve` and its tests. The
 	# wheel pins numpy<2 for its own pytriton API, which mattrt does not use: install it alone.
 	$(PY) -m pip install --quiet --no-deps nvidia-pytriton==0.7.0

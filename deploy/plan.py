@@ -8,6 +8,8 @@ that into the steps of deploy/steps.py, in this order, each setting entering at 
 
     source (model / export / server; the stage sizes)       deploy/sources.py
     backend and device (explicit, or --backend auto)        deploy/choice.py
+      (auto on the CPU with several candidates: measured   deploy/selection.py (MeasuredChoice,
+       once on the graphs, kept in the cache)                EnginesFromSelection)
     graphs -> precision variant -> backend build            GraphsFromSource, PrecisionFromGraphs, ArtifactsFromGraphs
     engines (backend options)                               EnginesFromArtifacts | EnginesFromModel
     Pipeline (tiling options)                               PipelineFromEngines | PipelineFromServer
@@ -16,6 +18,8 @@ that into the steps of deploy/steps.py, in this order, each setting entering at 
     with open_pipeline(request) as pipeline: ...
 
 Every check that can fail runs when the chain is built, before any export or build work.
+Precision: an explicit one is always run; not given (None), an explicit backend runs fp32 and
+`--backend auto` on the CPU may pick fp32, bf16 or int8 by measurement (deploy/selection.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mattrt.deploy.cache import ArtifactCache
-from mattrt.deploy.choice import AUTO, choose_backend
+from mattrt.deploy.choice import AUTO, DEFAULT_PRECISION, choose_backend
+from mattrt.deploy.selection import Candidate, EnginesFromSelection, MeasuredChoice
 from mattrt.deploy.sources import CardSource, ExportSource, ModelSource, ServerSource, model_source
 from mattrt.deploy.steps import (
     ArtifactsFromGraphs,
@@ -55,7 +60,7 @@ class DeploymentRequest:
     checkpoint: Any = None  # weights for `model`: a path or {part: path}
     backend: str = AUTO
     device: str | None = None
-    precision: str = "fp32"
+    precision: str | None = None  # None: not asked for (fp32, or what --backend auto measures on the CPU)
     semantic_size: int | None = None
     tile_size: int | None = None
     max_batch: int = DEFAULT_MAX_BATCH
@@ -99,7 +104,7 @@ def deployment_chain(request: DeploymentRequest, *, cache: ArtifactCache | None 
     if isinstance(source, ServerSource):
         backend = get_backend(request.backend)
         device = request.device or backend.devices[0]
-        backend.check(device, request.precision)
+        backend.check(device, request.precision or DEFAULT_PRECISION)
         fixed = {"tile_size": request.tile_size, "semantic_size": request.semantic_size,
                  **{k: v for k, v in backend_options.items() if k not in backend.options},
                  **_given(request.pipeline_options)}
@@ -109,7 +114,8 @@ def deployment_chain(request: DeploymentRequest, *, cache: ArtifactCache | None 
             raise InputError(f"the {backend.name} backend tiles on the server (its repository fixed these); drop "
                              + ", ".join(given))
         log(f"backend: {backend.name} at {source.url} (asked for with --backend {backend.name})")
-        return PipelineFromServer(source, backend, device=device, precision=request.precision, options=backend_options)
+        return PipelineFromServer(source, backend, device=device, precision=request.precision or DEFAULT_PRECISION,
+                                  options=backend_options)
 
     kinds = ("model", "onnx", "plans") if isinstance(source, ModelSource) else ("onnx", "plans")
     if isinstance(source, CardSource) and request.backend != AUTO and get_backend(request.backend).artifacts == "model":
@@ -120,7 +126,19 @@ def deployment_chain(request: DeploymentRequest, *, cache: ArtifactCache | None 
         )
     choice = choose_backend(request.backend, device=request.device, precision=request.precision, source_kinds=kinds,
                             options=backend_options)
-    backend, device, precision = choice.backend, choice.device, request.precision
+    backend, device, precision = choice.backend, choice.device, choice.precision
+    if choice.measured:
+        # --backend auto on the CPU with several candidates: measured on first use (deploy/selection.py).
+        log(f"backend: {choice.reason}")
+        cache = cache or ArtifactCache(request.cache_dir, log=log)
+        cache.check_writable()
+        graphs = GraphsFromSource(source, cache=cache, max_batch=request.max_batch, log=log)
+        selection = MeasuredChoice(graphs, [Candidate(b, p) for b, p in choice.candidates],
+                                   precision_given=request.precision is not None, cache=cache,
+                                   threads=backend_options.get("threads"),
+                                   batch=request.pipeline_options.get("batch"), log=log)
+        engines = EnginesFromSelection(selection, cache=cache, options=backend_options)
+        return PipelineFromEngines(engines, **request.pipeline_options)
     notes = {"backend": backend.name, "device": device, "precision": precision, "reason": choice.reason}
     log(f"backend: {backend.name} on {device}, {precision} ({choice.reason})")
     if backend.artifacts == "url":

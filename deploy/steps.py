@@ -32,7 +32,7 @@ from mattrt.deploy.sources import CardSource, ExportSource, ModelSource, ServerS
 from mattrt.errors import InputError
 from mattrt.export.exporter import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_model, exporter_versions
 from mattrt.export.onnx_import import normaliser_versions, write_imported_export
-from mattrt.manifest import Manifest
+from mattrt.manifest import Manifest, graph_precision
 from mattrt.models.checkpoints import file_sha256
 from mattrt.runtime.artifacts import ModelSpec
 from mattrt.runtime.engine import Backend, Engine
@@ -109,6 +109,7 @@ class Engines:
     spec: ModelSpec
     engines: dict[str, Engine]
     notes: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)  # a choice made while the chain ran (--backend auto's measurement)
 
 
 # -- graphs -----------------------------------------------------------------------------------------
@@ -183,8 +184,8 @@ class GraphsFromSource(Step):
 
 
 class PrecisionFromGraphs(Step):
-    """Graphs -> graphs that hold the `precision` variant. FP32, or an export that already holds
-    the variant, passes through; graphs this chain made in the cache get the variant in an entry
+    """Graphs -> graphs that hold the graphs `precision` runs (mattrt.manifest.graph_precision:
+    bf16 runs the fp32 graphs). FP32, or an export that already holds the variant, passes through; graphs this chain made in the cache get the variant in an entry
     of their own (calibrated per CALIBRATION_RECIPE); a user's export without it is an error
     that says how to add it."""
 
@@ -195,7 +196,7 @@ class PrecisionFromGraphs(Step):
 
     def call_impl(self) -> Graphs:
         graphs = produce(self.graphs)
-        precision = self.precision
+        precision = graph_precision(self.precision)
         if precision == "fp32" or all(precision in entry.files for entry in graphs.manifest.stages):
             return graphs
         if not graphs.cached or self.cache is None:
@@ -303,6 +304,7 @@ class PipelineFromEngines(Step):
         made = produce(self.engines)
         pipeline = Pipeline(made.spec, made.engines, **self.options)
         pipeline.notes.update(self.notes)
+        pipeline.notes.update(made.selection)
         if made.notes:
             pipeline.notes["cache"] = list(made.notes.values())[-1]  # the entry the engines read
             pipeline.notes["cache_steps"] = dict(made.notes)

@@ -14,15 +14,18 @@ adding a backend is its package plus its line in `_ENTRIES` (and the import abov
 from __future__ import annotations
 
 from mattrt.engines.onnxruntime import engine as onnxruntime_engine
+from mattrt.engines.openvino import engine as openvino_engine
 from mattrt.engines.tensorrt import engine as tensorrt_engine
 from mattrt.engines.torch import engine as torch_engine
 from mattrt.engines.triton import client as triton_client
 from mattrt.errors import InputError
+from mattrt.manifest import RUN_PRECISIONS
 from mattrt.runtime.engine import Backend
 
 _ENTRIES: tuple[Backend, ...] = (
     torch_engine.BACKEND,
     onnxruntime_engine.BACKEND,
+    openvino_engine.BACKEND,
     tensorrt_engine.BACKEND,
     triton_client.BACKEND,
 )
@@ -30,6 +33,13 @@ BACKENDS: dict[str, Backend] = {entry.name: entry for entry in _ENTRIES}
 
 def backend_names() -> list[str]:
     return list(BACKENDS)
+
+
+def run_precisions() -> list[str]:
+    """Every precision some registered backend runs (the CLI's --precision choices), in
+    mattrt.manifest.RUN_PRECISIONS order; whether a backend runs one is its own check."""
+    offered = {p for backend in BACKENDS.values() for p in backend.precisions}
+    return [p for p in RUN_PRECISIONS if p in offered]
 
 
 def get_backend(name: str) -> Backend:
@@ -56,4 +66,4 @@ def describe_backends() -> list[dict]:
     return rows
 
 
-__all__ = ["BACKENDS", "backend_names", "describe_backends", "get_backend"]
+__all__ = ["BACKENDS", "backend_names", "describe_backends", "get_backend", "run_precisions"]

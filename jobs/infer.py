@@ -12,10 +12,21 @@ written to OUT as
 Rules: inputs are never written (an OUT that would place an output on an input is refused);
 existing outputs are replaced only with overwrite; a failing image is recorded and the others
 go on. The summary (also written as JSON) lists per-image timings and every failure.
+
+Output work beside the matting (`InferOptions.overlap_io`, on by default): while image i is read
+and matted on the main thread, one helper thread finishes image i-1 (foreground, composite, PNG
+encode, write). Measured with benchmarks/host_overlap.py (the figures are in README.md, "Measured
+figures"). Reading stays on the main thread: a read that blocks (a FIFO, a slow network file) is
+then interrupted by Ctrl-C or SIGTERM as before, and never holds up the previous image's write.
+Outputs, records, their order and failures are the same as one image at a time: an image's
+record is settled before anything about the next is recorded, and on an interrupt the image
+already matted is written and recorded before the summary. Images over OVERLAP_MAX_PIXELS are
+finished on the main thread (overlap holds one more image's output in memory).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import glob
 import json
@@ -26,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -51,6 +62,7 @@ NAMED_COLOURS = {
 _GLOB_CHARACTERS = set("*?[")
 # What one image's failure may raise: recorded for that image, and the run goes on.
 IMAGE_ERRORS = (MattrtError, OSError, ValueError, MemoryError)
+OVERLAP_MAX_PIXELS = 50_000_000  # larger images: output work on the main thread (module docstring)
 
 
 @dataclass
@@ -63,6 +75,7 @@ class InferOptions:
     input_alpha: str = "ignore"
     max_pixels: int | None = None  # None: imageio's default guard
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    overlap_io: bool = True  # finish the previous image beside the matting of the next (module docstring)
 
 
 @dataclass
@@ -194,6 +207,19 @@ def _flatten_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class LoadedInput:
+    """One input read for matting (read_input), on its way to matte_input and encode_output."""
+
+    source: Any  # a path, or what batch's reader takes
+    target: Path
+    loaded: LoadedImage
+    rgb: np.ndarray
+    existing_alpha: np.ndarray | None
+    timings: dict[str, float]
+    started: float
+
+
+@dataclass
 class MattedImage:
     """One image matted and encoded, not yet written: what `mattrt infer` and `mattrt batch` share
     (they differ only in how the bytes reach the file)."""
@@ -203,11 +229,9 @@ class MattedImage:
     started: float  # perf_counter() when the image was started
 
 
-def compute_image(pipeline, source, target: Path, options: InferOptions, background, tile_progress=None, *,
-                  read: Callable[..., LoadedImage] = read_image, started: float | None = None) -> MattedImage:
-    """Read `source` (with `read`: a path by default), matte it and encode the output for
-    `target`; raises on failure. The "write" timing holds the encoding so far."""
-
+def read_input(source, target: Path, options: InferOptions, *, read: Callable[..., LoadedImage] = read_image,
+               started: float | None = None) -> LoadedInput:
+    """Read `source` (with `read`: a path by default) and apply --input-alpha flatten/error."""
     timings: dict[str, float] = {}
     started = time.perf_counter() if started is None else started
     max_pixels = options.max_pixels if options.max_pixels is not None else DEFAULT_MAX_PIXELS
@@ -222,14 +246,26 @@ def compute_image(pipeline, source, target: Path, options: InferOptions, backgro
         if options.input_alpha == "flatten":
             rgb = _flatten_over_white(rgb, existing_alpha)
     timings["read"] = time.perf_counter() - started
+    return LoadedInput(source, target, loaded, rgb, existing_alpha, timings, started)
 
-    result = pipeline.run(rgb, progress=tile_progress)
+
+def matte_input(pipeline, item: LoadedInput, options: InferOptions, tile_progress=None):
+    """The pipeline's alpha of a read input (--input-alpha multiply applied) and its MattingResult."""
+    result = pipeline.run(item.rgb, progress=tile_progress)
     for key, seconds in result.timings.items():
-        timings[key] = seconds
+        item.timings[key] = seconds
     alpha = result.alpha
+    existing_alpha = item.existing_alpha
     if existing_alpha is not None and options.input_alpha == "multiply":
         alpha = alpha * (existing_alpha.astype(np.float32) / np.float32(255 if existing_alpha.dtype == np.uint8 else 65535))
+    return alpha, result
 
+
+def encode_output(item: LoadedInput, alpha: np.ndarray, result, options: InferOptions, background) -> MattedImage:
+    """Foreground or composite where asked and the output file's bytes; the "write" timing holds
+    the encoding so far."""
+    timings, loaded, rgb, target = item.timings, item.loaded, item.rgb, item.target
+    max_pixels = options.max_pixels if options.max_pixels is not None else DEFAULT_MAX_PIXELS
     bit_depth = options.bit_depth or loaded.bit_depth
     out_dtype = np.uint8 if bit_depth == 8 else np.uint16
     step = time.perf_counter()
@@ -256,7 +292,7 @@ def compute_image(pipeline, source, target: Path, options: InferOptions, backgro
         data = rgb_file_bytes(target, pixels, bit_depth=bit_depth)
     timings["write"] = time.perf_counter() - step
     record = {
-        "input": str(source),
+        "input": str(item.source),
         "output": str(target),
         "width": loaded.width,
         "height": loaded.height,
@@ -264,11 +300,19 @@ def compute_image(pipeline, source, target: Path, options: InferOptions, backgro
         "format": loaded.format,
         "mode": loaded.mode,
         "orientation": loaded.orientation,
-        "input_alpha": None if existing_alpha is None else options.input_alpha,
+        "input_alpha": None if item.existing_alpha is None else options.input_alpha,
         "tiles": result.plan["tiles"],
         "timings": timings,
     }
-    return MattedImage(record, data, started)
+    return MattedImage(record, data, item.started)
+
+
+def compute_image(pipeline, source, target: Path, options: InferOptions, background, tile_progress=None, *,
+                  read: Callable[..., LoadedImage] = read_image, started: float | None = None) -> MattedImage:
+    """Read `source`, matte it and encode the output for `target`; raises on failure."""
+    item = read_input(source, target, options, read=read, started=started)
+    alpha, result = matte_input(pipeline, item, options, tile_progress)
+    return encode_output(item, alpha, result, options, background)
 
 
 def finish_record(matted: MattedImage, write_seconds: float) -> dict:
@@ -279,16 +323,26 @@ def finish_record(matted: MattedImage, write_seconds: float) -> dict:
     return {**matted.record, "timings": {k: round(v, 4) for k, v in timings.items()}}
 
 
-def process_image(pipeline, source: Path, target: Path, options: InferOptions, background, tile_progress=None) -> dict:
-    """Matte one file and write its output; returns the summary record (raises on failure)."""
+def write_output(item: LoadedInput, alpha: np.ndarray, result, options: InferOptions, background) -> dict:
+    """`mattrt infer`'s end of one image: encode_output, write the file, the summary record."""
+    matted = encode_output(item, alpha, result, options, background)
+    step = time.perf_counter()
+    write_bytes(item.target, matted.data, overwrite=options.overwrite)
+    return finish_record(matted, time.perf_counter() - step)
 
-    started = time.perf_counter()
+
+def refuse_existing(target: Path, options: InferOptions) -> None:
     if not options.overwrite and (target.exists() or target.is_symlink()):
         raise InputError(f"{target} already exists; pass --overwrite to replace it")
-    matted = compute_image(pipeline, source, target, options, background, tile_progress, started=started)
-    step = time.perf_counter()
-    write_bytes(target, matted.data, overwrite=options.overwrite)
-    return finish_record(matted, time.perf_counter() - step)
+
+
+def process_image(pipeline, source: Path, target: Path, options: InferOptions, background, tile_progress=None) -> dict:
+    """Matte one file and write its output; returns the summary record (raises on failure)."""
+    started = time.perf_counter()
+    refuse_existing(target, options)
+    item = read_input(source, target, options, started=started)
+    alpha, result = matte_input(pipeline, item, options, tile_progress)
+    return write_output(item, alpha, result, options, background)
 
 
 def check_options(options: InferOptions):
@@ -361,32 +415,8 @@ def run_inference(
     started = time.perf_counter()
     with pipeline, tqdm(total=len(inputs), desc="images", unit="img", disable=disable, file=sys.stderr) as bar:
         try:
-            for source in inputs:
-                target = targets[source]
-                bar.set_postfix_str(source.name, refresh=False)
-                if options.skip_existing and (target.exists() or target.is_symlink()):
-                    record = done.get(str(target))
-                    if record is not None and record.get("input") == str(source):
-                        skipped.append(record)
-                    else:
-                        failures.append(Failure(str(source), f"{target} already exists and the earlier summary "
-                                                "does not record it from these settings; pass --overwrite to "
-                                                "replace it"))
-                    bar.update(1)
-                    continue
-                tiles_bar = tqdm(desc="tiles", unit="tile", leave=False, disable=disable, file=sys.stderr)
-
-                def on_tiles(done_tiles: int, total: int, tiles_bar=tiles_bar) -> None:
-                    tiles_bar.total = total
-                    tiles_bar.update(done_tiles - tiles_bar.n)
-
-                try:
-                    records.append(process_image(pipeline, source, target, options, background, on_tiles))
-                except IMAGE_ERRORS as exc:
-                    failures.append(Failure(str(source), failure_message(exc)))
-                finally:
-                    tiles_bar.close()
-                bar.update(1)
+            _process_inputs(pipeline, inputs, targets, options, background, done, records, skipped, failures, bar,
+                            disable)
         except KeyboardInterrupt:
             interrupted = True
     elapsed = time.perf_counter() - started
@@ -426,6 +456,83 @@ def run_inference(
             + (f", recorded in {summary_file}" if summary["summary_file"] else ""))
         raise KeyboardInterrupt
     return summary
+
+
+def _process_inputs(pipeline, inputs, targets, options, background, done, records, skipped, failures, bar,
+                    disable) -> None:
+    """Every input in order, output work beside the matting where options.overlap_io (module docstring)."""
+    actions = []  # (source, target, skipped record | Failure | None: to process), decided as one at a time would
+    for source in inputs:
+        target = targets[source]
+        action = None
+        if options.skip_existing and (target.exists() or target.is_symlink()):
+            record = done.get(str(target))
+            action = record if record is not None and record.get("input") == str(source) else Failure(
+                str(source), f"{target} already exists and the earlier summary does not record it from these "
+                "settings; pass --overwrite to replace it")
+        actions.append((source, target, action))
+    helper = (concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mattrt-outputs")
+              if options.overlap_io else None)
+    writes: list = []  # (source, future) of the previous image's write, not recorded yet
+
+    def settle() -> None:
+        while writes:
+            source, future = writes.pop(0)
+            try:
+                records.append(future.result())
+            except IMAGE_ERRORS as exc:
+                failures.append(Failure(str(source), failure_message(exc)))
+            bar.update(1)
+
+    def fail(source, exc) -> None:
+        settle()
+        failures.append(Failure(str(source), failure_message(exc)))
+        bar.update(1)
+
+    try:
+        for source, target, action in actions:
+            bar.set_postfix_str(source.name, refresh=False)
+            if action is not None:
+                settle()
+                (skipped if isinstance(action, dict) else failures).append(action)
+                bar.update(1)
+                continue
+            try:
+                started = time.perf_counter()
+                refuse_existing(target, options)
+                item = read_input(source, target, options, started=started)
+            except IMAGE_ERRORS as exc:
+                fail(source, exc)
+                continue
+            tiles_bar = tqdm(desc="tiles", unit="tile", leave=False, disable=disable, file=sys.stderr)
+
+            def on_tiles(done_tiles: int, total: int, tiles_bar=tiles_bar) -> None:
+                tiles_bar.total = total
+                tiles_bar.update(done_tiles - tiles_bar.n)
+
+            try:
+                alpha, result = matte_input(pipeline, item, options, on_tiles)
+            except IMAGE_ERRORS as exc:
+                fail(source, exc)
+                continue
+            finally:
+                tiles_bar.close()
+            settle()  # the previous image's record comes before this one's
+            if helper is not None and item.rgb.shape[0] * item.rgb.shape[1] <= OVERLAP_MAX_PIXELS:
+                writes.append((source, helper.submit(write_output, item, alpha, result, options, background)))
+                continue
+            try:
+                records.append(write_output(item, alpha, result, options, background))
+            except IMAGE_ERRORS as exc:
+                failures.append(Failure(str(source), failure_message(exc)))
+            bar.update(1)
+        settle()
+    except KeyboardInterrupt:
+        settle()  # the image already matted is written and recorded, as it would have been before the next began
+        raise
+    finally:
+        if helper is not None:
+            helper.shutdown(wait=True)
 
 
 class SummaryNotWritten(InputError):
@@ -516,22 +623,29 @@ __all__ = [
     "INPUT_ALPHA_MODES",
     "Failure",
     "InferOptions",
+    "LoadedInput",
     "MattedImage",
     "OUTPUT_KINDS",
+    "OVERLAP_MAX_PIXELS",
     "SummaryNotWritten",
     "check_options",
     "check_writable",
     "collect_inputs",
     "compute_image",
+    "encode_output",
     "failure_message",
     "finish_record",
     "fit_background",
+    "matte_input",
     "output_path",
     "parse_background",
     "plan_outputs",
     "process_image",
+    "read_input",
     "real_path",
+    "refuse_existing",
     "run_inference",
     "run_settings",
     "setting_differences",
+    "write_output",
 ]

@@ -84,6 +84,39 @@ def _onnxruntime_cuda() -> Probe:
     return Probe("onnxruntime_cuda", True, ort.__version__, "CUDAExecutionProvider")
 
 
+# OpenVINO's `import openvino` imports its model converter (openvino.tools.ovc), which sends a usage
+# event (openvino_telemetry, Google Analytics) from a forked subprocess unless the process runs in CI
+# or ~/intel/openvino_telemetry says "0". mattrt declines it without writing into the user's home:
+# CI=true for the duration of the import only (openvino_telemetry decides consent once, at that import).
+OPENVINO_ADVICE = "`pip install 'mattrt[openvino]'` (OpenVINO runs mattrt's graphs on x86 and ARM CPUs)"
+
+
+def import_openvino():
+    """`import openvino` with its usage telemetry declined (see above); the user's own CI value is kept."""
+    previous = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        return importlib.import_module("openvino")
+    finally:
+        if previous is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = previous
+
+
+def _openvino() -> Probe:
+    if importlib.util.find_spec("openvino") is None:
+        return Probe("openvino", False, None, f"not installed; {OPENVINO_ADVICE}")
+    try:
+        openvino = import_openvino()
+        devices = openvino.Core().available_devices
+    except Exception as exc:  # a broken install raises more than ImportError
+        return Probe("openvino", False, None, f"import failed ({exc}); {OPENVINO_ADVICE}")
+    if "CPU" not in devices:
+        return Probe("openvino", False, openvino.get_version(), f"OpenVINO lists no CPU device (devices: {devices})")
+    return Probe("openvino", True, openvino.get_version().split("-")[0], "CPU device")
+
+
 def _cupy() -> Probe:
     if importlib.util.find_spec("cupy") is None:
         return Probe("cupy", False, None, "not installed; `pip install 'mattrt[cuda]'` on a CUDA machine")
@@ -237,6 +270,7 @@ _PROBES: dict[str, Callable[[], Probe]] = {
     "torch_cuda": _torch_cuda,
     "onnxruntime": _onnxruntime,
     "onnxruntime_cuda": _onnxruntime_cuda,
+    "openvino": _openvino,
     "cupy": _cupy,
     "cupy_device": _cupy_device,
     "nvrtc": _nvrtc,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any
+from typing import Any, Callable
 
 from mattrt import availability
 from mattrt.errors import MissingDependencyError
@@ -24,18 +24,20 @@ from mattrt.errors import MissingDependencyError
 class LazyModule(types.ModuleType):
     """Stands in for a module until an attribute is read; then it is that module's attribute."""
 
-    def __init__(self, name: str, probe: str | None = None):
+    def __init__(self, name: str, probe: str | None = None, importer: Callable[[], types.ModuleType] | None = None):
         super().__init__(name)
         self.__dict__["_lazy_name"] = name
         self.__dict__["_lazy_probe"] = probe
+        self.__dict__["_lazy_importer"] = importer
         self.__dict__["_lazy_module"] = None
 
     def _load(self) -> types.ModuleType:
         module = self.__dict__["_lazy_module"]
         if module is None:
             name = self.__dict__["_lazy_name"]
+            importer = self.__dict__["_lazy_importer"]
             try:
-                module = importlib.import_module(name)
+                module = importer() if importer is not None else importlib.import_module(name)
             except ImportError as exc:
                 probe = self.__dict__["_lazy_probe"]
                 advice = ""
@@ -56,10 +58,11 @@ class LazyModule(types.ModuleType):
         return f"<lazy module {self.__dict__['_lazy_name']!r} ({state})>"
 
 
-def lazy_import(name: str, probe: str | None = None) -> Any:
+def lazy_import(name: str, probe: str | None = None, importer: Callable[[], types.ModuleType] | None = None) -> Any:
     """A proxy for module `name`, imported on first attribute access (see the module docstring).
-    `probe` names the mattrt.availability probe whose advice a failed import shows."""
-    return LazyModule(name, probe)
+    `probe` names the mattrt.availability probe whose advice a failed import shows; `importer`
+    imports it where a plain import would do more than load it (openvino: its telemetry)."""
+    return LazyModule(name, probe, importer)
 
 
 def is_loaded(module: Any) -> bool:

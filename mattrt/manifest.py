@@ -43,6 +43,16 @@ NETWORK_DEFAULT = {"output": "trimap", "fit": "letterbox"}
 # Every precision a graph file can have; fp32 is what `mattrt export` writes, the others are
 # added by calibration (FP16 graph, INT8 Q/DQ graph).
 PRECISIONS = ("fp32", "fp16", "int8")
+# What `--precision` names is how a backend computes, which is not always a graph of its own: the
+# graph precisions above, and bf16, which runs the fp32 graphs with bfloat16 arithmetic (OpenVINO
+# on CPUs with native bf16). Each backend lists the ones it runs (Backend.precisions).
+RUN_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+_GRAPH_OF = {"bf16": "fp32"}
+
+
+def graph_precision(precision: str) -> str:
+    """The graph precision a run precision reads: bf16 runs the fp32 graphs; the others their own."""
+    return _GRAPH_OF.get(precision, precision)
 
 
 @dataclass(frozen=True)
@@ -413,7 +423,9 @@ __all__ = [
     "MANIFEST_KEY",
     "Manifest",
     "PRECISIONS",
+    "RUN_PRECISIONS",
     "TensorInfo",
     "TensorMeta",
     "embed_manifest",
+    "graph_precision",
 ]

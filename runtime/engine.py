@@ -78,6 +78,8 @@ class Backend:
     out_dir everything `open(out_dir, ...)` needs (a copy of the manifest included) and returns
     metadata to record. `identity(device)` is what makes a prepared artifact valid only here
     (library version; GPU name and compute capability), part of the cache key.
+    `refusal(device, precision)` says why this machine cannot run a precision the backend lists
+    (None: it can), e.g. bf16 on a CPU without native bf16; it is asked after the probes.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Backend:
     device_arrays: bool = False  # its engines on cuda take and return device arrays (Engine.run_device)
     prepare: Callable[..., dict] | None = None
     identity: Callable[[str], dict[str, Any]] = lambda device: {}
+    refusal: Callable[[str, str], str | None] = lambda device, precision: None
     # Backends whose server runs the whole pipeline (artifacts "url"): pipeline_opener(source,
     # **options) returns an object with run(rgb) -> MattingResult, describe(), spec, and a context
     # manager; `opener` then explains that stage engines are not available in this process.
@@ -121,6 +124,17 @@ class Backend:
                 f"the {self.name} backend runs precision {', '.join(self.precisions)}, not {precision!r}"
             )
         require_all(self.needed_probes(device), f"the {self.name} backend on {device}")
+        reason = self.refusal(device, precision)
+        if reason:
+            raise InputError(reason)
+
+    def unavailable(self, device: str, precision: str) -> str | None:
+        """Why `check(device, precision)` would refuse (None: it would not), without raising."""
+        try:
+            self.check(device, precision)
+        except (InputError, MissingDependencyError) as exc:
+            return str(exc)
+        return None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """InputError naming the options (as CLI flags) this backend does not take; None and

@@ -5,8 +5,9 @@
 One repository holds, for a model named N:
   N_<stage>   one model per network stage. CPU target: a Python model running the stage's ONNX
               graph with onnxruntime (the graph `GraphEntry.file_for(precision, "onnxruntime")`
-              names), intra-op threads per instance = cores // instances so the instances share
-              the machine's cores. GPU target: `tensorrt_plan` with the built plan, dynamic
+              names) or, with `--backend openvino`, OpenVINO (the graph its backend runs at that
+              precision; bf16 where the serving CPU has it), intra-op threads per instance =
+              cores // instances so the instances share the machine's cores. GPU target: `tensorrt_plan` with the built plan, dynamic
               batching, an instance group, warmup and CUDA graphs per batch size.
               Stage models batch dynamically: tiles of concurrent images meet in one call.
   N           a Python BLS model: one image of any size (raw UINT8 H x W x 3, or encoded
@@ -36,6 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mattrt import __version__
+from mattrt.engines.backends import get_backend
+from mattrt.engines.openvino.engine import graph_file as openvino_graph_file
 from mattrt.engines.tensorrt.engine import rebuild_command
 from mattrt.engines.tensorrt.plan_files import metadata_path, plan_file_name, read_metadata
 from mattrt.engines.triton.client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
@@ -43,6 +46,7 @@ from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
 
 TARGETS = ("cpu", "gpu")
+CPU_STAGE_BACKENDS = ("onnxruntime", "openvino")  # what the CPU target's stage models can run on
 RECORD_FILE = "mattrt_repository.json"
 RECORD_FORMAT = 2  # 2: each model's Triton backend, the plans' TensorRT record
 # The pipeline model's tensors (names shared with the client, engines/triton/client.py):
@@ -98,6 +102,7 @@ class RepositoryOptions:
     instances: int = 1
     max_batch: int | None = None
     precision: str = "fp32"
+    backend: str | None = None  # CPU target: CPU_STAGE_BACKENDS (None: onnxruntime)
     plans: Path | None = None  # GPU target: the `mattrt build` output (<stage>-<precision>.plan per stage)
     max_pixels: int = DEFAULT_MAX_PIXELS
     queue_delay_us: int = 200  # how long a stage model waits for tiles of other requests
@@ -179,6 +184,8 @@ def stage_config(model_name: str, entry: GraphEntry, options: RepositoryOptions,
             "stage": entry.name,
             "graph": "model.onnx",
             "instances": str(options.instances),
+            "backend": options.backend or "onnxruntime",
+            "precision": options.precision,
         }))
     else:
         # One CUDA graph per batch size (TensorRT backend: graphs are captured per shape).
@@ -238,7 +245,15 @@ def pipeline_config(name: str, stage_models: dict[str, str], options: Repository
 def _check_options(manifest: Manifest, options: RepositoryOptions) -> tuple[str, int]:
     if options.target not in TARGETS:
         raise InputError(f"unknown target {options.target!r}; choose one of: {', '.join(TARGETS)}")
-    if options.precision not in PRECISIONS:
+    if options.target == "cpu":
+        if (options.backend or "onnxruntime") not in CPU_STAGE_BACKENDS:
+            raise InputError(f"the cpu target's stage models run on {' or '.join(CPU_STAGE_BACKENDS)}, not "
+                             f"{options.backend!r}")
+        # the backend must run the precision on this machine (the one that will serve it: bf16 needs native bf16)
+        get_backend(options.backend or "onnxruntime").check("cpu", options.precision)
+    elif options.backend is not None:
+        raise InputError(f"--backend {options.backend} applies to the cpu target; the gpu target runs TensorRT plans")
+    elif options.precision not in PRECISIONS:
         raise InputError(f"unknown precision {options.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     name = options.name or manifest.model
     if not _NAME.match(name):
@@ -262,7 +277,10 @@ def _check_options(manifest: Manifest, options: RepositoryOptions) -> tuple[str,
 def _stage_artifact(export_dir: Path, entry: GraphEntry, options: RepositoryOptions) -> Path:
     """The file a stage model runs: the ONNX graph (cpu) or the built plan (gpu)."""
     if options.target == "cpu":
-        graph = entry.file_for(options.precision, "onnxruntime")
+        if options.backend == "openvino":
+            graph = openvino_graph_file(entry, options.precision, export_dir)
+        else:
+            graph = entry.file_for(options.precision, "onnxruntime")
         if graph is None or not (export_dir / graph).is_file():
             raise InputError(
                 f"export {export_dir} has no {options.precision} graph for stage {entry.name!r}"
@@ -344,6 +362,7 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
         "name": name,
         "target": options.target,
         "precision": options.precision,
+        "stage_backend": (options.backend or "onnxruntime") if options.target == "cpu" else "tensorrt",
         "instances": options.instances,
         "max_batch": max_batch,
         "max_pixels": options.max_pixels,
@@ -395,7 +414,8 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
         shutil.rmtree(staging, ignore_errors=True)
     if log:
         log(f"wrote Triton repository {out}: {name} (pipeline) + {', '.join(stage_models.values())} "
-            f"({options.target}, {options.precision}, {options.instances} instance(s), max batch {max_batch})")
+            f"({options.target}{', ' + options.backend if options.backend else ''}, {options.precision}, "
+            f"{options.instances} instance(s), max batch {max_batch})")
     return out
 
 
@@ -483,6 +503,7 @@ __all__ = [
     "RECORD_FILE",
     "RepositoryOptions",
     "BUSY_PREFIX",
+    "CPU_STAGE_BACKENDS",
     "STAGE_ROLE",
     "STATE_ENV",
     "STOPPING_FILE",

@@ -1,7 +1,8 @@
 """The classes behind the generated model.py shims: they run inside Triton's Python backend stub.
 
-StageModel     one stage graph on onnxruntime (CPU target). Triton's dynamic batcher hands it
-               several requests at once: their tiles are concatenated into one onnxruntime call
+StageModel     one stage graph on the CPU, on onnxruntime or openvino (`mattrt triton-repo
+               --backend`, in the model's config parameters). Triton's dynamic batcher hands it
+               several requests at once: their tiles are concatenated into one engine call
                (chunked at the max batch) and split back per request.
 PipelineModel  the BLS model: one image per request (raw UINT8 H x W x 3 or encoded bytes), the
                same runtime `Pipeline` as in-process inference, its engines `BlsEngine`s that
@@ -46,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from mattrt.engines.onnxruntime.engine import OnnxRuntimeEngine, SessionLoader
+from mattrt.engines.openvino.engine import CompiledModelLoader, OpenVinoEngine
 from mattrt.engines.triton.client import SERVER_STOPPING, STUB_UNHEALTHY
 from mattrt.errors import InputError, MattrtError
 from mattrt.imageio import decode_image, quantise
@@ -157,7 +159,7 @@ def available_cores() -> int:
 
 
 class StageModel:
-    """Triton Python model: one stage graph on onnxruntime (module docstring)."""
+    """Triton Python model: one stage graph on onnxruntime or openvino (module docstring)."""
 
     def initialize(self, args: dict) -> None:
         _drop_consumed_capsule_reports()
@@ -170,9 +172,13 @@ class StageModel:
         instances = max(1, int(params.get("instances", "1")))
         # K instances of each stage share the cores: no oversubscription inside one stage.
         self.threads = max(1, available_cores() // instances)
-        loader = SessionLoader(version_dir / info["file"], device="cpu", threads=self.threads)
-        self.engine = OnnxRuntimeEngine(loader, name=params.get("stage", config["name"]),
-                                        max_batch=int(config["max_batch_size"]))
+        name, max_batch, path = params.get("stage", config["name"]), int(config["max_batch_size"]), version_dir / info["file"]
+        if params.get("backend", "onnxruntime") == "openvino":
+            loader = CompiledModelLoader(path, precision=params.get("precision", "fp32"), threads=self.threads)
+            self.engine = OpenVinoEngine(loader, name=name, max_batch=max_batch, max_compiled=max_batch)
+        else:
+            self.engine = OnnxRuntimeEngine(SessionLoader(path, device="cpu", threads=self.threads), name=name,
+                                            max_batch=max_batch)
         self.engine.activate()
 
     def execute(self, requests: list) -> list:

@@ -9,8 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from mattrt.availability import available, skip_reason
 from mattrt.cli import main
 from mattrt.commands.bench import bench_options
+from mattrt.engines.backends import get_backend
 from mattrt.errors import InputError
 from mattrt.jobs.bench import measure, plan, report, runners
 
@@ -257,3 +259,31 @@ def test_an_imported_alpha_network_is_benched_against_rembgs_two_ways(tmp_path, 
         assert main([*argv, "--name", "refused", *extra]) == 1
         assert f"{option}: tinyalpha is a network whose output is alpha" in capsys.readouterr().err
     assert not (out / "refused.json").exists()
+
+
+@pytest.mark.skipif(not available("openvino"), reason=skip_reason("openvino"))
+def test_rows_compare_backends_and_precisions_with_fp32(tmp_path, capsys):
+    """onnxruntime vs openvino at fp32 and bf16 (where this CPU has it): each row's speed beside its
+    ΔSAD and |Δalpha| against onnxruntime fp32 at the same resolution."""
+    out = tmp_path / "results"
+    code = main(["bench", "--model", "aim_tiny", "--backend", "onnxruntime", "openvino", "--precision", "fp32",
+                 "bf16", "--resolutions", "96x64", "--repeats", "1", "--warmup", "1", "--threads", "1",
+                 "--no-baselines", "--out", str(out), "--name", "vs", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "vs.json").read_text())
+    rows = {r["label"].split(" (")[0]: r for r in report["cases"]}
+    assert rows["onnxruntime cpu bf16"]["status"] == "skipped" and "not 'bf16'" not in rows["onnxruntime cpu bf16"]["reason"]
+    reference = rows["onnxruntime cpu fp32"]
+    assert reference["fp32_reference"] == reference["label"] and reference["speedup_vs_fp32"] == pytest.approx(1.0)
+    assert reference["delta_sad_pct"] == 0 and reference["max_abs_delta_alpha"] == 0
+    ours = rows["openvino cpu fp32"]
+    assert ours["status"] == "ok" and ours["fp32_reference"] == reference["label"]
+    assert ours["max_abs_delta_alpha"] < 1e-3 and abs(ours["delta_sad_pct"]) < 0.1 and ours["speedup_vs_fp32"] > 0
+    bf16 = rows["openvino cpu bf16"]
+    if get_backend("openvino").refusal("cpu", "bf16"):
+        assert bf16["status"] == "skipped" and "bfloat16" in bf16["reason"]
+    else:
+        assert bf16["status"] == "ok" and bf16["tail_abs_delta_alpha"] <= bf16["max_abs_delta_alpha"]
+    assert "x fp32" in captured.out and "ΔSAD %" in captured.out
+    assert report["versions"]["openvino"] and "isa_flags" in report["hardware"]

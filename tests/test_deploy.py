@@ -16,9 +16,11 @@ from PIL import Image
 from mattrt.availability import available
 from mattrt.cli import main
 from mattrt.deploy import cache as cache_module
+from mattrt.deploy import selection
 from mattrt.deploy.cache import ENTRY_FILE, ArtifactCache
 from mattrt.deploy.choice import choose_auto
 from mattrt.deploy.plan import DeploymentRequest, deployment_chain
+from mattrt.deploy.selection import MAX_DELTA_SAD, Candidate, decide, fidelity, measurement_size
 from mattrt.deploy.sources import ModelSource
 from mattrt.deploy.steps import GraphsFromSource
 from mattrt.engines import backends
@@ -49,12 +51,23 @@ def _infer(image: Path, out: Path, *extra) -> int:
 @pytest.mark.skipif(available("torch_cuda") or available("cupy_device"), reason="this machine has a GPU")
 def test_auto_on_a_cpu_machine_chooses_onnxruntime_and_says_why():
     choice = choose_auto()
-    assert (choice.backend.name, choice.device) == ("onnxruntime", "cpu")
+    assert (choice.backend.name, choice.device, choice.precision) == ("onnxruntime", "cpu", "fp32")
     assert "torch on cuda: needs torch_cuda" in choice.reason and "tensorrt on cuda" in choice.reason
     # An export directory cannot run under torch; a model can run anywhere.
     assert choose_auto(source_kinds=("onnx", "plans")).backend.name == "onnxruntime"
     with pytest.raises(MissingDependencyError, match="no usable backend here on device cuda; probed: .*torch_cuda"):
         choose_auto(device="cuda")
+    # With openvino installed the CPU candidates are measured (deploy/selection.py), onnxruntime fp32
+    # first: the reference and the one kept unless another is faster within the fidelity bounds.
+    pairs = [(b.name, p) for b, p in choice.candidates]
+    assert pairs[0] == ("onnxruntime", "fp32")
+    if available("openvino"):
+        assert choice.measured and ("openvino", "fp32") in pairs and "measures" in choice.reason
+        assert [p for _, p in pairs] == sorted((p for _, p in pairs), key=("fp32", "bf16", "int8").index)
+        # a precision asked for narrows the candidates to the backends that run it
+        assert [(b.name, p) for b, p in choose_auto(precision="bf16").candidates] in ([("openvino", "bf16")], [])
+        only = choose_auto(precision="fp16")
+        assert (only.backend.name, only.precision, only.measured) == ("onnxruntime", "fp16", False)
 
 
 @pytest.mark.skipif(available("onnxruntime_cuda"), reason="this machine has onnxruntime's CUDA provider")
@@ -102,7 +115,70 @@ def test_auto_is_the_default_and_is_recorded(image_file, cache_dir, tmp_path, ca
     err = capsys.readouterr().err
     selection = json.loads((tmp_path / "out" / "summary.json").read_text())["pipeline"]["selection"]
     assert selection["reason"].startswith("auto chose") and selection["reason"] in err
-    assert selection["backend"] == choose_auto().backend.name
+    choice = choose_auto()
+    assert (selection["backend"], selection["precision"]) in [(b.name, p) for b, p in choice.candidates]
+    if not choice.measured:
+        assert selection["backend"] == choice.backend.name
+        return
+    # The first use measured the candidates (real timings: which one wins is this machine's business)
+    measured = selection["measured"]
+    assert "measured now" in selection["reason"] and not measured["entry"]["hit"]
+    figures = {f["label"]: f for f in measured["figures"]}
+    assert measured["chosen"] == f"{selection['backend']} {selection['precision']}"
+    assert figures["onnxruntime fp32"]["reference"] and figures["openvino fp32"]["seconds"] > 0
+    assert all(f["delta_sad"] <= MAX_DELTA_SAD for f in figures.values() if f["label"] == measured["chosen"])
+    assert measured["rounds"] >= 1 and len(measured["image"]["size"]) == 2
+    # ... and a later run reuses the choice from the cache and says so
+    assert _infer(image_file, tmp_path / "again", "--model", "shm_tiny", "--cache-dir", cache_dir) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["pipeline"]["selection"]
+    assert "reused from" in again["reason"] and again["measured"]["entry"]["hit"]
+    assert (again["backend"], again["precision"]) == (selection["backend"], selection["precision"])
+    assert "auto: measuring" not in capsys.readouterr().err
+
+
+def _figure(label: str, seconds, delta_sad=0.0, tail=0.0, **extra) -> dict:
+    return {"label": label, "seconds": seconds, "delta_sad": delta_sad, "tail_abs_delta": tail,
+            "held_to_bounds": not label.startswith("onnxruntime fp32"),
+            "reference": label.startswith("onnxruntime fp32"), **extra}
+
+
+def test_the_measured_choice_is_the_fastest_within_the_bounds():
+    """deploy/selection.py's decision on injected figures (deterministic by construction)."""
+    figures = [_figure("onnxruntime fp32", 0.100), _figure("openvino fp32", 0.050, 1e-6, 1e-5),
+               _figure("openvino bf16", 0.040, 0.002, 0.05), _figure("openvino int8", 0.030, 0.02, 0.3)]
+    chosen, reason = decide(figures)
+    assert chosen == 2  # int8 is faster but moves SAD by 2 %
+    assert "2.50x onnxruntime fp32" in reason and "openvino int8: ΔSAD 2.00 % > 1 %" in reason
+    figures[3]["delta_sad"] = 0.005  # within ΔSAD, but its tail moved by 0.3
+    assert decide(figures)[0] == 2 and "tail |Δalpha| 0.300 > 0.1" in decide(figures)[1]
+    figures[3]["tail_abs_delta"] = 0.05
+    assert decide(figures)[0] == 3
+    # a more faithful candidate within the 5 % margin of the fastest is preferred
+    figures[1]["seconds"] = 0.0315
+    chosen, reason = decide(figures)
+    assert chosen == 1 and "preferred to the" in reason
+    # candidates that failed are never chosen, and the reason names them
+    figures = [_figure("onnxruntime fp32", 0.1), _figure("openvino fp32", None, error="InputError: cannot compile")]
+    chosen, reason = decide(figures)
+    assert chosen == 0 and "openvino fp32: InputError: cannot compile" in reason
+    # when the precision was asked for, no bounds apply (no reference ran)
+    chosen, _ = decide([{"label": "onnxruntime int8", "seconds": 0.2, "reference": True},
+                        {"label": "openvino int8", "seconds": 0.1}])
+    assert chosen == 1
+    with pytest.raises(InputError, match="no candidate ran within the fidelity bounds"):
+        decide([_figure("openvino bf16", 0.1, 0.5)])
+
+
+def test_fidelity_figures_and_the_measurement_image():
+    truth = np.zeros((10, 10), np.float32)
+    reference = np.full((10, 10), 0.1, np.float32)
+    moved = reference.copy()
+    moved[0, 0] = 1.0  # one pixel flipped: the maximum moves, the 99.9 % tail hardly
+    figures = fidelity(moved, reference, truth)
+    assert figures["max_abs_delta"] == pytest.approx(0.9)
+    assert figures["tail_abs_delta"] < 0.9 and figures["delta_sad"] == pytest.approx(0.09)
+    assert measurement_size(192, 32, 4) == (352, 352) and measurement_size(64, 16, 1) == (64, 64)
+    assert measurement_size(100, 20, 8) == (340, 180)
 
 
 def test_a_damaged_entry_is_rebuilt_with_a_message(image_file, cache_dir, tmp_path):
@@ -194,3 +270,20 @@ def test_onnxruntime_sessions_get_the_same_thread_settings():
     assert threads.configure_onnxruntime(options, 2) == 2
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.skipif(not available("openvino"), reason="needs openvino: a second CPU candidate")
+def test_candidates_that_do_not_fit_in_memory_are_timed_alone(tmp_path, monkeypatch):
+    """The measurement keeps candidates open for the interleaved rounds only while they fit in half
+    the memory available; the others run alone afterwards and say so."""
+    cache = ArtifactCache(tmp_path, log=None)
+    graphs = GraphsFromSource(ModelSource("shm_tiny"), cache=cache, log=None)()
+    monkeypatch.setattr(selection, "available_memory", lambda: 2)  # a budget of one byte
+    candidates = [Candidate(backends.get_backend("onnxruntime"), "fp32"),
+                  Candidate(backends.get_backend("openvino"), "fp32")]
+    record = selection.measure(graphs, candidates, held_to_bounds=True, threads=1, batch=None, cache=cache,
+                               log=lambda m: None)
+    first, second = record["figures"]
+    assert first["timing"] == "interleaved" and first["reference"]  # the first is always kept
+    assert second["timing"].startswith("alone") and second["seconds"] > 0 and second["delta_sad"] < 0.01
+    assert record["memory"]["budget_mib"] == 0

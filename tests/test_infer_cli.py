@@ -416,3 +416,42 @@ def test_sigterm_cleans_up_and_records_what_finished(tmp_path):
     # The interrupted run resumes.
     assert _infer(folder, "--out", out, "--skip-existing") == 0
     assert _summary(out)["processed"] + len(_summary(out)["skipped"]) == 12
+
+
+@pytest.mark.parametrize("output", ["alpha", "rgba"])
+def test_finishing_beside_the_matting_changes_nothing(tmp_path, weights, monkeypatch, output):
+    """InferOptions.overlap_io (the default) finishes image i-1 on a helper thread while image i is
+    read and matted: the same outputs, records, failures and their order as one image at a time,
+    a read failure and a write failure in the middle included."""
+    from mattrt.deploy.plan import model_pipeline
+    from mattrt.jobs import infer as infer_job
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, name in enumerate("abcde"):
+        Image.fromarray(_image((40 + 8 * index, 56), seed=index)).save(folder / f"{name}.png")
+    (folder / "c.png").write_bytes(b"not an image")
+    writers = {"alpha": "write_alpha", "rgba": "write_rgba"}
+    real = getattr(infer_job, writers[output])
+
+    def failing(path, *args, **kwargs):
+        if Path(path).name.startswith("d_"):
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(infer_job, writers[output], failing)
+    results = {}
+    for overlap in (False, True):
+        out = tmp_path / f"out-{overlap}"
+        pipeline = model_pipeline("shm_tiny", checkpoint=weights)
+        options = infer_job.InferOptions(output=output, progress=False, overlap_io=overlap)
+        summary = infer_job.run_inference(pipeline, [str(folder)], out, options, log=lambda message: None)
+        records = [{k: v for k, v in r.items() if k not in ("timings", "output")} for r in summary["images"]]
+        files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "summary.json"}
+        results[overlap] = (records, summary["failures"], files)
+    sequential, overlapped = results[False], results[True]
+    assert [r["input"] for r in sequential[0]] == [str(folder / f"{n}.png") for n in "abe"]
+    assert [Path(f["input"]).name for f in sequential[1]] == ["c.png", "d.png"]
+    assert "No space left on device" in sequential[1][1]["error"]
+    assert overlapped[0] == sequential[0] and overlapped[1] == sequential[1]
+    assert overlapped[2] == sequential[2] and sorted(overlapped[2]) == [f"{n}_{output}.png" for n in "abe"]

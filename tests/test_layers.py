@@ -45,8 +45,9 @@ INDEPENDENT = {("mattrt.export", "mattrt.calibration"), ("mattrt.models", "mattr
 
 # Third-party libraries that are heavy or optional: bound through mattrt.lazy.lazy_import, or
 # imported at module top only by modules that need them anyway.
-HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "cupy", "tensorrt", "tensorrt_lean_bindings",
-         "tritonclient", "scipy", "cuda", "triton_python_backend_utils", "pymatting", "numba", "ray", "pyarrow")
+HEAVY = ("torch", "onnx", "onnxruntime", "openvino", "onnxscript", "onnxslim", "cupy", "tensorrt",
+         "tensorrt_lean_bindings", "tritonclient", "scipy", "cuda", "triton_python_backend_utils", "pymatting", "numba",
+         "ray", "pyarrow")
 
 
 def _module_name(path: Path, root: Path, prefix: str) -> str:

@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from mattrt.availability import available
 from mattrt.data.synthetic import generate_sample, sample_rng
+from mattrt.deploy.selection import alpha_deltas
 from mattrt.errors import InputError
-from mattrt.imageio import decode_image
+from mattrt.imageio import decode_image, quantise
 from mattrt.imagewrite import write_alpha, write_rgb
-from mattrt.jobs.bench.plan import SAMPLE_KIND, SAMPLE_SEED, BenchPlan, Variant, resolution_label
+from mattrt.jobs.bench.plan import PIPELINE_KINDS, SAMPLE_KIND, SAMPLE_SEED, BenchPlan, Case, Variant, resolution_label
 from mattrt.jobs.bench.runners import Runner, TiledRunner, make_runner
 from mattrt.lazy import is_loaded, lazy_import
 from mattrt.metrics import mse, sad
@@ -181,6 +182,41 @@ def measure_once(runner: Runner, image: BenchImage, memory: HostMemory, scratch:
     return record, alpha
 
 
+def fp32_reference(case: Case, cases: Sequence[Case]) -> Case | None:
+    """The case a pipeline case's fidelity is measured against: of its kind, at its resolution,
+    tile, batch, threads and refinement, onnxruntime on the CPU at fp32 (today's default) where it
+    ran, else its own backend's fp32."""
+    v = case.variant
+    same = [c for c in cases if c.status == "ok" and c.variant.kind == v.kind and c.size == case.size
+            and c.variant.precision == "fp32" and (c.variant.tile, c.variant.batch, c.variant.threads, c.variant.refine)
+            == (v.tile, v.batch, v.threads, v.refine) and "alpha16" in c.extra]
+    for wanted in (("onnxruntime", "cpu"), (v.backend, v.device)):
+        found = next((c for c in same if (c.variant.backend, c.variant.device) == wanted), None)
+        if found is not None:
+            return found
+    return None
+
+
+def compare_to_fp32(cases: Sequence[Case]) -> None:
+    """ΔSAD (%), max and 99.9th-percentile |Δalpha| of each tiled case against its FP32 reference
+    (deploy/selection.py's fidelity figures), into case.extra["vs_fp32"]; the kept alphas are dropped.
+    |Δalpha| is read from the 16-bit alphas (exact to 1/65535)."""
+    for case in cases:
+        reference = fp32_reference(case, cases) if "alpha16" in case.extra else None
+        if reference is None:
+            continue
+        figures = alpha_deltas(case.extra["alpha16"], reference.extra["alpha16"])
+        figures = {k: v / 65535 for k, v in figures.items()}
+        theirs = reference.extra["sad"]
+        case.extra["vs_fp32"] = {
+            "reference": reference.variant.label,
+            "delta_sad_pct": 100 * (case.extra["sad"] - theirs) / theirs if theirs else 0.0,
+            "max_abs_delta": figures["max_abs_delta"], "tail_abs_delta": figures["tail_abs_delta"],
+        }
+    for case in cases:
+        case.extra.pop("alpha16", None)
+
+
 def run_cases(plan: BenchPlan, log) -> dict:
     """Open every pending case's runner, run the interleaved schedule, return what happened."""
     memory = HostMemory()
@@ -237,6 +273,8 @@ def run_cases(plan: BenchPlan, log) -> dict:
                     truth = images[case.size].alpha
                     case.extra["sad"] = sad(alpha, truth)
                     case.extra["mse"] = mse(alpha, truth)
+                    if case.variant.kind in PIPELINE_KINDS:  # kept (16 bit) to compare with the FP32 reference
+                        case.extra["alpha16"] = quantise(alpha, 16, "alpha")
                 bar.update(1)
             for case in live:
                 if case.status == "pending" and isinstance(runners.get(case.variant), TiledRunner) and memory.available:
@@ -251,6 +289,7 @@ def run_cases(plan: BenchPlan, log) -> dict:
     for case in live:
         if case.status == "pending":
             case.status = "ok"
+    compare_to_fp32(plan.cases)
     return {
         "setup_seconds": setup_seconds,
         "measure_seconds": time.perf_counter() - measure_started,
@@ -263,5 +302,5 @@ def run_cases(plan: BenchPlan, log) -> dict:
     }
 
 
-__all__ = ["BenchImage", "DeviceClock", "HostMemory", "MIB", "STAGES", "interleaved_schedule", "make_images",
-           "measure_once", "run_cases", "summarize"]
+__all__ = ["BenchImage", "DeviceClock", "HostMemory", "MIB", "STAGES", "compare_to_fp32", "fp32_reference",
+           "interleaved_schedule", "make_images", "measure_once", "run_cases", "summarize"]

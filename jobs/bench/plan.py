@@ -314,8 +314,12 @@ def build_plan(options: BenchOptions) -> BenchPlan:
                 if precision not in backend.precisions:
                     add(Variant("tiled", name, device, precision), "skipped", f"{name} has no {precision}")
                     continue
+                # a precision this machine cannot run (bf16 without native bf16) is skipped with the backend's reason
+                refused = None if reason else backend.refusal(device, precision)
                 main = Variant("tiled", name, device, precision, tiles[0], batches[0], thread_counts[0])
-                add(main, "skipped" if reason else "pending", reason)
+                add(main, "skipped" if reason or refused else "pending", reason or refused or "")
+                if refused:
+                    continue
                 in_sweep = sweep_names is None or name in sweep_names
                 if not in_sweep or precision != "fp32":
                     continue
@@ -402,7 +406,7 @@ def _alpha_network_plan(options: BenchOptions, model: str | None, source, settin
                 if precision not in backend.precisions:
                     add(variant, "skipped", f"{name} has no {precision}")
                     continue
-                refused = missing  # MERGE: or backend.refusal(device, precision)
+                refused = missing or backend.refusal(device, precision)
                 add(variant, "skipped" if refused else "pending", refused or "")
                 if not refused and (name, device, precision) == ("onnxruntime", "cpu", "fp32"):
                     add(Variant("alpha", name, device, precision, threads=threads, refine="none"))

@@ -36,6 +36,7 @@ from mattrt.jobs.bench.plan import (
     result_paths,
 )
 from mattrt.lazy import is_loaded, lazy_import
+from mattrt.machine import isa_flags
 from mattrt.runtime import threads as thread_settings
 
 torch = lazy_import("torch", probe="torch")
@@ -73,7 +74,20 @@ def case_row(case: Case) -> dict[str, Any]:
         row[f"memory_{key}_mib"] = value
     row["sad"] = case.extra.get("sad")
     row["mse"] = case.extra.get("mse")
+    versus = case.extra.get("vs_fp32")
+    if versus:  # fidelity against the FP32 reference (measure.compare_to_fp32); speed ratio: add_fp32_ratios
+        row.update(fp32_reference=versus["reference"], delta_sad_pct=versus["delta_sad_pct"],
+                   max_abs_delta_alpha=versus["max_abs_delta"], tail_abs_delta_alpha=versus["tail_abs_delta"])
     return row
+
+
+def add_fp32_ratios(rows: list[dict]) -> None:
+    """speedup_vs_fp32: the FP32 reference's p50 over the row's, beside its ΔSAD and |Δalpha|."""
+    p50 = {(r["label"], r["resolution"]): r.get("p50_s") for r in rows}
+    for row in rows:
+        reference = p50.get((row.get("fp32_reference"), row["resolution"]))
+        if reference and row.get("p50_s"):
+            row["speedup_vs_fp32"] = reference / row["p50_s"]
 
 
 BASELINE_KINDS = ("authors", "whole_onnx", "rembg", "rembg_am")
@@ -135,7 +149,8 @@ def _memory_total_gib() -> float | None:
 
 def hardware() -> dict:
     info = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "available_cores": thread_settings.available_cores(),
+        "cpu": _cpu_model(), "isa_flags": isa_flags(), "cores": os.cpu_count(),
+        "available_cores": thread_settings.available_cores(),
         "memory_gib": _memory_total_gib(), "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -146,7 +161,7 @@ def hardware() -> dict:
 
 def versions() -> dict:
     found = {"mattrt": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for name in ("torch", "onnxruntime", "tensorrt_runtime", "cupy", "tritonclient"):
+    for name in ("torch", "onnxruntime", "openvino", "tensorrt_runtime", "cupy", "tritonclient"):
         result = probe(name)
         found[name] = result.version if result.found else None
     return found
@@ -197,7 +212,7 @@ def _short_label(row: dict) -> str:
         return "whole-image ort"
     if row["kind"] in ("rembg", "rembg_am"):
         return {"rembg": "rembg's way", "rembg_am": "rembg alpha matting"}[row["kind"]]
-    backend = {"onnxruntime": "ort", "tensorrt": "trt"}.get(row["backend"], row["backend"])
+    backend = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt"}.get(row["backend"], row["backend"])
     device = "" if row["device"] == "cpu" else f" {row['device']}"
     if row["kind"] == "alpha":
         return f"{backend}{device} {row['precision']}" + (" no refine" if row.get("refine") == "none" else "")
@@ -239,11 +254,11 @@ def _place(staging: Path, target: Path, overwrite: bool) -> None:
 def print_table(rows: list[dict], stream=None) -> None:
     stream = stream or sys.stdout
     header = ["variant", "res", "p50 s", "p90 s", "MP/s", "semantic", "detail", "network", "refine", "pixel", "I/O",
-              "+RSS MiB", "SAD", "status"]
+              "+RSS MiB", "SAD", "x fp32", "ΔSAD %", "max|Δα|", "status"]
     lines = [header]
     for row in rows:
         if row["status"] != "ok":
-            lines.append([row["label"], row["resolution"]] + [""] * 11 + [f"{row['status']}: {row['reason']}"])
+            lines.append([row["label"], row["resolution"]] + [""] * 14 + [f"{row['status']}: {row['reason']}"])
             continue
 
         def seconds(key, row=row):
@@ -255,7 +270,10 @@ def print_table(rows: list[dict], stream=None) -> None:
                       f"{row['megapixels_per_s']:.3f}", seconds("semantic_p50_s"), seconds("detail_p50_s"),
                       seconds("network_p50_s"), seconds("refine_p50_s"), seconds("pixel_p50_s"), f"{io:.3f}",
                       "" if row.get("memory_matting_mib") is None else f"{row['memory_matting_mib']:.0f}",
-                      "" if row.get("sad") is None else f"{row['sad']:.2f}", "ok"])
+                      "" if row.get("sad") is None else f"{row['sad']:.2f}",
+                      "" if row.get("speedup_vs_fp32") is None else f"{row['speedup_vs_fp32']:.2f}",
+                      "" if row.get("delta_sad_pct") is None else f"{row['delta_sad_pct']:+.2f}",
+                      "" if row.get("max_abs_delta_alpha") is None else f"{row['max_abs_delta_alpha']:.3f}", "ok"])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)] + [0]
     for index, line in enumerate(lines):
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip(), file=stream)
@@ -277,6 +295,7 @@ def run_bench(options: BenchOptions) -> int:
     load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     run_info = run_cases(plan, log)
     rows = [case_row(c) for c in plan.cases]
+    add_fp32_ratios(rows)
     report = {
         "benchmark": "mattrt bench",
         "date": date,
@@ -296,6 +315,10 @@ def run_bench(options: BenchOptions) -> int:
                           "interpolation, std with ddof 1; throughput from the mean",
             "accuracy": f"SAD (sum |alpha - truth| / 1000) and MSE against the exact alpha of calibration.synthetic "
                         f"{SAMPLE_KIND} images (seed {SAMPLE_SEED})",
+            "vs_fp32": "each tiled case against the FP32 reference at its resolution, tile, batch and threads "
+                       "(onnxruntime cpu fp32 where it ran, else the same backend's fp32): speedup_vs_fp32 = p50 "
+                       "ratio, delta_sad_pct = 100 (SAD - SAD_ref) / SAD_ref, max_abs_delta_alpha and "
+                       "tail_abs_delta_alpha (99.9th percentile) of |alpha - alpha_ref| from 16-bit alphas",
         },
         **run_info,
         "cases": rows,
@@ -319,5 +342,5 @@ def run_bench(options: BenchOptions) -> int:
     return 1 if report["failed"] else 0
 
 
-__all__ = ["case_row", "compare_baselines", "draw_plots", "hardware", "print_table", "run_bench", "versions",
+__all__ = ["add_fp32_ratios", "case_row", "compare_baselines", "draw_plots", "hardware", "print_table", "run_bench", "versions",
            "write_results"]

@@ -16,8 +16,8 @@ from mattrt.calibration.variants import add_precisions
 from mattrt.deploy.choice import AUTO
 from mattrt.deploy.plan import DeploymentRequest
 from mattrt.deploy.steps import CALIBRATION_RECIPE, calibration_recipe
-from mattrt.engines.backends import backend_names
-from mattrt.manifest import MANIFEST_FILE, PRECISIONS, Manifest
+from mattrt.engines.backends import backend_names, run_precisions
+from mattrt.manifest import MANIFEST_FILE, Manifest
 from mattrt.models.checkpoints import parse_checkpoint
 
 
@@ -66,12 +66,15 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
     be given; help_overrides: option dest -> help text."""
     helps = {
         "backend": "auto (default): tensorrt where a GPU and TensorRT exist, torch on CUDA where a GPU exists "
-                   "without TensorRT, onnxruntime on the CPU; it prints which it chose and why",
+                   "without TensorRT; on the CPU onnxruntime or openvino, and without --precision also the precision "
+                   "(fp32, bf16, or int8 where the graphs have it), measured on first use within fidelity bounds "
+                   "and kept in the artifact cache; it prints which it chose and why",
         "device": "default: what --backend auto chooses, else the backend's first device (cpu for torch and "
                   "onnxruntime)",
-        "precision": "fp32 (default); fp16 (torch, or FP16 graphs); int8 (INT8 graphs: for --model, calibrated in "
-                     "the cache on synthetic samples, or for an imported model as its card says: photographs by "
-                     "default)",
+        "precision": "fp32 (the default of an explicit --backend; --backend auto on the CPU may pick another "
+                     "when none is given); fp16 (torch, or FP16 graphs); bf16 (openvino: the fp32 graphs in bfloat16, "
+                     "CPUs with native bf16); int8 (INT8 graphs: for --model, calibrated in the cache on synthetic "
+                     "samples, or for an imported model as its card says: photographs by default)",
         "threads": "torch and onnxruntime intra-op threads (default: the cores this process may use)",
         **(help_overrides or {}),
     }
@@ -89,7 +92,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser, *, several: bool = Fals
     p.add_argument("--backend", choices=(AUTO, *backend_names()), help=helps["backend"],
                    **({"default": AUTO} | many))
     p.add_argument("--device", choices=("cpu", "cuda"), help=helps["device"], **many)
-    p.add_argument("--precision", choices=PRECISIONS, help=helps["precision"], **({"default": "fp32"} | many))
+    p.add_argument("--precision", choices=run_precisions(), help=helps["precision"], **({"default": None} | many))
     p.add_argument("--threads", type=positive_int, help=helps["threads"], **many)
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="artifact cache (default: $MATTRT_CACHE, else ~/.cache/mattrt)")

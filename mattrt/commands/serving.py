@@ -13,11 +13,17 @@ from mattrt.commands.command import Command
 from mattrt.deploy.cache import ArtifactCache
 from mattrt.deploy.sources import model_source
 from mattrt.deploy.steps import GraphsFromSource, PrecisionFromGraphs
+from mattrt.engines.backends import run_precisions
 from mattrt.errors import InputError
-from mattrt.manifest import PRECISIONS
 from mattrt.models.checkpoints import parse_checkpoint
 from mattrt.serving.processes import ServerExit
-from mattrt.serving.repository import DEFAULT_MAX_PIXELS, TARGETS, RepositoryOptions, build_repository
+from mattrt.serving.repository import (
+    CPU_STAGE_BACKENDS,
+    DEFAULT_MAX_PIXELS,
+    TARGETS,
+    RepositoryOptions,
+    build_repository,
+)
 from mattrt.serving.server import KEY_ENV, KEY_HEADER, LOOPBACK, ServerError, ServerOptions
 from mattrt.serving.supervisor import Supervisor, SupervisorOptions
 
@@ -35,7 +41,12 @@ def add_triton_repo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=positive_int, default=1, metavar="K",
                    help="instances per stage model (CPU: each gets cores // K intra-op threads; default 1)")
     p.add_argument("--max-batch", type=positive_int, metavar="B", help="stage max batch (default: the export's)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="graph precision (default fp32)")
+    p.add_argument("--backend", choices=CPU_STAGE_BACKENDS,
+                   help="cpu target: what the stage models run on (default onnxruntime; openvino: OpenVINO, with "
+                        "bf16 where the serving CPU has it)")
+    p.add_argument("--precision", choices=run_precisions(), default="fp32",
+                   help="fp32 (default), fp16, int8 (the graphs of that precision), bf16 (--backend openvino: the fp32 "
+                        "graphs in bfloat16)")
     p.add_argument("--plans", type=Path, metavar="DIR", help="gpu target: directory with <stage>.plan files from `mattrt build`")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"largest image the pipeline model accepts, in pixels (default {DEFAULT_MAX_PIXELS})")
@@ -56,7 +67,8 @@ def run_triton_repo(args: argparse.Namespace) -> int:
         export = PrecisionFromGraphs(graphs, args.precision, cache=cache)().directory
     options = RepositoryOptions(
         target=args.target, name=args.name, instances=args.instances, max_batch=args.max_batch,
-        precision=args.precision, plans=args.plans, max_pixels=args.max_pixels, overwrite=args.overwrite,
+        precision=args.precision, backend=args.backend, plans=args.plans, max_pixels=args.max_pixels,
+        overwrite=args.overwrite,
     )
     build_repository(export, args.out, options)
     return 0

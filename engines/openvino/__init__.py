@@ -1,0 +1,1 @@
+"""mattrt.engines.openvino: an export's ONNX graphs compiled by OpenVINO for the CPU."""
