@@ -336,15 +336,6 @@ def refuse_existing(target: Path, options: InferOptions) -> None:
         raise InputError(f"{target} already exists; pass --overwrite to replace it")
 
 
-def process_image(pipeline, source: Path, target: Path, options: InferOptions, background, tile_progress=None) -> dict:
-    """Matte one file and write its output; returns the summary record (raises on failure)."""
-    started = time.perf_counter()
-    refuse_existing(target, options)
-    item = read_input(source, target, options, started=started)
-    alpha, result = matte_input(pipeline, item, options, tile_progress)
-    return write_output(item, alpha, result, options, background)
-
-
 def check_options(options: InferOptions):
     """Refuse inconsistent options; returns the composite background (None for other outputs)."""
     if options.output not in OUTPUT_KINDS:
@@ -640,7 +631,6 @@ __all__ = [
     "output_path",
     "parse_background",
     "plan_outputs",
-    "process_image",
     "read_input",
     "real_path",
     "refuse_existing",

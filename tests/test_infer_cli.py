@@ -431,15 +431,14 @@ def test_finishing_beside_the_matting_changes_nothing(tmp_path, weights, monkeyp
     for index, name in enumerate("abcde"):
         Image.fromarray(_image((40 + 8 * index, 56), seed=index)).save(folder / f"{name}.png")
     (folder / "c.png").write_bytes(b"not an image")
-    writers = {"alpha": "write_alpha", "rgba": "write_rgba"}
-    real = getattr(infer_job, writers[output])
+    real = infer_job.write_bytes
 
     def failing(path, *args, **kwargs):
         if Path(path).name.startswith("d_"):
             raise OSError(28, "No space left on device")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(infer_job, writers[output], failing)
+    monkeypatch.setattr(infer_job, "write_bytes", failing)
     results = {}
     for overlap in (False, True):
         out = tmp_path / f"out-{overlap}"
