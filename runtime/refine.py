@@ -49,6 +49,8 @@ $NUMBA_CACHE_DIR). `warm_up()` pays that before a first request.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -222,7 +224,7 @@ def closed_form_band(image: np.ndarray, alpha: np.ndarray, band: np.ndarray, opt
     the band's bounding box (plus the Laplacian's reach), which gives the same system."""
     known_values = (alpha >= 0.5).astype(np.float32)
     box = _bounding_box(band, 2 * MATTING_WINDOW_RADIUS + 1)
-    info = {"unknowns": int(band.sum()), "cg_iterations": 0, "converged": True}
+    info = {"unknowns": int(band.sum()), "cg_iterations": 0, "converged": True, "ichol_shifted": False}
     if stats is not None:
         stats["coarse_solve"] = info  # filled in below
     if box is None:
@@ -250,8 +252,14 @@ def closed_form_band(image: np.ndarray, alpha: np.ndarray, band: np.ndarray, opt
         def callback(*_):
             count[0] += 1
 
+        # pymatting prints a "PERFORMANCE WARNING" when the unshifted factorisation fails and it
+        # retries with a diagonal shift (seen at 4K): a fact for the stats, not for the terminal.
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            preconditioner = pymatting.ichol(system)
+        if printed.getvalue():
+            info["ichol_shifted"] = True
         try:
-            solution = pymatting.cg(system, rhs, M=pymatting.ichol(system), rtol=options.cg_rtol,
+            solution = pymatting.cg(system, rhs, M=preconditioner, rtol=options.cg_rtol,
                                     maxiter=options.cg_maxiter, callback=callback)
         except ValueError:  # pymatting's cg raises when maxiter passes without convergence
             info["converged"] = False
