@@ -28,9 +28,10 @@ def _init(name: str, array: np.ndarray):
 def alpha_net(*, layout: str = "NCHW", activation: str = "none", fp16: bool = True, side_outputs: bool = True,
               unsorted: bool = True, size: int = SIZE, batch="N", input_name: str = "input",
               output_name: str = "output", out_channels: int = 1, seed: int = 0, reshape_batch: bool = False,
-              conv_integer: bool = False, dynamic_size: bool = False):
+              conv_integer: bool = False, dynamic_size: bool = False, middle_conv: bool = False):
     """The network (module docstring); dynamic_size: height and width are named dimensions and the
-    Resize takes scales, so any even size runs."""
+    Resize takes scales, so any even size runs; middle_conv: a 4 -> 4 convolution after the pooling,
+    a layer that reads neither the graph input nor feeds the head (INT8 plans quantise it)."""
     rng = np.random.default_rng(seed)
     side_len = size
     size = "S" if dynamic_size else size
@@ -65,8 +66,14 @@ def alpha_net(*, layout: str = "NCHW", activation: str = "none", fp16: bool = Tr
     nodes += [helper.make_node("Relu", ["c1"], ["r1"], name="/relu1/Relu"),
               helper.make_node("MaxPool", ["r1"], ["p1"], name="/pool1/MaxPool", kernel_shape=[2, 2], strides=[2, 2])]
     resize_in = "p1"
+    if middle_conv:
+        inits += [_init("w_mid", (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(float_type)),
+                  _init("b_mid", (rng.standard_normal(4) * 0.1).astype(float_type))]
+        nodes += [helper.make_node("Conv", ["p1", "w_mid", "b_mid"], ["c_mid"], name="/conv2/Conv", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", ["c_mid"], ["p_mid"], name="/relu2/Relu")]
+        resize_in = "p_mid"
     if fp16:
-        tail.append(helper.make_node("Cast", ["p1"], ["p1f"], name="/Resize_input_cast0", to=TensorProto.FLOAT))
+        tail.append(helper.make_node("Cast", [resize_in], ["p1f"], name="/Resize_input_cast0", to=TensorProto.FLOAT))
         resize_in = "p1f"
     if dynamic_size:
         inits.append(_init("up_scales", np.array([1, 1, 2, 2], dtype=np.float32)))

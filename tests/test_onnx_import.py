@@ -323,12 +323,13 @@ def test_an_imported_model_is_a_deployment_source(tmp_path):
 
 
 def test_int8_of_an_imported_model_takes_the_cards_percentile_and_keeps_its_nodes_in_float(tmp_path, monkeypatch):
-    """The card's recipe reaches both INT8 graphs. The calibration inputs are the semantic canvases of
+    """The card's recipe reaches both INT8 graphs; the layer reading the input stays float (every INT8
+    plan's rule) and the middle one is quantised. The calibration inputs are the semantic canvases of
     the bundled photographs, made here as the pipeline makes them (the Pipeline's run of an alpha
     network is tested with the Pipeline)."""
     extra = ('[calibration]\ndata = "photographs"\nmethod = "percentile"\npercentile = 99.99\n'
              'keep_float = ["/side1/Conv", "/Sigmoid"]\n')
-    card_path = write_model(tmp_path / "src", "tiny", alpha_net(), extra=extra)
+    card_path = write_model(tmp_path / "src", "tiny", alpha_net(middle_conv=True), extra=extra)
     _, graphs = import_card(card_path, cache_dir=tmp_path / "cache", log=None)
     export = tmp_path / "export"
     shutil.copytree(graphs.directory, export)
@@ -357,4 +358,6 @@ def test_int8_of_an_imported_model_takes_the_cards_percentile_and_keeps_its_node
         assert weights is None or weights.op_type != "DequantizeLinear", name  # float weights
         readers = [node.op_type for node in graph.graph.node if head.output[0] in node.input]
         assert "QuantizeLinear" not in readers, name  # the one-channel logits are not quantised
-        assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node), name  # the rest is INT8
+        weight_producer = {node.name: producers.get(node.input[1]) for node in graph.graph.node if node.op_type == "Conv"}
+        assert weight_producer["/conv1/Conv"] is None or weight_producer["/conv1/Conv"].op_type != "DequantizeLinear"
+        assert weight_producer["/conv2/Conv"].op_type == "DequantizeLinear", name  # the rest is INT8
