@@ -11,15 +11,16 @@ contract. `MattingResult` is what a pipeline returns, in this process or from a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from mattrt.errors import InputError
+from mattrt.manifest import Manifest
 from mattrt.runtime.engine import Engine
 
 if TYPE_CHECKING:
-    from mattrt.manifest import Manifest
     from mattrt.models.settings import ModelSettings
 
 
@@ -68,7 +69,7 @@ class ModelSpec:
         )
 
     @classmethod
-    def from_manifest(cls, manifest: "Manifest", source: str = "") -> "ModelSpec":
+    def from_manifest(cls, manifest: Manifest, source: str = "") -> "ModelSpec":
         norm = manifest.normalization
         input_range = list(norm.get("input_range", [0.0, 1.0]))
         if input_range != [0.0, 1.0]:
@@ -97,6 +98,15 @@ class ModelSpec:
     @property
     def trained(self) -> bool:
         return self.checkpoint_sha256 not in (None, "untrained")
+
+
+def read_export(directory: str | Path) -> tuple[Path, Manifest, ModelSpec]:
+    """An export directory (or its manifest file): the folder, its manifest and the model it describes."""
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
+    if directory.is_file():
+        directory = directory.parent
+    return directory, manifest, ModelSpec.from_manifest(manifest, source=str(directory))
 
 
 def check_engines(spec: ModelSpec, engines: Mapping[str, Engine]) -> None:
@@ -136,4 +146,4 @@ class MattingResult:
     detail: np.ndarray | None = None  # stitched raw alpha at detail resolution (keep_detail=True)
 
 
-__all__ = ["MattingResult", "ModelSpec", "check_engines"]
+__all__ = ["MattingResult", "ModelSpec", "check_engines", "read_export"]

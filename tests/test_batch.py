@@ -146,10 +146,26 @@ def _reader_of(fifo: Path, deadline: float) -> int:
     raise AssertionError(f"no process holds {fifo} open")
 
 
-def _run_in_background(args: list[str], log: Path) -> subprocess.Popen:
+@contextlib.contextmanager
+def _batch_in_background(args: list, log: Path):
+    """`mattrt batch ARGS` in a child process and the deadline of the test's waits on it; the child
+    is killed on the way out if it is still running."""
     with open(log, "w") as stream:
-        return subprocess.Popen([sys.executable, "-m", "mattrt.cli", "batch", *map(str, args), *MODEL],
-                                env=_environment(), stdout=stream, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "mattrt.cli", "batch", *map(str, args), *MODEL],
+                                   env=_environment(), stdout=stream, stderr=subprocess.STDOUT)
+    try:
+        yield process, time.monotonic() + DEADLINE_S
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _feed_and_wait(writer: int, data: bytes, process: subprocess.Popen, deadline: float) -> None:
+    """The held FIFO input's bytes, then the job's end."""
+    os.write(writer, data)
+    os.close(writer)
+    process.wait(timeout=max(1.0, deadline - time.monotonic()))
 
 
 # -- a worker killed mid-run -------------------------------------------------------------------------
@@ -174,10 +190,8 @@ def killed_run(cluster, tmp_path_factory):
     listing.write_text("\n".join(str(p) for p in inputs) + "\n")
     out, log = root / "out", root / "batch.log"
     started = time.monotonic()
-    process = _run_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 2,
-                                  "--images-per-task", 4], log)
-    deadline = time.monotonic() + DEADLINE_S
-    try:
+    with _batch_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 2,
+                               "--images-per-task", 4], log) as (process, deadline):
         held = folder / "img_023.png"
         writer = _open_writer(held, process, deadline)
         victim = _reader_of(held, deadline)
@@ -189,13 +203,7 @@ def killed_run(cluster, tmp_path_factory):
         os.close(writer)
         writer = _open_writer(held, process, deadline)  # the retried task, on the restarted actor
         assert _reader_of(held, deadline) != victim
-        os.write(writer, (reference / "img_023.png").read_bytes())
-        os.close(writer)
-        process.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _feed_and_wait(writer, (reference / "img_023.png").read_bytes(), process, deadline)
     return {"root": root, "listing": listing, "out": out, "reference": reference, "log": log.read_text(),
             "returncode": process.returncode, "victim": victim, "victim_session": session,
             "victim_command": command, "seconds": time.monotonic() - started, "inputs": inputs}
@@ -311,9 +319,8 @@ def test_an_interrupted_job_keeps_what_finished_and_the_rerun_does_the_rest(clus
     listing = tmp_path / "inputs.txt"
     listing.write_text("\n".join(map(str, [*sorted(folder.glob("img*.png")), held])))
     out, log = tmp_path / "out", tmp_path / "batch.log"
-    process = _run_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 1], log)
-    deadline = time.monotonic() + DEADLINE_S
-    try:
+    with _batch_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 1],
+                              log) as (process, deadline):
         writer = _open_writer(held, process, deadline)
         reader = _reader_of(held, deadline)
         while len(list(out.glob("img*_alpha.png"))) < 4:  # the images before the FIFO are written
@@ -322,10 +329,6 @@ def test_an_interrupted_job_keeps_what_finished_and_the_rerun_does_the_rest(clus
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=max(1.0, deadline - time.monotonic()))
         os.close(writer)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode == 130, log.read_text()
     assert "interrupted: " in log.read_text()
     while reader in process_table():  # the job's actor ends with its driver
@@ -398,22 +401,14 @@ def test_a_full_disk_stops_the_job_and_the_manifest_matches_the_files(cluster, t
     listing = tmp_path / "inputs.txt"
     listing.write_text("\n".join(map(str, [*inputs, held])))
     out = small_disk / "out"
-    process = _run_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 1],
-                                 tmp_path / "batch.log")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
+    with _batch_in_background([listing, "--out", out, "--address", cluster.address, "--workers", 1],
+                              tmp_path / "batch.log") as (process, deadline):
         writer = _open_writer(held, process, deadline)
         with open(small_disk / "filler", "wb") as filler, contextlib.suppress(OSError):  # fill the disk
             while True:
                 filler.write(bytes(1 << 16))
                 filler.flush()
-        os.write(writer, _png(6))
-        os.close(writer)
-        process.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _feed_and_wait(writer, _png(6), process, deadline)
     log = (tmp_path / "batch.log").read_text()
     assert process.returncode == 1, log
     assert f"{out / 'last_alpha.png'}: could not be written (No space left on device)" in log

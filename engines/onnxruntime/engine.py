@@ -18,8 +18,8 @@ import numpy as np
 from mattrt.availability import require
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
-from mattrt.manifest import PRECISIONS, Manifest, check_graph_file, graph_interface
-from mattrt.runtime.artifacts import ModelSpec
+from mattrt.manifest import PRECISIONS, check_graph_file, graph_interface
+from mattrt.runtime.artifacts import ModelSpec, read_export
 from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice
 from mattrt.runtime.threads import configure_onnxruntime
 
@@ -117,11 +117,7 @@ def open_artifacts(
     """onnxruntime engines for the stage graphs of an export directory, read through its manifest."""
     check_choice(device, DEVICES, "device")
     check_choice(precision, PRECISIONS, "precision")
-    directory = Path(directory)
-    manifest = Manifest.load(directory)
-    if directory.is_file():
-        directory = directory.parent
-    spec = ModelSpec.from_manifest(manifest, source=str(directory))
+    directory, manifest, spec = read_export(directory)
     engines: dict[str, Engine] = {}
     for entry in manifest.stages:
         graph = entry.file_for(precision, "onnxruntime")

@@ -58,8 +58,8 @@ from mattrt.availability import import_openvino
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
 from mattrt.machine import cpu_model, isa_flags
-from mattrt.manifest import GraphEntry, Manifest, check_graph_file, graph_interface
-from mattrt.runtime.artifacts import ModelSpec
+from mattrt.manifest import GraphEntry, check_graph_file, graph_interface
+from mattrt.runtime.artifacts import ModelSpec, read_export
 from mattrt.runtime.engine import Backend, Engine, TensorMeta, check_choice
 from mattrt.runtime.threads import resolve_threads
 
@@ -285,11 +285,7 @@ def open_artifacts(directory: str | Path, device: str = "cpu", precision: str = 
     if device != "cpu":
         raise InputError(f"the openvino backend runs on cpu, not {device!r}")
     check_choice(precision, PRECISIONS, "precision")
-    directory = Path(directory)
-    manifest = Manifest.load(directory)
-    if directory.is_file():
-        directory = directory.parent
-    spec = ModelSpec.from_manifest(manifest, source=str(directory))
+    directory, manifest, spec = read_export(directory)
     engines: dict[str, Engine] = {}
     for entry in manifest.stages:
         path = check_graph_file(entry, directory, graph_file(entry, precision, directory))
