@@ -30,6 +30,11 @@ from PIL import Image
 from mattrt.errors import InputError
 from mattrt.imageio import quantise
 
+# zlib level 1 for every PNG (OpenCV's default; Pillow's is 6): measured on 4K outputs here, the
+# encode is 3.0x faster for a 16-bit alpha (0.92 -> 0.31 s), 3.5x for an RGBA cut-out and 4.8x for
+# RGB, for files 1-6 % larger (12 % on a 512-pixel photograph); the encode was a quarter of `mattrt
+# infer`'s time per 4K image. The same level for the PNGs sent to and from a Triton server.
+PNG_COMPRESS_LEVEL = 1
 _ALPHA_WRITE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 _RGB_WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 _RGBA_WRITE_FORMATS = {".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -159,7 +164,7 @@ def encode_png16(pixels: np.ndarray) -> bytes:
     filtered = rows.copy()
     filtered[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as the Up filter specifies
     scanlines = np.concatenate([np.full((height, 1), 2, dtype=np.uint8), filtered], axis=1)
-    compressed = zlib.compress(scanlines.tobytes(), 6)
+    compressed = zlib.compress(scanlines.tobytes(), PNG_COMPRESS_LEVEL)
     colour_type = 2 if channels == 3 else 6
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     step = 1 << 24
@@ -199,6 +204,8 @@ def _format_for(path: Path, formats: dict[str, str], what: str, why: str) -> str
 
 def _pillow_bytes(image: Image.Image, fmt: str, path: Path, **options) -> bytes:
     buffer = io.BytesIO()
+    if fmt == "PNG":
+        options = {"compress_level": PNG_COMPRESS_LEVEL, **options}
     try:
         image.save(buffer, format=fmt, **options)
     except OSError as exc:  # an encoder failure: named as a write failure, as when Pillow wrote the file

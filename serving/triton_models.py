@@ -51,6 +51,7 @@ from mattrt.engines.openvino.engine import CompiledModelLoader, OpenVinoEngine
 from mattrt.engines.triton.client import SERVER_STOPPING, STUB_UNHEALTHY
 from mattrt.errors import InputError, MattrtError
 from mattrt.imageio import decode_image, quantise
+from mattrt.imagewrite import PNG_COMPRESS_LEVEL
 from mattrt.lazy import lazy_import
 from mattrt.manifest import MANIFEST_FILE, GraphEntry, Manifest
 from mattrt.runtime.artifacts import ModelSpec, check_engines
@@ -76,7 +77,6 @@ pb_utils = lazy_import("triton_python_backend_utils")
 OUTPUT_KINDS = ("alpha", "rgba")
 PARAMETERS = ("output", "overlap", "tile_size", "batch", "refine")
 TILING_PARAMETERS = ("overlap", "tile_size", "batch")
-PNG_COMPRESS_LEVEL = 3
 
 
 CONSUMED_CAPSULE_MESSAGE = "PyCapsule_GetPointer called with incorrect name"

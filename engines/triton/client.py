@@ -42,7 +42,7 @@ from PIL import Image
 
 from mattrt.errors import InputError, MattrtError
 from mattrt.imageio import decode_image
-from mattrt.imagewrite import encode_png16
+from mattrt.imagewrite import PNG_COMPRESS_LEVEL, encode_png16
 from mattrt.lazy import lazy_import
 from mattrt.manifest import Manifest
 from mattrt.runtime.artifacts import MattingResult, ModelSpec
@@ -319,7 +319,7 @@ class TritonMattingClient:
             return ENCODED_INPUT, np.frombuffer(encode_png16(image), dtype=np.uint8)
         if self.transfer == "encoded":
             buffer = io.BytesIO()
-            Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+            Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
             return ENCODED_INPUT, np.frombuffer(buffer.getvalue(), dtype=np.uint8)
         return IMAGE_INPUT, np.ascontiguousarray(image)
 
