@@ -33,7 +33,7 @@ import numpy as np
 
 from mattrt.availability import Probe, probe
 from mattrt.errors import InputError, MattrtError, MissingDependencyError
-from mattrt.manifest import PRECISIONS, TensorMeta
+from mattrt.manifest import PRECISIONS, TensorMeta, graph_interface
 
 if TYPE_CHECKING:
     from mattrt.runtime.artifacts import ModelSpec
@@ -176,6 +176,15 @@ class Engine(abc.ABC):
         self.preferred_batch: int | None = None
         # False when the backend also runs spatial sizes other than the declared ones.
         self.fixed_spatial: bool = True
+
+    def _describe_graph(self, path, inputs: Sequence[TensorMeta] | None, outputs: Sequence[TensorMeta] | None,
+                        max_batch: int | None) -> None:
+        """For engines that run an ONNX graph file: its tensors as the caller gives them (from the
+        manifest), else as the graph declares them."""
+        if inputs is None or outputs is None:
+            inputs, outputs = graph_interface(path)
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+        self.max_batch = max_batch
 
     # -- lifecycle --------------------------------------------------------------------------
     def activate(self) -> "Engine":

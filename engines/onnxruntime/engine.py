@@ -18,7 +18,7 @@ import numpy as np
 from mattrt.availability import require
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
-from mattrt.manifest import PRECISIONS, check_graph_file, graph_interface
+from mattrt.manifest import PRECISIONS, check_graph_file
 from mattrt.runtime.artifacts import ModelSpec, read_export
 from mattrt.runtime.engine import DEVICES, Backend, Engine, TensorMeta, check_choice
 from mattrt.runtime.threads import configure_onnxruntime
@@ -86,10 +86,7 @@ class OnnxRuntimeEngine(Engine):
     ):
         super().__init__(name or loader.path.stem, loader.device, precision)
         self.loader = loader
-        if inputs is None or outputs is None:
-            inputs, outputs = graph_interface(loader.path)
-        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
-        self.max_batch = max_batch
+        self._describe_graph(loader.path, inputs, outputs, max_batch)
         self._session = None
 
     def _activate(self) -> None:

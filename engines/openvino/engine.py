@@ -58,7 +58,7 @@ from mattrt.availability import import_openvino
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
 from mattrt.machine import cpu_model, isa_flags
-from mattrt.manifest import GraphEntry, check_graph_file, graph_interface
+from mattrt.manifest import GraphEntry, check_graph_file
 from mattrt.runtime.artifacts import ModelSpec, read_export
 from mattrt.runtime.engine import Backend, Engine, TensorMeta, check_choice
 from mattrt.runtime.threads import resolve_threads
@@ -234,10 +234,7 @@ class OpenVinoEngine(Engine):
                  max_compiled: int | None = None):
         super().__init__(name or loader.path.stem, "cpu", loader.precision)
         self.loader = loader
-        if inputs is None or outputs is None:
-            inputs, outputs = graph_interface(loader.path)
-        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
-        self.max_batch = max_batch
+        self._describe_graph(loader.path, inputs, outputs, max_batch)
         # How many batch sizes stay compiled (a server's dynamic batcher sends every size: keep them all)
         self.max_compiled = max_compiled
         self._requests: dict[int, Any] = {}  # batch -> InferRequest, least recently used first
