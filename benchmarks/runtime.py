@@ -40,18 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mattrt.machine import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY_MODELS = ["shm_tiny", "aim_tiny", "salient_tiny", "semantic_tiny", "alphanet_tiny"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def versions() -> dict:

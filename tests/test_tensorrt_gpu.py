@@ -240,18 +240,12 @@ def test_a_graph_with_a_fixed_batch_is_a_build_error_naming_the_input(export_dir
 def test_a_profile_tensorrt_refuses_is_a_build_error(export_dir):
     import tensorrt as trt
 
-    from mattrt.engines.tensorrt.build import BuildError, add_profile, capturing_logger
+    from mattrt.engines.tensorrt.build import BuildError, add_profile, capturing_logger, parse_graph
 
     entry = Manifest.load(export_dir).stages[0]
     graph = export_dir / entry.file_for("fp32", "tensorrt")
     logger = capturing_logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(graph))
+    builder, network, _parser = parse_graph(graph, logger)
     shapes = {t.name: [list(t.concrete_shape(b)) for b in (4, 1, 4)] for t in entry.inputs}  # min > opt
     with pytest.raises(BuildError, match="TensorRT refused the profile"):
         add_profile(builder, builder.create_builder_config(), network, shapes, graph, logger)

@@ -466,20 +466,29 @@ def build_plans(
     return metadata
 
 
+def _has_strongly_typed() -> bool:
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def parse_graph(graph: Path, logger) -> tuple[Any, Any, Any]:
+    """A strongly typed network (where this TensorRT has the flag) parsed from an ONNX file:
+    (builder, network, parser); the parser is returned because the network borrows its weights."""
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if _has_strongly_typed() else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph)):
+        raise BuildError(format_parser_errors(parser, graph))
+    return builder, network, parser
+
+
 def _build_stage(entry: GraphEntry, graph: Path, plan_path: Path, profile: TrtProfile, options: BuildOptions,
                  shapes: dict, version: str, seed: bytes, timing: bytes | None,
                  log: Callable[[str], None]) -> tuple[dict[str, Any], bytes]:
     """Parse one graph and build its plan; returns the stage record and the timing cache bytes."""
     started = time.perf_counter()
     logger = capturing_logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(graph)):
-        raise BuildError(format_parser_errors(parser, graph))
+    builder, network, parser = parse_graph(graph, logger)
     config = builder.create_builder_config()
     if options.workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace << 20)
@@ -522,7 +531,7 @@ def _build_stage(entry: GraphEntry, graph: Path, plan_path: Path, profile: TrtPr
         "plan": plan_path.name,
         "plan_sha256": hashlib.sha256(data).hexdigest(),
         "dla": dla,  # None: every layer on the GPU
-        "strongly_typed": bool(flags) or not hasattr(trt.BuilderFlag, "FP16"),  # 11.x: always
+        "strongly_typed": _has_strongly_typed() or not hasattr(trt.BuilderFlag, "FP16"),  # 11.x: always
         "tf32": False,
         "min_batch": batches[0][0],
         "opt_batch": batches[1][0],
@@ -586,5 +595,5 @@ def describe_profiles() -> Iterable[str]:
 __all__ = [
     "BUILDER_API", "BUILD_PROBES", "BuildError", "BuildOptions", "DLA_CORE", "GpuIdentity", "PROFILES", "TrtProfile",
     "build_plans", "check_dla_support", "check_request", "dla_placement", "format_parser_errors", "get_profile",
-    "prepare", "profile_mismatch", "profile_shapes",
+    "parse_graph", "prepare", "profile_mismatch", "profile_shapes",
 ]

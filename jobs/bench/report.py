@@ -36,7 +36,7 @@ from mattrt.jobs.bench.plan import (
     result_paths,
 )
 from mattrt.lazy import is_loaded, lazy_import
-from mattrt.machine import isa_flags
+from mattrt.machine import cpu_model, isa_flags
 from mattrt.runtime import threads as thread_settings
 
 torch = lazy_import("torch", probe="torch")
@@ -127,16 +127,6 @@ def _git_revision() -> dict:
         return {"revision": None, "why": str(exc)}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _memory_total_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -149,7 +139,7 @@ def _memory_total_gib() -> float | None:
 
 def hardware() -> dict:
     info = {
-        "cpu": _cpu_model(), "isa_flags": isa_flags(), "cores": os.cpu_count(),
+        "cpu": cpu_model(), "isa_flags": isa_flags(), "cores": os.cpu_count(),
         "available_cores": thread_settings.available_cores(),
         "memory_gib": _memory_total_gib(), "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

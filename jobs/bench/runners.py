@@ -62,7 +62,22 @@ def _stage_seconds(timings: dict[str, float]) -> dict[str, float]:
     return folded
 
 
-class TiledRunner(Runner):
+class _PipelineRunner(Runner):
+    """A variant run through a Pipeline (in-process or a server's stand-in) that `open` sets."""
+
+    pipeline = None
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
+
+    def run(self, image):
+        result = self.pipeline.run(image)
+        return result.alpha, _stage_seconds(result.timings)
+
+
+class TiledRunner(_PipelineRunner):
     def __init__(self, variant: Variant, plan: BenchPlan, log):
         self.variant, self.plan, self.log = variant, plan, log
         self.pipeline = None
@@ -77,15 +92,6 @@ class TiledRunner(Runner):
                                     backend_options=backend_options, pipeline_options={"batch": v.batch},
                                     cache_dir=plan.options.cache_dir)
         self.pipeline = open_pipeline(request, log=self.log).__enter__()
-
-    def close(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
-            self.pipeline = None
-
-    def run(self, image):
-        result = self.pipeline.run(image)
-        return result.alpha, _stage_seconds(result.timings)
 
     def describe(self) -> dict:
         described = self.pipeline.describe()
@@ -257,7 +263,7 @@ class WholeOnnxRunner(_WholeImageRunner):
                 "resize": "to the square canvas ignoring aspect, antialiased bilinear in and out"}
 
 
-class RemoteRunner(Runner):
+class RemoteRunner(_PipelineRunner):
     """A Triton server through the registry's pipeline_opener."""
 
     def __init__(self, variant: Variant, url: str):
@@ -267,15 +273,6 @@ class RemoteRunner(Runner):
     def open(self) -> None:
         backend = BACKENDS[self.variant.backend]
         self.pipeline = backend.pipeline_opener(self.url, device=self.variant.device).__enter__()
-
-    def close(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
-            self.pipeline = None
-
-    def run(self, image):
-        result = self.pipeline.run(image)
-        return result.alpha, _stage_seconds(result.timings)
 
     def describe(self) -> dict:
         return self.pipeline.describe()
