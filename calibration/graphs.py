@@ -61,6 +61,15 @@ def tensor_producers(model) -> dict:
     return {out: node for node in model.graph.node for out in node.output if out}
 
 
+def tensor_consumers(model) -> dict[str, list]:
+    """Tensor name -> the nodes reading it, in graph order."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def constant_names(model) -> set[str]:
     names = {init.name for init in model.graph.initializer}
     names |= {node.output[0] for node in model.graph.node if node.op_type == "Constant"}
@@ -280,6 +289,7 @@ def write_manifest_atomic(manifest, directory: Path) -> None:
 
 __all__ = ["CPU_INT8_OPS", "CalibrationError", "NodeGroup", "PRECISIONS", "PrecisionPlan", "REDUCTION_OPS", "WEIGHTED_OPS",
            "ancestors", "bypass_activation_qdq", "calib_file", "constant_names", "copy_model", "cpu_session",
-           "describe_error", "graph_file", "greedy_exclusion", "output_channel_axis", "output_errors", "tensor_producers",
+           "describe_error", "graph_file", "greedy_exclusion", "output_channel_axis", "output_errors",
+           "tensor_consumers", "tensor_producers",
            "ranges_file", "remove_dead_nodes", "run_feeds", "save_model_atomic", "unpool_index_nodes",
            "worst_rel_l2", "write_manifest_atomic"]

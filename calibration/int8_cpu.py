@@ -26,6 +26,7 @@ from mattrt.calibration.graphs import (
     output_errors,
     ranges_file,
     run_feeds,
+    tensor_consumers,
     tensor_producers,
     unpool_index_nodes,
 )
@@ -157,10 +158,7 @@ def check_cpu_qdq(model, fp32_nodes: Iterable[str] = ()) -> dict:
     quantised output (what the CPU provider fuses into integer kernels)."""
     producers = tensor_producers(model)
     initializers = {init.name: init for init in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = tensor_consumers(model)
     fp32_nodes = set(fp32_nodes)
     facts = {"quantize": 0, "dequantize": 0, "weighted": 0, "weighted_integer": 0, "per_channel_weights": 0,
              "fp32_nodes": len(fp32_nodes)}

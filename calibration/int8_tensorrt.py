@@ -26,6 +26,7 @@ from mattrt.calibration.graphs import (
     output_channel_axis,
     output_errors,
     run_feeds,
+    tensor_consumers,
     tensor_producers,
 )
 from mattrt.errors import InputError
@@ -57,10 +58,7 @@ def check_qdq(model) -> dict:
 
     producers = tensor_producers(model)
     initializers = {init.name: init for init in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = tensor_consumers(model)
     facts = {"quantize": 0, "dequantize": 0, "weighted": 0, "weighted_quantized": 0, "per_channel_weights": 0}
     problems = []
     for node in model.graph.node:
