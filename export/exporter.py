@@ -23,7 +23,6 @@ import io
 import logging
 import os
 import platform
-import secrets
 import shutil
 import time
 import warnings
@@ -56,6 +55,7 @@ from mattrt.models import MattingModel, create_model, get_settings
 from mattrt.models.fusion import get_fusion
 from mattrt.models.registry import INIT_SEED, list_models
 from mattrt.models.settings import stage_size_overrides
+from mattrt.paths import new_directory
 
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion, parsed by TensorRT 10.x and 11.x
 DEFAULT_MAX_BATCH = 8
@@ -455,18 +455,6 @@ def _check_free_space(parent: Path, needed: int) -> None:
         )
 
 
-def _new_directory(parent: Path, prefix: str) -> Path:
-    """A new, uniquely named directory with the mode the umask gives (tempfile.mkdtemp's is 0700)."""
-    for _ in range(100):
-        path = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(parent / prefix))
-
-
 def _publish(staging: Path, out_dir: Path, log: Callable[[str], None]) -> None:
     """Rename the finished staging directory to out_dir. An earlier export there is moved aside
     first and then only the files its manifest names are deleted."""
@@ -474,7 +462,7 @@ def _publish(staging: Path, out_dir: Path, log: Callable[[str], None]) -> None:
         os.rename(staging, out_dir)
         return
     replaced = _replaceable_files(out_dir)  # again: files may have appeared during the export
-    retired = _new_directory(out_dir.parent, f".{out_dir.name}.replaced-")
+    retired = new_directory(out_dir.parent, f".{out_dir.name}.replaced-")
     os.rename(out_dir, retired / out_dir.name)
     try:
         os.rename(staging, out_dir)
@@ -602,7 +590,7 @@ def _write(manifest: Manifest, graphs: Sequence[_Graph], out_dir: Path, log: Cal
     with the path; nothing is published."""
     parent = out_dir.parent
     try:
-        staging = _new_directory(parent, f".{out_dir.name}.partial-")
+        staging = new_directory(parent, f".{out_dir.name}.partial-")
     except OSError as exc:
         raise InputError(f"cannot write in {parent}: {exc.strerror or exc}") from None
     current = staging

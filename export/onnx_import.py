@@ -56,7 +56,6 @@ from mattrt.errors import InputError
 from mattrt.export.exporter import (
     DEFAULT_MAX_BATCH,
     ExportError,
-    _new_directory,
     _prepare_destination,
     _publish,
 )
@@ -65,6 +64,7 @@ from mattrt.lazy import lazy_import
 from mattrt.manifest import BATCH_DIM, MANIFEST_FILE, GraphEntry, Manifest, TensorInfo, embed_manifest
 from mattrt.models.cards import ModelCard
 from mattrt.models.imported import ImportedModel
+from mattrt.paths import new_directory
 from mattrt.runtime.ops import resize_image
 
 onnx = lazy_import("onnx", probe="onnxruntime")
@@ -425,7 +425,7 @@ def write_imported_export(model: ImportedModel, out_dir: str | Path, *, semantic
     started = time.perf_counter()
     log(f"normalising {card.name!r} ({model.graph.name}, {report.nodes} nodes, opset {report.opset}"
         f"{', FP16 parts' if report.fp16 else ''}) at {size} x {size}")
-    staging = _new_directory(out_dir.parent, f".{out_dir.name}.partial-")
+    staging = new_directory(out_dir.parent, f".{out_dir.name}.partial-")
     try:
         normalised, record, dynamic = _build_graph(model, proto, report, size, max_batch, staging, log)
         for step in record["steps"]:

@@ -2,13 +2,18 @@
 
     default_cache_dir()    $MATTRT_CACHE, else $XDG_CACHE_HOME/mattrt, else ~/.cache/mattrt
 
+`new_directory(parent, prefix)` makes the staging folders results are built in before they are
+renamed into place.
+
 Two things live under it: the artifact cache of the deployment chain (deploy/cache.py: one
 folder per entry) and the imported models (models/imported.py: `models/<name>/`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from pathlib import Path
 
 CACHE_ENV = "MATTRT_CACHE"
@@ -27,4 +32,17 @@ def cache_dir(given: str | Path | None = None) -> Path:
     return Path(given).expanduser() if given is not None else default_cache_dir()
 
 
-__all__ = ["CACHE_ENV", "cache_dir", "default_cache_dir"]
+def new_directory(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory `parent/prefix<random>` with the mode the umask gives
+    (tempfile.mkdtemp's is 0700): where a result is staged before it is renamed into place."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(parent / prefix))
+
+
+__all__ = ["CACHE_ENV", "cache_dir", "default_cache_dir", "new_directory"]

@@ -22,7 +22,6 @@ import datetime
 import hashlib
 import json
 import os
-import secrets
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from mattrt.models.cards import CARD_FILE, ModelCard, load_card, write_card
 from mattrt.models.checkpoints import file_sha256
 from mattrt.models.registry import list_models
 from mattrt.paths import cache_dir as resolve_cache_dir
+from mattrt.paths import new_directory
 
 IMPORTED_FOLDER = "models"
 RECORD_FILE = "import.json"
@@ -112,17 +112,6 @@ def _copy_hashing(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
-def _new_folder(root: Path, prefix: str) -> Path:
-    for _ in range(100):
-        path = root / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue
-        return path
-    raise InputError(f"no unused temporary folder name in {root}")
-
-
 def _check_replaceable(folder: Path) -> None:
     if folder.is_symlink() or not folder.is_dir() or not (folder / RECORD_FILE).is_file():
         raise InputError(f"{folder} is not a folder that `mattrt import` wrote (no {RECORD_FILE}), so --force does "
@@ -145,7 +134,7 @@ def store_imported(model: ImportedModel, cache_dir: str | Path | None = None, *,
         check_name(name, cache_dir, force=force)
         if folder.exists() or folder.is_symlink():
             _check_replaceable(folder)
-        staging = _new_folder(root, f".{name}.importing-")
+        staging = new_directory(root, f".{name}.importing-")
         try:
             graph_name = f"{name}.onnx"
             digest = _copy_hashing(model.graph, staging / graph_name)
@@ -176,7 +165,7 @@ def _publish(staging: Path, folder: Path) -> None:
     if not (folder.exists() or folder.is_symlink()):
         os.rename(staging, folder)
         return
-    retired = _new_folder(folder.parent, f".{folder.name}.replaced-")
+    retired = new_directory(folder.parent, f".{folder.name}.replaced-")
     os.rename(folder, retired / folder.name)
     try:
         os.rename(staging, folder)

@@ -29,6 +29,7 @@ from mattrt.export.exporter import ExportError, export_model
 from mattrt.manifest import MANIFEST_FILE, Manifest
 from mattrt.models import create_model
 from mattrt.models.checkpoints import read_state_dict
+from mattrt.paths import new_directory
 
 MODEL = "shm_tiny"
 
@@ -125,13 +126,13 @@ def test_weights_kept_beside_a_large_graph_count_as_the_exports_files(copy):
 def test_staging_folder_follows_the_umask(tmp_path):
     previous = os.umask(0o022)
     try:
-        made = exporter._new_directory(tmp_path, ".x.partial-")
+        made = new_directory(tmp_path, ".x.partial-")
     finally:
         os.umask(previous)
     assert made.stat().st_mode & 0o777 == 0o755
     previous = os.umask(0o077)
     try:
-        private = exporter._new_directory(tmp_path, ".x.partial-")
+        private = new_directory(tmp_path, ".x.partial-")
     finally:
         os.umask(previous)
     assert private.stat().st_mode & 0o777 == 0o700
