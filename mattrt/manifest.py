@@ -275,12 +275,16 @@ def manifest_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_FILE.read_text())
 
 
-@functools.lru_cache(maxsize=1)
-def _validator():
-    schema = manifest_schema()
+def checked_validator(schema: dict[str, Any]):
+    """A jsonschema validator for `schema` (of the draft it declares), the schema itself checked first."""
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
     return validator_class(schema)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator():
+    return checked_validator(manifest_schema())
 
 
 def _shorten(text: str, limit: int = 200) -> str:
@@ -411,6 +415,7 @@ def embed_manifest(model_proto, manifest: Manifest) -> None:
 
 __all__ = [
     "BATCH_DIM",
+    "checked_validator",
     "check_graph_file",
     "graph_interface",
     "interface_differences",

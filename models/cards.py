@@ -44,13 +44,13 @@ from typing import Any, Mapping
 
 from mattrt.errors import InputError
 from mattrt.lazy import lazy_import
+from mattrt.manifest import checked_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the backport of the same parser
     import tomli as tomllib
 
-jsonschema = lazy_import("jsonschema")
 tomli_w = lazy_import("tomli_w")
 
 SCHEMA_FILE = Path(__file__).with_name("card.schema.json")
@@ -158,10 +158,7 @@ def card_schema() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _validator():
-    schema = card_schema()
-    validator_class = jsonschema.validators.validator_for(schema)
-    validator_class.check_schema(schema)
-    return validator_class(schema)
+    return checked_validator(card_schema())
 
 
 def _where(error) -> str:
