@@ -26,7 +26,6 @@ The model.py files are shims that import a class from mattrt.serving.triton_mode
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from mattrt.engines.tensorrt.plan_files import metadata_path, plan_file_name, re
 from mattrt.engines.triton.client import ENCODED_INPUT, IMAGE_INPUT, MATTE_OUTPUT, PIPELINE_ROLE, PNG_OUTPUT
 from mattrt.errors import InputError
 from mattrt.manifest import MANIFEST_FILE, PRECISIONS, GraphEntry, Manifest
+from mattrt.models.checkpoints import file_sha256
 
 TARGETS = ("cpu", "gpu")
 CPU_STAGE_BACKENDS = ("onnxruntime", "openvino")  # what the CPU target's stage models can run on
@@ -107,14 +107,6 @@ class RepositoryOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     queue_delay_us: int = 200  # how long a stage model waits for tiles of other requests
     overwrite: bool = False
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _quote(text: str) -> str:
@@ -316,7 +308,7 @@ def plans_record(manifest: Manifest, options: RepositoryOptions, max_batch: int)
     for entry in manifest.stages:
         stage = metadata["stages"].get(entry.name)
         plan = plans / plan_file_name(entry.name, options.precision)
-        if stage is None or sha256_file(plan) != stage.get("plan_sha256"):
+        if stage is None or file_sha256(plan) != stage.get("plan_sha256"):
             raise InputError(f"{plan} is not the plan its metadata records: rebuild the plans with `{rebuild}`")
         if stage.get("dla"):
             raise InputError(
@@ -370,7 +362,7 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
         "export": {
             "directory": str(export_dir.resolve()),
             "model": manifest.model,
-            "manifest_sha256": sha256_file(manifest_path) if manifest_path.is_file() else None,
+            "manifest_sha256": file_sha256(manifest_path) if manifest_path.is_file() else None,
             "checkpoint_sha256": manifest.checkpoint_sha256,
             "versions": manifest.versions,
         },
@@ -396,7 +388,7 @@ def build_repository(export_dir: str | Path, out: str | Path, options: Repositor
                 "stage": entry.name,
                 "source": str(source),
                 "file": target_file,
-                "sha256": sha256_file(directory / "1" / target_file),
+                "sha256": file_sha256(directory / "1" / target_file),
             }
         pipeline_dir = staging / name
         (pipeline_dir / "1").mkdir(parents=True)
@@ -456,7 +448,7 @@ def check_repository(repo: str | Path) -> list[dict]:
             path = model_dir / "1" / info["file"]
             if not path.is_file():
                 raise InputError(f"{path} is missing; regenerate the repository with `mattrt triton-repo`")
-            if sha256_file(path) != info["sha256"]:
+            if file_sha256(path) != info["sha256"]:
                 raise InputError(f"{path} differs from the file the repository recorded; regenerate it with `mattrt triton-repo`")
         records.append(record)
     if not records:

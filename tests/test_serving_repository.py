@@ -19,6 +19,7 @@ from mattrt.engines.tensorrt.plan_files import METADATA_FORMAT, metadata_path, p
 from mattrt.errors import InputError, MissingDependencyError
 from mattrt.lazy import lazy_import
 from mattrt.manifest import Manifest
+from mattrt.models.checkpoints import file_sha256
 from mattrt.serving.gpu_repository import (
     check_backends,
     check_tensorrt_version,
@@ -33,7 +34,6 @@ from mattrt.serving.repository import (
     build_repository,
     check_repository,
     needed_backends,
-    sha256_file,
     tensorrt_models,
 )
 
@@ -55,7 +55,7 @@ def write_plans(plans, export, precision="fp32", tensorrt="11.4.1.5", version_co
     for stage in stages:
         plan = plans / plan_file_name(stage, precision)
         plan.write_bytes(f"{stage} plan bytes".encode())
-        records[stage] = {"plan": plan.name, "plan_sha256": sha256_file(plan), "dla": dla, "min_batch": 1,
+        records[stage] = {"plan": plan.name, "plan_sha256": file_sha256(plan), "dla": dla, "min_batch": 1,
                           "opt_batch": max_batch, "max_batch": max_batch}
     write_json(metadata_path(plans, precision), {
         "format": METADATA_FORMAT, "model": "shm_tiny", "export_dir": str(export), "precision": precision,

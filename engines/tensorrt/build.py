@@ -54,7 +54,6 @@ from packaging.version import Version
 from mattrt.engines.tensorrt.plan_files import (
     DEFAULT_TIMING_CACHE,
     METADATA_FORMAT,
-    file_sha256,
     metadata_path,
     plan_file_name,
     plan_key,
@@ -68,6 +67,7 @@ from mattrt.engines.tensorrt.plan_files import (
 from mattrt.errors import InputError, MattrtError
 from mattrt.lazy import lazy_import
 from mattrt.manifest import BATCH_DIM, PRECISIONS, GraphEntry, Manifest
+from mattrt.models.checkpoints import file_sha256
 from mattrt.runtime.engine import check_choice, require_all
 
 trt = lazy_import("tensorrt", probe="tensorrt")

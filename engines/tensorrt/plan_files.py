@@ -4,7 +4,6 @@ GPU, profile and options are unchanged), a copy of the manifest, and the timing 
 with a note when another TensorRT version or GPU made it)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -20,14 +19,6 @@ METADATA_FORMAT = 2  # 2: per-stage batch range and the DLA placement read from 
 
 
 DEFAULT_TIMING_CACHE = "timing.cache"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_key(graph_sha256: str, tensorrt_version: str, gpu: GpuIdentity, profile: TrtProfile,
@@ -133,5 +124,5 @@ def write_timing_cache(path: Path, data: bytes, tensorrt_version: str, gpu: GpuI
                                                      "compute_capability": "%d.%d" % gpu.compute_capability})
 
 
-__all__ = ["DEFAULT_TIMING_CACHE", "METADATA_FORMAT", "file_sha256", "metadata_path", "plan_file_name", "plan_key",
+__all__ = ["DEFAULT_TIMING_CACHE", "METADATA_FORMAT", "metadata_path", "plan_file_name", "plan_key",
            "prepare_out_dir", "read_metadata", "read_timing_cache", "stale_reasons", "write_json", "write_timing_cache"]
