@@ -55,7 +55,7 @@ from mattrt.models import MattingModel, create_model, get_settings
 from mattrt.models.fusion import get_fusion
 from mattrt.models.registry import INIT_SEED, list_models
 from mattrt.models.settings import stage_size_overrides
-from mattrt.paths import new_directory
+from mattrt.paths import new_directory, swap_in
 
 DEFAULT_OPSET = 18  # torchlib's own opset: no version conversion, parsed by TensorRT 10.x and 11.x
 DEFAULT_MAX_BATCH = 8
@@ -458,17 +458,11 @@ def _check_free_space(parent: Path, needed: int) -> None:
 def _publish(staging: Path, out_dir: Path, log: Callable[[str], None]) -> None:
     """Rename the finished staging directory to out_dir. An earlier export there is moved aside
     first and then only the files its manifest names are deleted."""
-    if not (out_dir.exists() or out_dir.is_symlink()):
-        os.rename(staging, out_dir)
+    # again: files may have appeared during the export
+    replaced = _replaceable_files(out_dir) if out_dir.exists() or out_dir.is_symlink() else []
+    retired = swap_in(staging, out_dir)
+    if retired is None:
         return
-    replaced = _replaceable_files(out_dir)  # again: files may have appeared during the export
-    retired = new_directory(out_dir.parent, f".{out_dir.name}.replaced-")
-    os.rename(out_dir, retired / out_dir.name)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:
-        os.rename(retired / out_dir.name, out_dir)
-        raise
     for name in replaced:
         (retired / out_dir.name / name).unlink(missing_ok=True)
     try:

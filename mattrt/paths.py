@@ -2,8 +2,8 @@
 
     default_cache_dir()    $MATTRT_CACHE, else $XDG_CACHE_HOME/mattrt, else ~/.cache/mattrt
 
-`new_directory(parent, prefix)` makes the staging folders results are built in before they are
-renamed into place.
+`new_directory(parent, prefix)` makes the staging folders results are built in, and
+`swap_in(staging, target)` renames one into place, keeping what it replaces until the rename holds.
 
 Two things live under it: the artifact cache of the deployment chain (deploy/cache.py: one
 folder per entry) and the imported models (models/imported.py: `models/<name>/`).
@@ -45,4 +45,21 @@ def new_directory(parent: Path, prefix: str) -> Path:
     raise FileExistsError(errno.EEXIST, "no unused temporary name", str(parent / prefix))
 
 
-__all__ = ["CACHE_ENV", "cache_dir", "default_cache_dir", "new_directory"]
+def swap_in(staging: Path, target: Path) -> Path | None:
+    """Rename the finished `staging` folder to `target`. A `target` already there is first moved
+    into a new sibling folder, which is returned for the caller to clear (None: there was none),
+    and is put back when the rename fails."""
+    if not (target.exists() or target.is_symlink()):
+        os.rename(staging, target)
+        return None
+    retired = new_directory(target.parent, f".{target.name}.replaced-")
+    os.rename(target, retired / target.name)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(retired / target.name, target)
+        raise
+    return retired
+
+
+__all__ = ["CACHE_ENV", "cache_dir", "default_cache_dir", "new_directory", "swap_in"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from mattrt.models.cards import CARD_FILE, ModelCard, load_card, write_card
 from mattrt.models.checkpoints import file_sha256
 from mattrt.models.registry import list_models
 from mattrt.paths import cache_dir as resolve_cache_dir
-from mattrt.paths import new_directory
+from mattrt.paths import new_directory, swap_in
 
 IMPORTED_FOLDER = "models"
 RECORD_FILE = "import.json"
@@ -162,17 +161,9 @@ def store_imported(model: ImportedModel, cache_dir: str | Path | None = None, *,
 
 
 def _publish(staging: Path, folder: Path) -> None:
-    if not (folder.exists() or folder.is_symlink()):
-        os.rename(staging, folder)
-        return
-    retired = new_directory(folder.parent, f".{folder.name}.replaced-")
-    os.rename(folder, retired / folder.name)
-    try:
-        os.rename(staging, folder)
-    except OSError:
-        os.rename(retired / folder.name, folder)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+    retired = swap_in(staging, folder)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_imported(folder: Path) -> ImportedModel:
