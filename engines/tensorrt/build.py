@@ -45,7 +45,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -54,6 +54,7 @@ from packaging.version import Version
 from mattrt.engines.tensorrt.plan_files import (
     DEFAULT_TIMING_CACHE,
     METADATA_FORMAT,
+    build_settings,
     metadata_path,
     plan_file_name,
     plan_key,
@@ -432,11 +433,7 @@ def build_plans(
         "model": manifest.model,
         "export_dir": str(export_dir),
         "precision": precision,
-        "tensorrt": version,
-        "gpu": gpu.name,
-        "compute_capability": "%d.%d" % gpu.compute_capability,
-        "profile": asdict(chosen),
-        "options": {**asdict(options), "workspace_mb": options.workspace},
+        **build_settings(version, gpu, chosen, options),
         "timing_cache": str(cache_path),
         "notes": [],
         "stages": {},  # filled stage by stage: after a failure, the finished plans are reused next time

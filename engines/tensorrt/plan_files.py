@@ -21,19 +21,23 @@ METADATA_FORMAT = 2  # 2: per-stage batch range and the DLA placement read from 
 DEFAULT_TIMING_CACHE = "timing.cache"
 
 
-def plan_key(graph_sha256: str, tensorrt_version: str, gpu: GpuIdentity, profile: TrtProfile,
-             options: BuildOptions, shapes: dict) -> dict[str, Any]:
-    """The parts a plan depends on; a plan is reused only when all of them are equal."""
+def build_settings(tensorrt_version: str, gpu: GpuIdentity, profile: TrtProfile,
+                   options: BuildOptions) -> dict[str, Any]:
+    """What every plan of one build shares: TensorRT, the GPU, the profile and the options."""
     return {
-        "graph_sha256": graph_sha256,
         "tensorrt": tensorrt_version,
         "gpu": gpu.name,
         "compute_capability": "%d.%d" % gpu.compute_capability,
         "profile": asdict(profile),
         "options": {**asdict(options), "workspace_mb": options.workspace},
-        "shapes": shapes,
-        "format": METADATA_FORMAT,
     }
+
+
+def plan_key(graph_sha256: str, tensorrt_version: str, gpu: GpuIdentity, profile: TrtProfile,
+             options: BuildOptions, shapes: dict) -> dict[str, Any]:
+    """The parts a plan depends on; a plan is reused only when all of them are equal."""
+    return {"graph_sha256": graph_sha256, **build_settings(tensorrt_version, gpu, profile, options),
+            "shapes": shapes, "format": METADATA_FORMAT}
 
 
 def stale_reasons(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> list[str]:
@@ -124,5 +128,5 @@ def write_timing_cache(path: Path, data: bytes, tensorrt_version: str, gpu: GpuI
                                                      "compute_capability": "%d.%d" % gpu.compute_capability})
 
 
-__all__ = ["DEFAULT_TIMING_CACHE", "METADATA_FORMAT", "metadata_path", "plan_file_name", "plan_key",
+__all__ = ["DEFAULT_TIMING_CACHE", "METADATA_FORMAT", "build_settings", "metadata_path", "plan_file_name", "plan_key",
            "prepare_out_dir", "read_metadata", "read_timing_cache", "stale_reasons", "write_json", "write_timing_cache"]
